@@ -1,0 +1,129 @@
+//! `scim-operator`: the SCIM server (`serve`) and its tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use scim_operator::config::ServeConfig;
+use scim_operator::server::{self, Settings, auth};
+
+#[derive(Parser)]
+#[command(
+    name = "scim-operator",
+    version,
+    about = "SCIM 2.0 server for Microsoft Entra ID → ZITADEL, and its Kubernetes operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SCIM server (standalone on the embedded store unless configured otherwise).
+    Serve(ServeArgs),
+    /// Manage SCIM bearer keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// YAML config file (camelCase keys: listen, adminListen, dataDir, keysFile, publicUrl, durability, maxBodyBytes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SCIM listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin listen address for /healthz /readyz /metrics /status [default: 127.0.0.1:9090].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Directory of the embedded store [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keys file (`keys: [{name, sha256}]`), reloaded when it changes.
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
+    /// Externally visible SCIM base URL, e.g. https://scim.example.com/scim/v2.
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a new random key and the line to add to the keys file.
+    Generate {
+        /// Name of the key in the keys file.
+        #[arg(long, default_value = "entra")]
+        name: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(p) => ServeConfig::load(p).map_err(|e| e.to_string())?,
+        None => ServeConfig::default(),
+    };
+    if args.listen.is_some() {
+        config.listen = args.listen;
+    }
+    if args.admin_listen.is_some() {
+        config.admin_listen = args.admin_listen;
+    }
+    if args.data_dir.is_some() {
+        config.data_dir = args.data_dir;
+    }
+    if args.keys_file.is_some() {
+        config.keys_file = args.keys_file;
+    }
+    if args.public_url.is_some() {
+        config.public_url = args.public_url;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    let settings = Settings::from_config(config, std::env::var("SCIM_TOKEN").ok());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(server::serve(settings))
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve(args)
+        }
+        Command::Key {
+            command: KeyCommand::Generate { name },
+        } => {
+            let token = auth::generate_token();
+            println!(
+                "Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}"
+            );
+            println!("Add this line under 'keys:' in the keys file:");
+            println!("{}", auth::keys_file_line(&name, &token));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Bearer keys. The server holds only SHA-256 hashes; a presented token is
+//! hashed and compared in constant time against every known hash, so neither
+//! timing nor early exit tells an attacker how close a guess was.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use parking_lot::RwLock;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the keys file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the keys file {path} is not valid YAML of the form 'keys: [{{name: entra, sha256: <64 hex digits>}}]': {why}"
+    )]
+    Parse { path: PathBuf, why: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHash {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeysFileEntry>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFileEntry {
+    name: String,
+    sha256: String,
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new key: 256 random bits, URL-safe, with a prefix secret scanners can
+/// recognise.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "scim_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// The line to add to a keys file for `token`.
+pub fn keys_file_line(name: &str, token: &str) -> String {
+    format!(
+        "  - {{name: {name}, sha256: {}}}",
+        hex::encode(hash_token(token))
+    )
+}
+
+pub fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError> {
+    let perr = |why: String| KeyError::Parse {
+        path: path.into(),
+        why,
+    };
+    let file: KeysFile = if text.trim().is_empty() {
+        KeysFile { keys: Vec::new() }
+    } else {
+        serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?
+    };
+    file.keys
+        .into_iter()
+        .map(|e| {
+            let bytes = hex::decode(e.sha256.trim())
+                .map_err(|_| perr(format!("key '{}': sha256 is not hex", e.name)))?;
+            let sha256: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| perr(format!("key '{}': sha256 must be 64 hex digits", e.name)))?;
+            Ok(KeyHash {
+                name: e.name,
+                sha256,
+            })
+        })
+        .collect()
+}
+
+/// The keys the server accepts: fixed ones (SCIM_TOKEN, the standalone dev key)
+/// plus the current content of the keys file.
+pub struct KeyRing {
+    fixed: Vec<KeyHash>,
+    from_file: RwLock<Arc<Vec<KeyHash>>>,
+}
+
+impl KeyRing {
+    pub fn new(fixed: Vec<KeyHash>, from_file: Vec<KeyHash>) -> Self {
+        Self {
+            fixed,
+            from_file: RwLock::new(Arc::new(from_file)),
+        }
+    }
+
+    pub fn replace_file_keys(&self, keys: Vec<KeyHash>) {
+        *self.from_file.write() = Arc::new(keys);
+    }
+
+    pub fn len(&self) -> usize {
+        self.fixed.len() + self.from_file.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The name of the key `token` matches, if any. Every hash is compared,
+    /// whatever the outcome.
+    pub fn verify(&self, token: &str) -> Option<String> {
+        let h = hash_token(token);
+        let file = self.from_file.read().clone();
+        let mut found: Option<&KeyHash> = None;
+        for k in self.fixed.iter().chain(file.iter()) {
+            if bool::from(k.sha256.ct_eq(&h)) && found.is_none() {
+                found = Some(k);
+            }
+        }
+        found.map(|k| k.name.clone())
+    }
+}
+
+/// Polls the keys file and swaps the key set when its content changes.
+/// Polling (rather than inotify) follows Kubernetes' Secret volume updates,
+/// which replace a symlink rather than write the file.
+pub fn spawn_reloader(
+    ring: Arc<KeyRing>,
+    path: PathBuf,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = tokio::fs::read(&path).await.ok();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = match tokio::fs::read(&path).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the keys file; keeping the current keys");
+                    continue;
+                }
+            };
+            if now == last {
+                continue;
+            }
+            let text = String::from_utf8_lossy(now.as_deref().unwrap_or_default()).into_owned();
+            match parse_keys_file(&path, &text) {
+                Ok(keys) => {
+                    tracing::info!(path = %path.display(), keys = keys.len(), "keys file changed; key set reloaded");
+                    ring.replace_file_keys(keys);
+                    last = now;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "keys file changed but is invalid; keeping the current keys")
+                }
+            }
+        }
+    })
+}
+
+/// The standalone dev key: created on first start, only its hash kept.
+pub enum DevKey {
+    /// Created now; the token is shown once.
+    Created {
+        token: String,
+        hash: KeyHash,
+        path: PathBuf,
+    },
+    /// Created on an earlier start; only the hash exists.
+    Existing { hash: KeyHash, path: PathBuf },
+}
+
+pub fn load_or_create_dev_key(data_dir: &Path) -> Result<DevKey, KeyError> {
+    let path = data_dir.join("dev-key.sha256");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| KeyError::Parse {
+                    path: path.clone(),
+                    why: "expected 64 hex digits; delete the file to create a new key".into(),
+                })?;
+            Ok(DevKey::Existing {
+                hash: KeyHash {
+                    name: "dev".into(),
+                    sha256: bytes,
+                },
+                path,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = generate_token();
+            let sha256 = hash_token(&token);
+            std::fs::write(&path, format!("{}\n", hex::encode(sha256))).map_err(|source| {
+                KeyError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            Ok(DevKey::Created {
+                token,
+                hash: KeyHash {
+                    name: "dev".into(),
+                    sha256,
+                },
+                path,
+            })
+        }
+        Err(source) => Err(KeyError::Read { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_long_random_and_url_safe() {
+        let a = generate_token();
+        let b = generate_token();
+        assert_ne!(a, b);
+        assert!(a.len() >= 5 + 43);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        );
+    }
+
+    #[test]
+    fn ring_verifies_by_hash() {
+        let t = generate_token();
+        let line = keys_file_line("entra", &t);
+        let keys = parse_keys_file(Path::new("k"), &format!("keys:\n{line}\n")).unwrap();
+        let ring = KeyRing::new(
+            vec![KeyHash {
+                name: "env".into(),
+                sha256: hash_token("dev-token"),
+            }],
+            keys,
+        );
+        assert_eq!(ring.verify(&t).as_deref(), Some("entra"));
+        assert_eq!(ring.verify("dev-token").as_deref(), Some("env"));
+        assert_eq!(ring.verify("wrong"), None);
+        ring.replace_file_keys(Vec::new());
+        assert_eq!(ring.verify(&t), None);
+    }
+
+    #[test]
+    fn bad_keys_files_say_what_is_wrong() {
+        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: zz}]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not hex"), "{e}");
+        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: abcd}]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 hex"), "{e}");
+        assert!(parse_keys_file(Path::new("k"), "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn dev_key_is_created_once_and_only_its_hash_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let DevKey::Created { token, hash, path } = load_or_create_dev_key(dir.path()).unwrap()
+        else {
+            panic!("expected a new key")
+        };
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert!(!on_disk.contains(&token));
+        let DevKey::Existing { hash: again, .. } = load_or_create_dev_key(dir.path()).unwrap()
+        else {
+            panic!("expected the existing key")
+        };
+        assert_eq!(hash, again);
+    }
+}

@@ -1,0 +1,145 @@
+//! Request and response plumbing shared by the SCIM handlers: SCIM JSON
+//! responses, error bodies, body reading with limits and media types, query
+//! strings decoded the way Entra encodes them.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::scim::error::ScimError;
+
+pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
+
+pub fn scim_json(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(SCIM_CONTENT_TYPE),
+    );
+    resp
+}
+
+/// A SCIM error rendered as an HTTP response.
+pub struct ApiError(pub ScimError);
+
+impl From<ScimError> for ApiError {
+    fn from(e: ScimError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = scim_json(status, &self.0.body());
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"scim\""),
+            );
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Reads a JSON request body. JSON and SCIM JSON are accepted (Entra sends
+/// `application/scim+json; charset=utf-8`, older clients `application/json`);
+/// a body without a Content-Type is read as JSON too.
+pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Value> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/scim+json" && essence != "application/json" {
+            return Err(ScimError::new(
+                415,
+                None,
+                format!("Content-Type '{ct}' is not supported; send application/scim+json or application/json"),
+            )
+            .into());
+        }
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ScimError::new(
+            413,
+            None,
+            format!("the request body is larger than the {limit} bytes this server accepts"),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ScimError::invalid_syntax(
+            "the request body is empty; a JSON object is expected",
+        )
+        .into());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ScimError::invalid_syntax(format!("the request body is not valid JSON: {e}")).into()
+    })
+}
+
+/// Query parameters, form-decoded (`+` is a space, as in Entra's probe).
+/// Names are matched case-insensitively.
+#[derive(Debug, Default)]
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    pub fn parse(raw: Option<&str>) -> Self {
+        QueryParams(
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `If-Match` (RFC 7232 §3.1): `*` or a list of entity tags; weak comparison,
+/// as our tags are weak.
+pub fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
+    let v = headers.get(header::IF_MATCH)?.to_str().ok()?;
+    Some(
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/").to_string())
+            .collect(),
+    )
+}
+
+pub fn etag_matches(tags: &[String], etag: &str) -> bool {
+    let bare = etag.trim_start_matches("W/");
+    tags.iter().any(|t| t == "*" || t == bare)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_form_decoded() {
+        let q = QueryParams::parse(Some(
+            "filter=userName+eq+%22alice%40contoso.com%22&aadOptscim062020&COUNT=5",
+        ));
+        assert_eq!(q.get("filter"), Some(r#"userName eq "alice@contoso.com""#));
+        assert_eq!(q.get("count"), Some("5"));
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches(&["\"3\"".into()], "W/\"3\""));
+        assert!(etag_matches(&["*".into()], "W/\"3\""));
+        assert!(!etag_matches(&["\"2\"".into()], "W/\"3\""));
+    }
+}

@@ -1,0 +1,530 @@
+//! The SCIM endpoints: Users and Groups CRUD, list and search, discovery.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::http::{ApiResult, QueryParams, etag_matches, if_match, read_json, scim_json};
+use crate::scim::discovery::{self, MAX_PAGE_SIZE};
+use crate::scim::error::ScimError;
+use crate::scim::filter::{Filter, sort_key_cmp};
+use crate::scim::patch::{apply_patch, parse_patch};
+use crate::scim::resource::{
+    Projection, attributes_of, build_document, created_of, etag, normalize, timestamp,
+    with_location,
+};
+use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
+use crate::store::{Mutation, Query, Record};
+
+type St = State<Arc<AppState>>;
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+fn now() -> String {
+    timestamp(OffsetDateTime::now_utc())
+}
+
+fn with_etag(mut resp: Response, version: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+impl AppState {
+    /// A stored record as a client sees it: `groups` for users, `location`,
+    /// and the requested projection.
+    async fn render(
+        &self,
+        kind: ResourceKind,
+        rec: &Record,
+        projection: &Projection,
+    ) -> ApiResult<Value> {
+        let mut doc = (*rec.doc).clone();
+        if kind == ResourceKind::User && !projection.excludes_top("groups") {
+            let groups = self
+                .store
+                .groups_of(&rec.id)
+                .await
+                .map_err(|e| e.into_scim())?;
+            if !groups.is_empty() {
+                let list: Vec<Value> = groups
+                    .into_iter()
+                    .map(|(id, name)| {
+                        json!({"value": id, "$ref": format!("{}/Groups/{id}", self.base_url), "display": name, "type": "direct"})
+                    })
+                    .collect();
+                if let Value::Object(o) = &mut doc {
+                    // Before meta, where a reader expects attributes.
+                    let meta = o.shift_remove("meta");
+                    o.insert("groups".into(), Value::Array(list));
+                    if let Some(m) = meta {
+                        o.insert("meta".into(), m);
+                    }
+                }
+            }
+        }
+        let doc = with_location(doc, &self.base_url, kind);
+        Ok(projection.apply(kind, &doc))
+    }
+
+    async fn resource_response(
+        &self,
+        kind: ResourceKind,
+        status: StatusCode,
+        rec: &Record,
+        q: &QueryParams,
+    ) -> ApiResult {
+        let projection = Projection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
+        let body = self.render(kind, rec, &projection).await?;
+        let mut resp = with_etag(scim_json(status, &body), rec.version);
+        if status == StatusCode::CREATED {
+            if let Some(loc) = body.pointer("/meta/location").and_then(Value::as_str) {
+                if let Ok(v) = HeaderValue::from_str(loc) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// The list parameters shared by GET and POST /.search.
+#[derive(Debug, Default)]
+pub struct ListParams {
+    pub filter: Option<String>,
+    pub start_index: usize,
+    pub count: usize,
+    pub sort_by: Option<String>,
+    pub descending: bool,
+    pub attributes: Option<String>,
+    pub excluded: Option<String>,
+}
+
+fn parse_int(name: &str, v: &str) -> Result<i64, ScimError> {
+    v.trim()
+        .parse::<i64>()
+        .map_err(|_| ScimError::invalid_value(format!("'{name}' must be an integer, not '{v}'")))
+}
+
+impl ListParams {
+    fn from_query(q: &QueryParams) -> Result<Self, ScimError> {
+        Self::build(
+            q.get("filter").map(str::to_string),
+            q.get("startIndex")
+                .map(|v| parse_int("startIndex", v))
+                .transpose()?,
+            q.get("count").map(|v| parse_int("count", v)).transpose()?,
+            q.get("sortBy").map(str::to_string),
+            q.get("sortOrder").map(str::to_string),
+            q.get("attributes").map(str::to_string),
+            q.get("excludedAttributes").map(str::to_string),
+        )
+    }
+
+    fn from_search_body(body: &Value) -> Result<Self, ScimError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ScimError::invalid_syntax("the search request must be a JSON object"))?;
+        let get = |k: &str| {
+            obj.iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v)
+        };
+        let string = |k: &str| -> Result<Option<String>, ScimError> {
+            match get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(ScimError::invalid_value(format!("'{k}' must be a string"))),
+            }
+        };
+        let int = |k: &str| -> Result<Option<i64>, ScimError> {
+            match get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => n
+                    .as_i64()
+                    .map(Some)
+                    .ok_or_else(|| ScimError::invalid_value(format!("'{k}' must be an integer"))),
+                Some(Value::String(s)) => parse_int(k, s).map(Some),
+                Some(_) => Err(ScimError::invalid_value(format!(
+                    "'{k}' must be an integer"
+                ))),
+            }
+        };
+        let list = |k: &str| -> Result<Option<String>, ScimError> {
+            match get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| Some(v.join(",")))
+                    .ok_or_else(|| {
+                        ScimError::invalid_value(format!(
+                            "'{k}' must be an array of attribute names"
+                        ))
+                    }),
+                Some(_) => Err(ScimError::invalid_value(format!(
+                    "'{k}' must be an array of attribute names"
+                ))),
+            }
+        };
+        Self::build(
+            string("filter")?,
+            int("startIndex")?,
+            int("count")?,
+            string("sortBy")?,
+            string("sortOrder")?,
+            list("attributes")?,
+            list("excludedAttributes")?,
+        )
+    }
+
+    fn build(
+        filter: Option<String>,
+        start_index: Option<i64>,
+        count: Option<i64>,
+        sort_by: Option<String>,
+        sort_order: Option<String>,
+        attributes: Option<String>,
+        excluded: Option<String>,
+    ) -> Result<Self, ScimError> {
+        let descending = match sort_order
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("ascending") => false,
+            Some("descending") => true,
+            Some(other) => {
+                return Err(ScimError::invalid_value(format!(
+                    "sortOrder must be 'ascending' or 'descending', not '{other}'"
+                )));
+            }
+        };
+        Ok(ListParams {
+            filter: filter.filter(|f| !f.trim().is_empty()),
+            // RFC 7644 §3.4.2.4: startIndex < 1 means 1, count < 0 means 0.
+            start_index: start_index.unwrap_or(1).max(1) as usize,
+            count: count
+                .map(|c| c.clamp(0, MAX_PAGE_SIZE as i64) as usize)
+                .unwrap_or(DEFAULT_PAGE_SIZE),
+            sort_by: sort_by.filter(|s| !s.trim().is_empty()),
+            descending,
+            attributes,
+            excluded,
+        })
+    }
+}
+
+async fn list_kind(
+    st: &AppState,
+    kind: ResourceKind,
+    p: &ListParams,
+) -> ApiResult<(usize, Vec<Value>)> {
+    let filter = p
+        .filter
+        .as_deref()
+        .map(|f| Filter::parse(kind, f))
+        .transpose()?;
+    let sort_attr = match &p.sort_by {
+        Some(s) => Some(resolve_path(kind, s).ok_or_else(|| {
+            ScimError::invalid_value(format!(
+                "cannot sort by '{s}': no such attribute for {}",
+                kind.name()
+            ))
+        })?),
+        None => None,
+    };
+    let matcher = |doc: &Value| filter.as_ref().is_none_or(|f| f.matches(doc));
+    let descending = p.descending;
+    let sorter = sort_attr.map(|attr| {
+        move |a: &Value, b: &Value| {
+            let o = sort_key_cmp(attr, a, b);
+            if descending { o.reverse() } else { o }
+        }
+    });
+    let page = st
+        .store
+        .query(Query {
+            kind,
+            hint: filter.as_ref().and_then(|f| f.index_hint(kind)),
+            matches: filter
+                .as_ref()
+                .map(|_| &matcher as &(dyn Fn(&Value) -> bool + Sync)),
+            sort: sorter
+                .as_ref()
+                .map(|s| s as &(dyn Fn(&Value, &Value) -> std::cmp::Ordering + Sync)),
+            start_index: p.start_index,
+            count: p.count,
+        })
+        .await
+        .map_err(|e| e.into_scim())?;
+    let projection = Projection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref());
+    let mut out = Vec::with_capacity(page.records.len());
+    for rec in &page.records {
+        out.push(st.render(kind, rec, &projection).await?);
+    }
+    Ok((page.total, out))
+}
+
+fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Response {
+    scim_json(
+        StatusCode::OK,
+        &json!({
+            "schemas": [LIST_RESPONSE_SCHEMA],
+            "totalResults": total,
+            "itemsPerPage": resources.len(),
+            "startIndex": start_index,
+            "Resources": resources,
+        }),
+    )
+}
+
+pub async fn list(st: &AppState, kind: ResourceKind, raw_query: Option<&str>) -> ApiResult {
+    let q = QueryParams::parse(raw_query);
+    let p = ListParams::from_query(&q)?;
+    let (total, resources) = list_kind(st, kind, &p).await?;
+    Ok(list_response(total, p.start_index, resources))
+}
+
+pub async fn search(
+    st: &AppState,
+    kind: Option<ResourceKind>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = read_json(headers, body, st.max_body).await?;
+    let p = ListParams::from_search_body(&body)?;
+    match kind {
+        Some(kind) => {
+            let (total, resources) = list_kind(st, kind, &p).await?;
+            Ok(list_response(total, p.start_index, resources))
+        }
+        None => {
+            // Root search: users then groups, paged together. A filter that
+            // names an attribute only one kind has matches nothing of the other.
+            let all = ListParams {
+                start_index: 1,
+                count: usize::MAX,
+                ..p
+            };
+            let mut first_err = None;
+            let mut resources = Vec::new();
+            for kind in [ResourceKind::User, ResourceKind::Group] {
+                match list_kind(st, kind, &all).await {
+                    Ok((_, r)) => resources.extend(r),
+                    Err(e)
+                        if e.0.scim_type == Some(crate::scim::error::ScimType::InvalidFilter) =>
+                    {
+                        first_err.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                };
+            }
+            if resources.is_empty() {
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+            }
+            let total = resources.len();
+            let page: Vec<Value> = resources
+                .into_iter()
+                .skip(p.start_index - 1)
+                .take(p.count)
+                .collect();
+            Ok(list_response(total, p.start_index, page))
+        }
+    }
+}
+
+pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResult {
+    let (parts, body) = req.into_parts();
+    let input = read_json(&parts.headers, body, st.max_body).await?;
+    let attrs = normalize(kind, &input)?;
+    let t = now();
+    let id = uuid::Uuid::new_v4().to_string();
+    let doc = build_document(kind, &id, attrs, &t, &t, 1);
+    let rec = st
+        .store
+        .create(kind, doc)
+        .await
+        .map_err(|e| e.into_scim())?;
+    let q = QueryParams::parse(parts.uri.query());
+    st.resource_response(kind, StatusCode::CREATED, &rec, &q)
+        .await
+}
+
+pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+    let rec = st
+        .store
+        .get(kind, id)
+        .await
+        .map_err(|e| e.into_scim())?
+        .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.name())))?;
+    if let Some(inm) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let tags: Vec<String> = inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/").to_string())
+            .collect();
+        if etag_matches(&tags, &etag(rec.version)) {
+            return Ok(with_etag(
+                StatusCode::NOT_MODIFIED.into_response(),
+                rec.version,
+            ));
+        }
+    }
+    let q = QueryParams::parse(req.uri().query());
+    st.resource_response(kind, StatusCode::OK, &rec, &q).await
+}
+
+fn precondition(tags: &Option<Vec<String>>, rec: &Record) -> Result<(), ScimError> {
+    match tags {
+        Some(tags) if !etag_matches(tags, &etag(rec.version)) => {
+            Err(ScimError::precondition_failed(format!(
+                "If-Match does not match the current version {}; read the resource again and retry",
+                etag(rec.version)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Builds the new document from new attributes, or reports no change so the
+/// store writes nothing and the version stays.
+fn next_document(
+    kind: ResourceKind,
+    rec: &Record,
+    attrs: Map<String, Value>,
+    version: u64,
+) -> Mutation {
+    if attrs == attributes_of(&rec.doc) {
+        return Mutation::Unchanged;
+    }
+    Mutation::Replace(build_document(
+        kind,
+        &rec.id,
+        attrs,
+        created_of(&rec.doc),
+        &now(),
+        version,
+    ))
+}
+
+pub async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+    let (parts, body) = req.into_parts();
+    let input = read_json(&parts.headers, body, st.max_body).await?;
+    let attrs = normalize(kind, &input)?;
+    let tags = if_match(&parts.headers);
+    let rec = st
+        .store
+        .update(
+            kind,
+            id,
+            Box::new(move |rec, version| {
+                precondition(&tags, rec)?;
+                Ok(next_document(kind, rec, attrs, version))
+            }),
+        )
+        .await
+        .map_err(|e| e.into_scim())?;
+    let q = QueryParams::parse(parts.uri.query());
+    st.resource_response(kind, StatusCode::OK, &rec, &q).await
+}
+
+pub async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+    let (parts, body) = req.into_parts();
+    let input = read_json(&parts.headers, body, st.max_body).await?;
+    let ops = parse_patch(&input)?;
+    let tags = if_match(&parts.headers);
+    let rec = st
+        .store
+        .update(
+            kind,
+            id,
+            Box::new(move |rec, version| {
+                precondition(&tags, rec)?;
+                let mut attrs = attributes_of(&rec.doc);
+                apply_patch(kind, &mut attrs, &ops)?;
+                Ok(next_document(kind, rec, attrs, version))
+            }),
+        )
+        .await
+        .map_err(|e| e.into_scim())?;
+    let q = QueryParams::parse(parts.uri.query());
+    st.resource_response(kind, StatusCode::OK, &rec, &q).await
+}
+
+pub async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &HeaderMap) -> ApiResult {
+    if let Some(tags) = if_match(headers) {
+        let rec = st
+            .store
+            .get(kind, id)
+            .await
+            .map_err(|e| e.into_scim())?
+            .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.name())))?;
+        precondition(&Some(tags), &rec)?;
+    }
+    st.store.delete(kind, id).await.map_err(|e| e.into_scim())?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ------------------------------------------------------------ discovery
+
+pub async fn service_provider_config(State(st): St) -> Response {
+    scim_json(
+        StatusCode::OK,
+        &discovery::service_provider_config(&st.base_url),
+    )
+}
+
+pub async fn resource_types(State(st): St) -> Response {
+    let all = [ResourceKind::User, ResourceKind::Group]
+        .map(|k| discovery::resource_type(k, &st.base_url));
+    scim_json(StatusCode::OK, &discovery::list_of(all.to_vec()))
+}
+
+pub async fn resource_type(State(st): St, Path(id): Path<String>) -> ApiResult {
+    let kind = [ResourceKind::User, ResourceKind::Group]
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(&id))
+        .ok_or_else(|| {
+            ScimError::not_found(format!(
+                "resource type '{id}' not found; this server has User and Group"
+            ))
+        })?;
+    Ok(scim_json(
+        StatusCode::OK,
+        &discovery::resource_type(kind, &st.base_url),
+    ))
+}
+
+pub async fn schemas(State(st): St) -> Response {
+    scim_json(
+        StatusCode::OK,
+        &discovery::list_of(discovery::schemas(&st.base_url)),
+    )
+}
+
+pub async fn schema(State(st): St, Path(id): Path<String>) -> ApiResult {
+    discovery::schemas(&st.base_url)
+        .into_iter()
+        .find(|s| {
+            s["id"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case(&id))
+        })
+        .map(|s| scim_json(StatusCode::OK, &s))
+        .ok_or_else(|| ScimError::not_found(format!("schema '{id}' not found")).into())
+}

@@ -1,0 +1,137 @@
+//! Durable SCIM state behind one trait. The embedded implementation (SQLite in
+//! WAL mode, `sqlite.rs`) is the default; a PostgreSQL one will follow, so the
+//! trait speaks in transactions: every write runs its mutation inside the
+//! store's transaction, uniqueness is enforced by the store, and a write returns
+//! only once it is durable.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::scim::error::ScimError;
+use crate::scim::schema::ResourceKind;
+
+pub mod sqlite;
+
+/// One stored resource: the complete SCIM document as returned to clients
+/// (`schemas`, `id`, attributes, `meta` without `location`).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: String,
+    pub version: u64,
+    pub doc: Arc<Value>,
+}
+
+/// How a query can be narrowed with an index before the filter is evaluated.
+/// The filter compiler extracts it from a top-level `eq` (or an `and` holding
+/// one); the store must return every record the hint allows (a superset of
+/// the matches), never fewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexHint {
+    /// `id eq "..."` (case-exact).
+    Id(String),
+    /// `userName eq` for users, `displayName eq` for groups: the value lowercased.
+    UniqueName(String),
+    /// `externalId eq "..."` (case-exact).
+    ExternalId(String),
+}
+
+pub type Matcher<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
+pub type Sorter<'a> = &'a (dyn Fn(&Value, &Value) -> Ordering + Sync);
+
+pub struct Query<'a> {
+    pub kind: ResourceKind,
+    pub hint: Option<IndexHint>,
+    /// The full filter; `None` matches everything.
+    pub matches: Option<Matcher<'a>>,
+    /// `None` keeps creation order.
+    pub sort: Option<Sorter<'a>>,
+    /// 1-based, as in SCIM.
+    pub start_index: usize,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub total: usize,
+    pub records: Vec<Record>,
+}
+
+/// What a mutation decided, given the current record and the version the
+/// store will assign if it changes anything.
+pub enum Mutation {
+    /// Store this document (with `meta.version` etc. already set by the caller).
+    Replace(Value),
+    /// Nothing changed: no write, no new version.
+    Unchanged,
+}
+
+pub type MutateFn = Box<dyn FnOnce(&Record, u64) -> Result<Mutation, ScimError> + Send>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Scim(#[from] ScimError),
+    #[error("storage failure: {0}")]
+    Backend(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// The SCIM error a client sees: protocol errors as they are, storage
+    /// failures as 500/503 with no internals.
+    pub fn into_scim(self) -> ScimError {
+        match self {
+            StoreError::Scim(e) => e,
+            StoreError::Backend(_) => ScimError::new(
+                500,
+                None,
+                "the server could not store the change; retry later",
+            ),
+            StoreError::Closed => {
+                ScimError::new(503, None, "the server is shutting down; retry later")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub users: usize,
+    pub groups: usize,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new resource. `doc` carries its `id` (a fresh one chosen by the
+    /// caller) and `meta`; version 1. Fails with 409 `uniqueness` if the unique
+    /// name (userName / group displayName, case-insensitive) or the id is taken,
+    /// and with 400 `invalidValue` if a group lists a member id that is neither
+    /// a stored user nor a stored group.
+    async fn create(&self, kind: ResourceKind, doc: Value) -> Result<Record, StoreError>;
+
+    async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Reads the current record and applies `mutate` atomically (no other write
+    /// to the same resource in between). 404 if missing. The same uniqueness
+    /// and membership rules as `create` apply to the new document.
+    async fn update(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        mutate: MutateFn,
+    ) -> Result<Record, StoreError>;
+
+    /// Deletes a resource; deleting a user or group also removes it from the
+    /// `members` of every group (those groups get a new version). 404 if missing.
+    async fn delete(&self, kind: ResourceKind, id: &str) -> Result<(), StoreError>;
+
+    async fn query(&self, query: Query<'_>) -> Result<Page, StoreError>;
+
+    /// Groups whose `members` contain this id: (group id, displayName).
+    async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    async fn counts(&self) -> Result<Counts, StoreError>;
+}
