@@ -7,15 +7,9 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("the config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_yaml::Error,
-    },
+    Parse { path: PathBuf, source: serde_yaml::Error },
     #[error("{key} is invalid: {why}")]
     Invalid { key: &'static str, why: String },
 }
@@ -58,14 +52,8 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
 impl ServeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
     }
 
     pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
@@ -76,21 +64,16 @@ impl ServeConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(u) = &self.public_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(ConfigError::Invalid {
-                    key: "publicUrl",
-                    why: format!(
-                        "'{u}' must start with http:// or https://, e.g. https://scim.example.com/scim/v2"
-                    ),
-                });
-            }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "publicUrl",
+                why: format!("'{u}' must start with http:// or https://, e.g. https://scim.example.com/scim/v2"),
+            });
         }
         if self.max_body_bytes == Some(0) {
-            return Err(ConfigError::Invalid {
-                key: "maxBodyBytes",
-                why: "must be greater than 0".into(),
-            });
+            return Err(ConfigError::Invalid { key: "maxBodyBytes", why: "must be greater than 0".into() });
         }
         Ok(())
     }

@@ -64,10 +64,7 @@ enum KeyCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -96,8 +93,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    rt.block_on(server::serve(settings))
-        .map_err(|e| e.to_string())
+    rt.block_on(server::serve(settings)).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -107,13 +103,9 @@ fn main() -> ExitCode {
             init_tracing();
             serve(args)
         }
-        Command::Key {
-            command: KeyCommand::Generate { name },
-        } => {
+        Command::Key { command: KeyCommand::Generate { name } } => {
             let token = auth::generate_token();
-            println!(
-                "Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}"
-            );
+            println!("Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}");
             println!("Add this line under 'keys:' in the keys file:");
             println!("{}", auth::keys_file_line(&name, &token));
             Ok(())

@@ -5,9 +5,8 @@
 use serde_json::{Value, json};
 
 use super::schema::{
-    AttrDef, COMMON_ATTRIBUTES, ENTERPRISE_ATTRIBUTES, ENTERPRISE_USER_SCHEMA, GROUP_ATTRIBUTES,
-    GROUP_SCHEMA, LIST_RESPONSE_SCHEMA, Mutability, ResourceKind, Returned, USER_ATTRIBUTES,
-    USER_SCHEMA, USER_X509,
+    AttrDef, COMMON_ATTRIBUTES, ENTERPRISE_ATTRIBUTES, ENTERPRISE_USER_SCHEMA, GROUP_ATTRIBUTES, GROUP_SCHEMA,
+    LIST_RESPONSE_SCHEMA, Mutability, ResourceKind, Returned, USER_ATTRIBUTES, USER_SCHEMA, USER_X509,
 };
 
 pub const SPC_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
@@ -38,11 +37,8 @@ pub fn service_provider_config(base_url: &str) -> Value {
 }
 
 pub fn resource_type(kind: ResourceKind, base_url: &str) -> Value {
-    let extensions: Vec<Value> = kind
-        .extensions()
-        .iter()
-        .map(|(urn, _)| json!({"schema": urn, "required": false}))
-        .collect();
+    let extensions: Vec<Value> =
+        kind.extensions().iter().map(|(urn, _)| json!({"schema": urn, "required": false})).collect();
     let mut v = json!({
         "schemas": [RESOURCE_TYPE_SCHEMA],
         "id": kind.name(),
@@ -116,12 +112,7 @@ pub fn schemas(base_url: &str) -> Vec<Value> {
     vec![
         doc(USER_SCHEMA, "User", "User Account", user),
         doc(GROUP_SCHEMA, "Group", "Group", group),
-        doc(
-            ENTERPRISE_USER_SCHEMA,
-            "EnterpriseUser",
-            "Enterprise User",
-            ENTERPRISE_ATTRIBUTES.iter().collect(),
-        ),
+        doc(ENTERPRISE_USER_SCHEMA, "EnterpriseUser", "Enterprise User", ENTERPRISE_ATTRIBUTES.iter().collect()),
     ]
 }
 
@@ -144,32 +135,15 @@ mod tests {
     fn schemas_list_every_attribute_the_engine_knows() {
         let s = schemas("http://x/scim/v2");
         assert_eq!(s.len(), 3);
-        let names: Vec<&str> = s[0]["attributes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["name"].as_str().unwrap())
-            .collect();
-        for want in [
-            "userName",
-            "name",
-            "emails",
-            "active",
-            "externalId",
-            "addresses",
-            "x509Certificates",
-        ] {
+        let names: Vec<&str> =
+            s[0]["attributes"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+        for want in ["userName", "name", "emails", "active", "externalId", "addresses", "x509Certificates"] {
             assert!(names.contains(&want), "{want}");
         }
         let user_name = &s[0]["attributes"][1];
         assert_eq!(user_name["uniqueness"], "server");
         assert_eq!(user_name["caseExact"], false);
-        let manager = s[2]["attributes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == "manager")
-            .unwrap();
+        let manager = s[2]["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "manager").unwrap();
         assert_eq!(manager["type"], "complex");
         assert_eq!(s[1]["id"], GROUP_SCHEMA);
     }
@@ -178,11 +152,7 @@ mod tests {
     fn resource_types() {
         let u = resource_type(ResourceKind::User, "b");
         assert_eq!(u["schemaExtensions"][0]["schema"], ENTERPRISE_USER_SCHEMA);
-        assert!(
-            resource_type(ResourceKind::Group, "b")
-                .get("schemaExtensions")
-                .is_none()
-        );
+        assert!(resource_type(ResourceKind::Group, "b").get("schemaExtensions").is_none());
         assert_eq!(service_provider_config("b")["patch"]["supported"], true);
     }
 }

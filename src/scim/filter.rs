@@ -107,6 +107,9 @@ pub enum Filter {
         inner: Box<Filter>,
         then: Option<Box<Filter>>,
     },
+    /// An attribute the resource type does not have, in a root `/.search`
+    /// that spans types: it matches nothing of this type.
+    Never,
 }
 
 // ---------------------------------------------------------------- tokenizer
@@ -163,15 +166,10 @@ fn tokenize(input: &str) -> ScimResult<Vec<Tok>> {
                     }
                 }
                 let end = end.ok_or_else(|| {
-                    ScimError::invalid_filter(format!(
-                        "unterminated string starting at position {start}"
-                    ))
+                    ScimError::invalid_filter(format!("unterminated string starting at position {start}"))
                 })?;
-                let s: String = serde_json::from_str(&input[start..=end]).map_err(|_| {
-                    ScimError::invalid_filter(format!(
-                        "invalid escape in string at position {start}"
-                    ))
-                })?;
+                let s: String = serde_json::from_str(&input[start..=end])
+                    .map_err(|_| ScimError::invalid_filter(format!("invalid escape in string at position {start}")))?;
                 toks.push(Tok::Str(s));
             }
             c if is_word_char(c) => {
@@ -188,9 +186,7 @@ fn tokenize(input: &str) -> ScimResult<Vec<Tok>> {
                 toks.push(Tok::Word(input[start..end].to_string()));
             }
             other => {
-                return Err(ScimError::invalid_filter(format!(
-                    "unexpected character '{other}' at position {i}"
-                )));
+                return Err(ScimError::invalid_filter(format!("unexpected character '{other}' at position {i}")));
             }
         }
     }
@@ -215,6 +211,8 @@ struct Parser<'a> {
     toks: &'a [Tok],
     pos: usize,
     depth: usize,
+    /// Unknown attributes become `Filter::Never` instead of an error.
+    lenient: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -232,9 +230,7 @@ impl<'a> Parser<'a> {
     fn enter(&mut self) -> ScimResult<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ScimError::invalid_filter(format!(
-                "filter is nested more than {MAX_DEPTH} levels deep"
-            )));
+            return Err(ScimError::invalid_filter(format!("filter is nested more than {MAX_DEPTH} levels deep")));
         }
         Ok(())
     }
@@ -261,9 +257,7 @@ impl<'a> Parser<'a> {
 
     fn unary(&mut self, scope: Scope) -> ScimResult<Filter> {
         self.enter()?;
-        let f = if self.peek_keyword("not")
-            && matches!(self.toks.get(self.pos + 1), Some(Tok::LParen))
-        {
+        let f = if self.peek_keyword("not") && matches!(self.toks.get(self.pos + 1), Some(Tok::LParen)) {
             self.next();
             Filter::Not(Box::new(self.group(scope)?))
         } else if matches!(self.peek(), Some(Tok::LParen)) {
@@ -288,22 +282,15 @@ impl<'a> Parser<'a> {
         let path = match self.next() {
             Some(Tok::Word(w)) => w.as_str(),
             Some(t) => {
-                return Err(ScimError::invalid_filter(format!(
-                    "expected an attribute name, found {}",
-                    describe(t)
-                )));
+                return Err(ScimError::invalid_filter(format!("expected an attribute name, found {}", describe(t))));
             }
             None => {
-                return Err(ScimError::invalid_filter(
-                    "expected an attribute name, found the end of the filter",
-                ));
+                return Err(ScimError::invalid_filter("expected an attribute name, found the end of the filter"));
             }
         };
         if matches!(self.peek(), Some(Tok::LBracket)) {
             let Scope::Resource(kind) = scope else {
-                return Err(ScimError::invalid_filter(
-                    "value paths ('[...]') cannot be nested",
-                ));
+                return Err(ScimError::invalid_filter("value paths ('[...]') cannot be nested"));
             };
             self.next();
             let attr = resolve_multi(kind, path).map_err(ScimError::invalid_filter)?;
@@ -311,9 +298,7 @@ impl<'a> Parser<'a> {
             match self.next() {
                 Some(Tok::RBracket) => {}
                 _ => {
-                    return Err(ScimError::invalid_filter(format!(
-                        "missing ']' after the value filter of {path}"
-                    )));
+                    return Err(ScimError::invalid_filter(format!("missing ']' after the value filter of {path}")));
                 }
             }
             let then = match self.peek() {
@@ -321,44 +306,48 @@ impl<'a> Parser<'a> {
                     let sub_name = &w[1..];
                     self.next();
                     let sub = attr.attr.sub(sub_name).ok_or_else(|| {
-                        ScimError::invalid_filter(format!(
-                            "{} has no sub-attribute '{sub_name}'",
-                            attr.attr.name
-                        ))
+                        ScimError::invalid_filter(format!("{} has no sub-attribute '{sub_name}'", attr.attr.name))
                     })?;
                     Some(Box::new(self.operator(Target::Element(sub), path)?))
                 }
                 _ => None,
             };
-            return Ok(Filter::ValuePath {
-                attr,
-                inner: Box::new(inner),
-                then,
-            });
+            return Ok(Filter::ValuePath { attr, inner: Box::new(inner), then });
         }
         let target = match scope {
-            Scope::Resource(kind) => {
-                Target::Resource(resolve_path(kind, path).ok_or_else(|| {
-                    ScimError::invalid_filter(format!(
-                        "unknown attribute '{path}' for {}",
-                        kind.name()
-                    ))
+            Scope::Resource(kind) => match resolve_path(kind, path) {
+                Some(r) => Target::Resource(r),
+                None if self.lenient => {
+                    self.skip_operand();
+                    return Ok(Filter::Never);
+                }
+                None => {
+                    return Err(ScimError::invalid_filter(format!("unknown attribute '{path}' for {}", kind.name())));
+                }
+            },
+            Scope::Element(parent) => {
+                Target::Element(parent.sub(path).ok_or_else(|| {
+                    ScimError::invalid_filter(format!("{} has no sub-attribute '{path}'", parent.name))
                 })?)
             }
-            Scope::Element(parent) => Target::Element(parent.sub(path).ok_or_else(|| {
-                ScimError::invalid_filter(format!("{} has no sub-attribute '{path}'", parent.name))
-            })?),
         };
         self.operator(target, path)
+    }
+
+    /// Skips `op value` or `pr` after an attribute that lenient parsing ignores.
+    fn skip_operand(&mut self) {
+        if let Some(Tok::Word(w)) = self.next()
+            && !w.eq_ignore_ascii_case("pr")
+        {
+            self.next();
+        }
     }
 
     fn operator(&mut self, target: Target, path: &str) -> ScimResult<Filter> {
         let op_word = match self.next() {
             Some(Tok::Word(w)) => w.as_str(),
             _ => {
-                return Err(ScimError::invalid_filter(format!(
-                    "expected an operator after '{path}'"
-                )));
+                return Err(ScimError::invalid_filter(format!("expected an operator after '{path}'")));
             }
         };
         if op_word.eq_ignore_ascii_case("pr") {
@@ -401,21 +390,18 @@ fn parse_bare_literal(w: &str) -> Option<Literal> {
         "null" => return Some(Literal::Null),
         _ => {}
     }
-    if w.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
-        if let Ok(Value::Number(n)) = serde_json::from_str::<Value>(w) {
-            return Some(Literal::Num(n));
-        }
+    if w.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+        && let Ok(Value::Number(n)) = serde_json::from_str::<Value>(w)
+    {
+        return Some(Literal::Num(n));
     }
     None
 }
 
 fn resolve_multi(kind: ResourceKind, path: &str) -> Result<ResolvedAttr, String> {
-    let attr = resolve_path(kind, path)
-        .ok_or_else(|| format!("unknown attribute '{path}' for {}", kind.name()))?;
+    let attr = resolve_path(kind, path).ok_or_else(|| format!("unknown attribute '{path}' for {}", kind.name()))?;
     if attr.sub.is_some() || !attr.attr.multi_valued || !attr.attr.is_complex() {
-        return Err(format!(
-            "'{path}' is not a multi-valued complex attribute, so it cannot take a '[...]' filter"
-        ));
+        return Err(format!("'{path}' is not a multi-valued complex attribute, so it cannot take a '[...]' filter"));
     }
     Ok(attr)
 }
@@ -441,13 +427,9 @@ fn check_operand(target: Target, op: CmpOp, value: &Literal, path: &str) -> Scim
         Literal::Null => matches!(op, CmpOp::Eq | CmpOp::Ne),
         Literal::Bool(_) => ty == AttrType::Boolean && matches!(op, CmpOp::Eq | CmpOp::Ne),
         Literal::Num(_) => {
-            matches!(ty, AttrType::Integer | AttrType::Decimal)
-                && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew)
+            matches!(ty, AttrType::Integer | AttrType::Decimal) && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew)
         }
-        Literal::Str(_) => !matches!(
-            ty,
-            AttrType::Boolean | AttrType::Integer | AttrType::Decimal
-        ),
+        Literal::Str(_) => !matches!(ty, AttrType::Boolean | AttrType::Integer | AttrType::Decimal),
     };
     if ok {
         Ok(())
@@ -469,20 +451,24 @@ fn check_operand(target: Target, op: CmpOp, value: &Literal, path: &str) -> Scim
 impl Filter {
     /// Parses a filter for resources of `kind`.
     pub fn parse(kind: ResourceKind, input: &str) -> ScimResult<Filter> {
+        Self::parse_with(kind, input, false)
+    }
+
+    /// For root `/.search`, which spans resource types: attributes `kind`
+    /// does not have match nothing instead of failing the request.
+    pub fn parse_lenient(kind: ResourceKind, input: &str) -> ScimResult<Filter> {
+        Self::parse_with(kind, input, true)
+    }
+
+    fn parse_with(kind: ResourceKind, input: &str, lenient: bool) -> ScimResult<Filter> {
         if input.len() > MAX_FILTER_LEN {
-            return Err(ScimError::invalid_filter(format!(
-                "filter is longer than {MAX_FILTER_LEN} characters"
-            )));
+            return Err(ScimError::invalid_filter(format!("filter is longer than {MAX_FILTER_LEN} characters")));
         }
         let toks = tokenize(input)?;
         if toks.is_empty() {
             return Err(ScimError::invalid_filter("filter is empty"));
         }
-        let mut p = Parser {
-            toks: &toks,
-            pos: 0,
-            depth: 0,
-        };
+        let mut p = Parser { toks: &toks, pos: 0, depth: 0, lenient };
         let f = p.or(Scope::Resource(kind))?;
         if let Some(t) = p.peek() {
             return Err(ScimError::invalid_filter(format!(
@@ -507,16 +493,16 @@ impl Filter {
     pub fn index_hint(&self, kind: ResourceKind) -> Option<IndexHint> {
         match self {
             Filter::And(a, b) => a.index_hint(kind).or_else(|| b.index_hint(kind)),
-            Filter::Compare {
-                target: Target::Resource(r),
-                op: CmpOp::Eq,
-                value: Literal::Str(s),
-            } if r.sub.is_none() && r.container == Container::Core => match r.attr.name {
-                "id" => Some(IndexHint::Id(s.clone())),
-                "externalId" => Some(IndexHint::ExternalId(s.clone())),
-                n if n == kind.unique_name_attr() => Some(IndexHint::UniqueName(s.to_lowercase())),
-                _ => None,
-            },
+            Filter::Compare { target: Target::Resource(r), op: CmpOp::Eq, value: Literal::Str(s) }
+                if r.sub.is_none() && r.container == Container::Core =>
+            {
+                match r.attr.name {
+                    "id" => Some(IndexHint::Id(s.clone())),
+                    "externalId" => Some(IndexHint::ExternalId(s.clone())),
+                    n if n == kind.unique_name_attr() => Some(IndexHint::UniqueName(s.to_lowercase())),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
@@ -531,11 +517,9 @@ impl Filter {
                 v.extend(b.required_values()?);
                 Some(v)
             }
-            Filter::Compare {
-                target: Target::Element(def),
-                op: CmpOp::Eq,
-                value,
-            } if *value != Literal::Null => Some(vec![(def.name, value.to_json())]),
+            Filter::Compare { target: Target::Element(def), op: CmpOp::Eq, value } if *value != Literal::Null => {
+                Some(vec![(def.name, value.to_json())])
+            }
             _ => None,
         }
     }
@@ -553,60 +537,36 @@ pub struct PatchPath {
 impl PatchPath {
     pub fn parse(kind: ResourceKind, input: &str) -> ScimResult<PatchPath> {
         let toks = tokenize(input).map_err(|e| ScimError::invalid_path(e.detail))?;
-        let bad =
-            |why: String| ScimError::invalid_path(format!("invalid PATCH path '{input}': {why}"));
+        let bad = |why: String| ScimError::invalid_path(format!("invalid PATCH path '{input}': {why}"));
         let path = match toks.first() {
             Some(Tok::Word(w)) => w.as_str(),
             _ => return Err(bad("it must start with an attribute name".into())),
         };
         if toks.len() == 1 {
-            let attr = resolve_path(kind, path).ok_or_else(|| {
-                bad(format!(
-                    "no attribute '{path}' in the {} schema",
-                    kind.name()
-                ))
-            })?;
-            return Ok(PatchPath {
-                attr,
-                filter: None,
-                sub_after_filter: None,
-            });
+            let attr = resolve_path(kind, path)
+                .ok_or_else(|| bad(format!("no attribute '{path}' in the {} schema", kind.name())))?;
+            return Ok(PatchPath { attr, filter: None, sub_after_filter: None });
         }
         if toks.get(1) != Some(&Tok::LBracket) {
             return Err(bad("expected '[' after the attribute name".into()));
         }
-        let close = toks
-            .iter()
-            .rposition(|t| *t == Tok::RBracket)
-            .ok_or_else(|| bad("missing ']'".into()))?;
+        let close = toks.iter().rposition(|t| *t == Tok::RBracket).ok_or_else(|| bad("missing ']'".into()))?;
         let attr = resolve_multi(kind, path).map_err(bad)?;
-        let mut p = Parser {
-            toks: &toks[2..close],
-            pos: 0,
-            depth: 0,
-        };
+        let mut p = Parser { toks: &toks[2..close], pos: 0, depth: 0, lenient: false };
         let filter = p.or(Scope::Element(attr.attr)).map_err(|e| bad(e.detail))?;
         if p.pos != close - 2 {
             return Err(bad("unexpected tokens inside '[...]'".into()));
         }
         let sub_after_filter = match &toks[close + 1..] {
             [] => None,
-            [Tok::Word(w)] if w.starts_with('.') => {
-                Some(attr.attr.sub(&w[1..]).ok_or_else(|| {
-                    bad(format!(
-                        "{} has no sub-attribute '{}'",
-                        attr.attr.name,
-                        &w[1..]
-                    ))
-                })?)
-            }
+            [Tok::Word(w)] if w.starts_with('.') => Some(
+                attr.attr
+                    .sub(&w[1..])
+                    .ok_or_else(|| bad(format!("{} has no sub-attribute '{}'", attr.attr.name, &w[1..])))?,
+            ),
             _ => return Err(bad("only '.subAttribute' may follow ']'".into())),
         };
-        Ok(PatchPath {
-            attr,
-            filter: Some(filter),
-            sub_after_filter,
-        })
+        Ok(PatchPath { attr, filter: Some(filter), sub_after_filter })
     }
 }
 
@@ -617,17 +577,15 @@ fn eval(f: &Filter, ctx: &Value) -> bool {
         Filter::And(a, b) => eval(a, ctx) && eval(b, ctx),
         Filter::Or(a, b) => eval(a, ctx) || eval(b, ctx),
         Filter::Not(a) => !eval(a, ctx),
+        Filter::Never => false,
         Filter::Present { target } => values_of(*target, ctx).iter().any(|v| is_present(v)),
         Filter::Compare { target, op, value } => compare_target(*target, *op, value, ctx),
         Filter::ValuePath { attr, inner, then } => {
-            let Some(Value::Array(items)) =
-                container_of(attr.container, ctx).and_then(|o| o.get(attr.attr.name))
+            let Some(Value::Array(items)) = container_of(attr.container, ctx).and_then(|o| o.get(attr.attr.name))
             else {
                 return false;
             };
-            items
-                .iter()
-                .any(|el| eval(inner, el) && then.as_ref().is_none_or(|t| eval(t, el)))
+            items.iter().any(|el| eval(inner, el) && then.as_ref().is_none_or(|t| eval(t, el)))
         }
     }
 }
@@ -648,9 +606,7 @@ fn compare_target(target: Target, op: CmpOp, lit: &Literal, ctx: &Value) -> bool
     match (op, lit) {
         (CmpOp::Eq, Literal::Null) => present.is_empty(),
         (CmpOp::Ne, Literal::Null) => !present.is_empty(),
-        (CmpOp::Ne, _) => !present
-            .iter()
-            .any(|v| compare_value(leaf, CmpOp::Eq, v, lit)),
+        (CmpOp::Ne, _) => !present.iter().any(|v| compare_value(leaf, CmpOp::Eq, v, lit)),
         _ => present.iter().any(|v| compare_value(leaf, op, v, lit)),
     }
 }
@@ -675,10 +631,7 @@ fn values_of(target: Target, ctx: &Value) -> Vec<&Value> {
                 other => vec![other],
             };
             match r.sub {
-                Some(sub) => items
-                    .into_iter()
-                    .filter_map(|el| el.get(sub.name))
-                    .collect(),
+                Some(sub) => items.into_iter().filter_map(|el| el.get(sub.name)).collect(),
                 None => items,
             }
         }
@@ -703,19 +656,13 @@ fn compare_value(def: &AttrDef, op: CmpOp, actual: &Value, lit: &Literal) -> boo
             _ => false,
         },
         (Value::String(a), Literal::Str(b)) => {
-            if def.ty == AttrType::DateTime && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew) {
-                if let (Ok(x), Ok(y)) = (
-                    OffsetDateTime::parse(a, &Rfc3339),
-                    OffsetDateTime::parse(b, &Rfc3339),
-                ) {
-                    return ordering_matches(op, Some(x.cmp(&y)));
-                }
+            if def.ty == AttrType::DateTime
+                && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew)
+                && let (Ok(x), Ok(y)) = (OffsetDateTime::parse(a, &Rfc3339), OffsetDateTime::parse(b, &Rfc3339))
+            {
+                return ordering_matches(op, Some(x.cmp(&y)));
             }
-            if def.case_exact {
-                compare_str(op, a, b)
-            } else {
-                compare_str(op, &a.to_lowercase(), &b.to_lowercase())
-            }
+            if def.case_exact { compare_str(op, a, b) } else { compare_str(op, &a.to_lowercase(), &b.to_lowercase()) }
         }
         _ => false,
     }
@@ -754,18 +701,12 @@ pub fn sort_key_cmp(attr: ResolvedAttr, a: &Value, b: &Value) -> Ordering {
         (None, Some(_)) => Ordering::Greater,
         (Some(_), None) => Ordering::Less,
         (Some(x), Some(y)) => {
-            let leaf = if attr.leaf().is_complex() {
-                attr.leaf().sub("value").unwrap_or(attr.leaf())
-            } else {
-                attr.leaf()
-            };
+            let leaf =
+                if attr.leaf().is_complex() { attr.leaf().sub("value").unwrap_or(attr.leaf()) } else { attr.leaf() };
             match (x, y) {
                 (Value::String(x), Value::String(y)) if leaf.case_exact => x.cmp(y),
                 (Value::String(x), Value::String(y)) => x.to_lowercase().cmp(&y.to_lowercase()),
-                (Value::Number(x), Value::Number(y)) => x
-                    .as_f64()
-                    .partial_cmp(&y.as_f64())
-                    .unwrap_or(Ordering::Equal),
+                (Value::Number(x), Value::Number(y)) => x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(Ordering::Equal),
                 (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
                 _ => Ordering::Equal,
             }
@@ -776,10 +717,9 @@ pub fn sort_key_cmp(attr: ResolvedAttr, a: &Value, b: &Value) -> Ordering {
 fn sort_value(attr: ResolvedAttr, doc: &Value) -> Option<&Value> {
     let v = container_of(attr.container, doc)?.get(attr.attr.name)?;
     let v = match v {
-        Value::Array(items) => items
-            .iter()
-            .find(|el| el.get("primary") == Some(&Value::Bool(true)))
-            .or_else(|| items.first())?,
+        Value::Array(items) => {
+            items.iter().find(|el| el.get("primary") == Some(&Value::Bool(true))).or_else(|| items.first())?
+        }
         other => other,
     };
     let v = match (attr.sub, v) {
@@ -816,9 +756,7 @@ mod tests {
     }
 
     fn m(filter: &str) -> bool {
-        Filter::parse(ResourceKind::User, filter)
-            .unwrap()
-            .matches(&user())
+        Filter::parse(ResourceKind::User, filter).unwrap().matches(&user())
     }
 
     fn err(filter: &str) -> ScimError {
@@ -828,19 +766,10 @@ mod tests {
     #[test]
     fn entra_probe_and_matching_filters() {
         assert!(!m(r#"userName eq "7d420df3-9995-4831-a406-ecf8166f5f6a""#));
-        assert!(
-            m(r#"userName eq "alice@contoso.com""#),
-            "userName is caseExact=false"
-        );
+        assert!(m(r#"userName eq "alice@contoso.com""#), "userName is caseExact=false");
         assert!(m(r#"externalId eq "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef""#));
-        assert!(
-            !m(r#"externalId eq "0A21F0F2-8D2A-4F8E-BF98-7363C4AED4EF""#),
-            "externalId is caseExact"
-        );
-        assert!(
-            m(r#"USERNAME EQ "alice@contoso.com""#),
-            "names and operators are case-insensitive"
-        );
+        assert!(!m(r#"externalId eq "0A21F0F2-8D2A-4F8E-BF98-7363C4AED4EF""#), "externalId is caseExact");
+        assert!(m(r#"USERNAME EQ "alice@contoso.com""#), "names and operators are case-insensitive");
         assert!(m(r#"emails[type eq "work"].value eq "alice@contoso.com""#));
         assert!(!m(r#"emails[type eq "home"].value eq "alice@contoso.com""#));
     }
@@ -856,13 +785,11 @@ mod tests {
         assert!(m(r#"displayName ge "alice smith""#));
         assert!(m(r#"displayName lt "B""#));
         assert!(m(r#"displayName le "Alice Smith""#));
-        assert!(m("title pr") == false);
+        assert!(!m("title pr"));
         assert!(m("name.givenName pr"));
         assert!(m("active eq true"));
         assert!(!m("active eq false"));
-        assert!(m(
-            r#"meta.created lt "2026-01-02T04:00:00+01:00" or meta.created gt "2026-01-02T03:00:00Z""#
-        ));
+        assert!(m(r#"meta.created lt "2026-01-02T04:00:00+01:00" or meta.created gt "2026-01-02T03:00:00Z""#));
         assert!(m(r#"meta.lastModified gt "2026-05-31T23:59:59.5Z""#));
         assert!(m("title eq null"));
         assert!(m(r#"title ne "x""#), "ne matches a missing attribute");
@@ -870,34 +797,21 @@ mod tests {
 
     #[test]
     fn logic_precedence_and_grouping() {
-        assert!(m(
-            r#"userName eq "x" or userName eq "alice@contoso.com" and active eq true"#
-        ));
-        assert!(!m(
-            r#"(userName eq "x" or userName eq "alice@contoso.com") and active eq false"#
-        ));
+        assert!(m(r#"userName eq "x" or userName eq "alice@contoso.com" and active eq true"#));
+        assert!(!m(r#"(userName eq "x" or userName eq "alice@contoso.com") and active eq false"#));
         assert!(m(r#"not (userName eq "x")"#));
         assert!(!m(r#"not(userName sw "a")"#));
         assert!(m(r#"emails[type eq "work" and value co "contoso"]"#));
         assert!(m(r#"emails[not (type eq "home")]"#));
-        assert!(
-            m(r#"emails co "home.example""#),
-            "multi-valued compares its value"
-        );
+        assert!(m(r#"emails co "home.example""#), "multi-valued compares its value");
         assert!(m(r#"emails.value ew ".example""#));
     }
 
     #[test]
     fn urn_qualified_and_extension_attributes() {
-        assert!(m(
-            r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "ALICE@contoso.com""#
-        ));
-        assert!(m(
-            r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "engineering""#
-        ));
-        assert!(m(
-            r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value eq "m-1""#
-        ));
+        assert!(m(r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "ALICE@contoso.com""#));
+        assert!(m(r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "engineering""#));
+        assert!(m(r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value eq "m-1""#));
         assert!(m(r#"department eq "Engineering""#));
     }
 
@@ -931,11 +845,7 @@ mod tests {
         ] {
             let e = err(f);
             assert_eq!(e.status, 400, "{f}");
-            assert_eq!(
-                e.scim_type,
-                Some(crate::scim::error::ScimType::InvalidFilter),
-                "{f}: {e:?}"
-            );
+            assert_eq!(e.scim_type, Some(crate::scim::error::ScimType::InvalidFilter), "{f}: {e:?}");
         }
         let deep = format!("{}userName eq \"x\"{}", "(".repeat(100), ")".repeat(100));
         assert_eq!(err(&deep).status, 400);
@@ -944,31 +854,24 @@ mod tests {
     }
 
     #[test]
+    fn lenient_parsing_for_root_search() {
+        let f = Filter::parse_lenient(ResourceKind::Group, r#"userName eq "x" or displayName pr"#).unwrap();
+        assert!(f.matches(&json!({"displayName": "G"})));
+        let f = Filter::parse_lenient(ResourceKind::Group, "userName pr").unwrap();
+        assert!(!f.matches(&json!({"displayName": "G"})));
+        assert!(Filter::parse(ResourceKind::Group, "userName pr").is_err());
+    }
+
+    #[test]
     fn index_hints() {
-        let h = |f: &str| {
-            Filter::parse(ResourceKind::User, f)
-                .unwrap()
-                .index_hint(ResourceKind::User)
-        };
-        assert_eq!(
-            h(r#"userName eq "Alice""#),
-            Some(IndexHint::UniqueName("alice".into()))
-        );
-        assert_eq!(
-            h(r#"externalId eq "X""#),
-            Some(IndexHint::ExternalId("X".into()))
-        );
-        assert_eq!(
-            h(r#"active eq true and id eq "1""#),
-            Some(IndexHint::Id("1".into()))
-        );
+        let h = |f: &str| Filter::parse(ResourceKind::User, f).unwrap().index_hint(ResourceKind::User);
+        assert_eq!(h(r#"userName eq "Alice""#), Some(IndexHint::UniqueName("alice".into())));
+        assert_eq!(h(r#"externalId eq "X""#), Some(IndexHint::ExternalId("X".into())));
+        assert_eq!(h(r#"active eq true and id eq "1""#), Some(IndexHint::Id("1".into())));
         assert_eq!(h(r#"userName eq "a" or userName eq "b""#), None);
         assert_eq!(h(r#"userName sw "a""#), None);
         let g = Filter::parse(ResourceKind::Group, r#"displayName eq "Sales""#).unwrap();
-        assert_eq!(
-            g.index_hint(ResourceKind::Group),
-            Some(IndexHint::UniqueName("sales".into()))
-        );
+        assert_eq!(g.index_hint(ResourceKind::Group), Some(IndexHint::UniqueName("sales".into())));
     }
 
     #[test]
@@ -976,30 +879,19 @@ mod tests {
         let p = PatchPath::parse(ResourceKind::User, r#"emails[type eq "work"].value"#).unwrap();
         assert_eq!(p.attr.attr.name, "emails");
         assert_eq!(p.sub_after_filter.unwrap().name, "value");
-        assert_eq!(
-            p.filter.unwrap().required_values().unwrap(),
-            vec![("type", json!("work"))]
-        );
+        assert_eq!(p.filter.unwrap().required_values().unwrap(), vec![("type", json!("work"))]);
         let p = PatchPath::parse(ResourceKind::Group, r#"members[value eq "7f4bc1a3"]"#).unwrap();
-        assert!(
-            p.filter
-                .unwrap()
-                .matches_element(&json!({"value": "7f4bc1a3"}))
-        );
+        assert!(p.filter.unwrap().matches_element(&json!({"value": "7f4bc1a3"})));
         let p = PatchPath::parse(
             ResourceKind::User,
             "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber",
         )
         .unwrap();
         assert_eq!(p.attr.attr.name, "employeeNumber");
-        let p =
-            PatchPath::parse(ResourceKind::User, r#"addresses[type eq "work"].Formatted"#).unwrap();
+        let p = PatchPath::parse(ResourceKind::User, r#"addresses[type eq "work"].Formatted"#).unwrap();
         assert_eq!(p.sub_after_filter.unwrap().name, "formatted");
         let p = PatchPath::parse(ResourceKind::User, "emails[primary eq true].value").unwrap();
-        assert_eq!(
-            p.filter.unwrap().required_values().unwrap(),
-            vec![("primary", json!(true))]
-        );
+        assert_eq!(p.filter.unwrap().required_values().unwrap(), vec![("primary", json!(true))]);
         for bad in [
             "",
             "nope",
@@ -1010,11 +902,7 @@ mod tests {
             "emails[type eq \"x\"] x",
         ] {
             let e = PatchPath::parse(ResourceKind::User, bad).unwrap_err();
-            assert_eq!(
-                e.scim_type,
-                Some(crate::scim::error::ScimType::InvalidPath),
-                "{bad}"
-            );
+            assert_eq!(e.scim_type, Some(crate::scim::error::ScimType::InvalidPath), "{bad}");
         }
     }
 
@@ -1025,10 +913,6 @@ mod tests {
         let un = resolve_path(ResourceKind::User, "userName").unwrap();
         assert_eq!(sort_key_cmp(un, &a, &b), Ordering::Greater);
         let em = resolve_path(ResourceKind::User, "emails").unwrap();
-        assert_eq!(
-            sort_key_cmp(em, &a, &b),
-            Ordering::Less,
-            "missing sorts last"
-        );
+        assert_eq!(sort_key_cmp(em, &a, &b), Ordering::Less, "missing sorts last");
     }
 }

@@ -28,19 +28,15 @@ pub struct PatchOperation {
 }
 
 fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+    obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 
 /// Parses a PatchOp body. An empty `Operations` array is accepted as a no-op:
 /// Microsoft's validator sends one.
 pub fn parse_patch(body: &Value) -> ScimResult<Vec<PatchOperation>> {
-    let obj = body.as_object().ok_or_else(|| {
-        ScimError::invalid_syntax("the PATCH body must be a JSON object with an 'Operations' array")
-    })?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("the PATCH body must be a JSON object with an 'Operations' array"))?;
     let ops = get_ci(obj, "Operations")
         .ok_or_else(|| ScimError::invalid_syntax("the PATCH body has no 'Operations' array"))?
         .as_array()
@@ -48,9 +44,9 @@ pub fn parse_patch(body: &Value) -> ScimResult<Vec<PatchOperation>> {
     ops.iter()
         .enumerate()
         .map(|(i, op)| {
-            let o = op.as_object().ok_or_else(|| {
-                ScimError::invalid_syntax(format!("Operations[{i}] must be an object"))
-            })?;
+            let o = op
+                .as_object()
+                .ok_or_else(|| ScimError::invalid_syntax(format!("Operations[{i}] must be an object")))?;
             let name = get_ci(o, "op")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ScimError::invalid_syntax(format!("Operations[{i}] has no 'op'")))?;
@@ -69,71 +65,43 @@ pub fn parse_patch(body: &Value) -> ScimResult<Vec<PatchOperation>> {
                 Some(Value::String(s)) if s.trim().is_empty() => None,
                 Some(Value::String(s)) => Some(s.trim().to_string()),
                 Some(_) => {
-                    return Err(ScimError::invalid_path(format!(
-                        "Operations[{i}]: 'path' must be a string"
-                    )));
+                    return Err(ScimError::invalid_path(format!("Operations[{i}]: 'path' must be a string")));
                 }
             };
             let value = get_ci(o, "value").cloned();
             if kind != OpKind::Remove && value.is_none() {
-                return Err(ScimError::invalid_value(format!(
-                    "Operations[{i}]: '{name}' needs a 'value'"
-                )));
+                return Err(ScimError::invalid_value(format!("Operations[{i}]: '{name}' needs a 'value'")));
             }
-            Ok(PatchOperation {
-                op: kind,
-                path,
-                value,
-            })
+            Ok(PatchOperation { op: kind, path, value })
         })
         .collect()
 }
 
 /// Applies the operations to a resource's writable attributes. All or nothing:
 /// the caller keeps the original on error.
-pub fn apply_patch(
-    kind: ResourceKind,
-    attrs: &mut Map<String, Value>,
-    ops: &[PatchOperation],
-) -> ScimResult<()> {
+pub fn apply_patch(kind: ResourceKind, attrs: &mut Map<String, Value>, ops: &[PatchOperation]) -> ScimResult<()> {
     for op in ops {
         apply_op(kind, attrs, op)?;
     }
     check_required(kind, attrs)?;
-    if kind == ResourceKind::Group {
-        if let Some(Value::Array(members)) = attrs.get("members") {
-            if members
-                .iter()
-                .any(|m| !m.get("value").is_some_and(Value::is_string))
-            {
-                return Err(ScimError::invalid_value(
-                    "every member needs a 'value' holding the member's id",
-                ));
-            }
-        }
+    if kind == ResourceKind::Group
+        && let Some(Value::Array(members)) = attrs.get("members")
+        && members.iter().any(|m| !m.get("value").is_some_and(Value::is_string))
+    {
+        return Err(ScimError::invalid_value("every member needs a 'value' holding the member's id"));
     }
     Ok(())
 }
 
-fn apply_op(
-    kind: ResourceKind,
-    attrs: &mut Map<String, Value>,
-    op: &PatchOperation,
-) -> ScimResult<()> {
+fn apply_op(kind: ResourceKind, attrs: &mut Map<String, Value>, op: &PatchOperation) -> ScimResult<()> {
     match &op.path {
         None => {
             if op.op == OpKind::Remove {
                 return Err(ScimError::no_target("a 'remove' operation needs a 'path'"));
             }
-            let value = op
-                .value
-                .as_ref()
-                .and_then(Value::as_object)
-                .ok_or_else(|| {
-                    ScimError::invalid_value(
-                        "an operation without 'path' needs an object 'value' of attributes to set",
-                    )
-                })?;
+            let value = op.value.as_ref().and_then(Value::as_object).ok_or_else(|| {
+                ScimError::invalid_value("an operation without 'path' needs an object 'value' of attributes to set")
+            })?;
             // Entra with aadOptscim062020 puts paths ("name.givenName",
             // URN-qualified names) in the keys of a path-less replace; Okta puts
             // plain names. Both mean: apply each key as a path.
@@ -148,11 +116,7 @@ fn apply_op(
                     let Some(attr) = resolve_path(kind, key) else {
                         continue;
                     };
-                    PatchPath {
-                        attr,
-                        filter: None,
-                        sub_after_filter: None,
-                    }
+                    PatchPath { attr, filter: None, sub_after_filter: None }
                 };
                 if is_read_only(&path.attr) {
                     continue;
@@ -182,8 +146,7 @@ fn apply_op(
 }
 
 fn is_read_only(r: &ResolvedAttr) -> bool {
-    r.attr.mutability == Mutability::ReadOnly
-        || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)
+    r.attr.mutability == Mutability::ReadOnly || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)
 }
 
 fn apply_extension_object(
@@ -193,19 +156,14 @@ fn apply_extension_object(
     ext_attrs: &'static [AttrDef],
     v: &Value,
 ) -> ScimResult<()> {
-    let obj = v.as_object().ok_or_else(|| {
-        ScimError::invalid_value(format!("the value for '{urn}' must be an object"))
-    })?;
+    let obj =
+        v.as_object().ok_or_else(|| ScimError::invalid_value(format!("the value for '{urn}' must be an object")))?;
     for (k, val) in obj {
         let Some(def) = ext_attrs.iter().find(|a| a.name.eq_ignore_ascii_case(k)) else {
             continue;
         };
         let path = PatchPath {
-            attr: ResolvedAttr {
-                container: Container::Extension(urn),
-                attr: def,
-                sub: None,
-            },
+            attr: ResolvedAttr { container: Container::Extension(urn), attr: def, sub: None },
             filter: None,
             sub_after_filter: None,
         };
@@ -232,19 +190,12 @@ fn current(attrs: &Map<String, Value>, r: &ResolvedAttr) -> Option<Value> {
 /// documented `manager` example does.
 fn unwrap_single(def: &AttrDef, v: &Value) -> Value {
     match v {
-        Value::Array(a) if !def.multi_valued && a.len() <= 1 => {
-            a.first().cloned().unwrap_or(Value::Null)
-        }
+        Value::Array(a) if !def.multi_valued && a.len() <= 1 => a.first().cloned().unwrap_or(Value::Null),
         other => other.clone(),
     }
 }
 
-fn apply_path(
-    attrs: &mut Map<String, Value>,
-    op: OpKind,
-    path: &PatchPath,
-    value: Option<&Value>,
-) -> ScimResult<()> {
+fn apply_path(attrs: &mut Map<String, Value>, op: OpKind, path: &PatchPath, value: Option<&Value>) -> ScimResult<()> {
     let r = path.attr;
     let def = r.attr;
     let name = r.display();
@@ -256,9 +207,7 @@ fn apply_path(
                     match value {
                         // Entra without the flag: {"op":"Remove","path":"members",
                         // "value":[{"value":"id"}]} removes only the listed members.
-                        Some(v) if def.multi_valued && !v.is_null() => {
-                            remove_listed(attrs, &r, &v, &name)
-                        }
+                        Some(v) if def.multi_valued && !v.is_null() => remove_listed(attrs, &r, &v, &name),
                         _ => {
                             set_attr(attrs, r.container, def, None);
                             Ok(())
@@ -270,17 +219,13 @@ fn apply_path(
                     let new = coerce(def, &v, &name)?;
                     let merged = match (op, new, current(attrs, &r)) {
                         (_, None, _) => None,
-                        (OpKind::Add, Some(Value::Array(add)), Some(Value::Array(mut cur)))
-                            if def.multi_valued =>
-                        {
+                        (OpKind::Add, Some(Value::Array(add)), Some(Value::Array(mut cur))) if def.multi_valued => {
                             merge_elements(&mut cur, add);
                             Some(Value::Array(cur))
                         }
                         // RFC 7644 §3.5.2.3: on a complex attribute, sub-attributes
                         // not in the value are left unchanged, for add and replace.
-                        (_, Some(Value::Object(new)), Some(Value::Object(mut cur)))
-                            if !def.multi_valued =>
-                        {
+                        (_, Some(Value::Object(new)), Some(Value::Object(mut cur))) if !def.multi_valued => {
                             for (k, v) in new {
                                 cur.insert(k, v);
                             }
@@ -313,12 +258,7 @@ fn apply_path(
                     }
                     items.retain(|el| has_content(def, el));
                 }
-                set_attr(
-                    attrs,
-                    r.container,
-                    def,
-                    (!items.is_empty()).then_some(Value::Array(items)),
-                );
+                set_attr(attrs, r.container, def, (!items.is_empty()).then_some(Value::Array(items)));
             } else {
                 let mut obj = match current(attrs, &r) {
                     Some(Value::Object(o)) => o,
@@ -328,18 +268,11 @@ fn apply_path(
                     Some(v) => obj.insert(sub.name.to_string(), v),
                     None => obj.remove(sub.name),
                 };
-                set_attr(
-                    attrs,
-                    r.container,
-                    def,
-                    (!obj.is_empty()).then_some(Value::Object(obj)),
-                );
+                set_attr(attrs, r.container, def, (!obj.is_empty()).then_some(Value::Object(obj)));
             }
             Ok(())
         }
-        (Some(filter), _) => {
-            apply_filtered(attrs, op, &r, filter, path.sub_after_filter, value, &name)
-        }
+        (Some(filter), _) => apply_filtered(attrs, op, &r, filter, path.sub_after_filter, value, &name),
     }
 }
 
@@ -395,12 +328,7 @@ fn merge_elements(cur: &mut Vec<Value>, add: Vec<Value>) {
     }
 }
 
-fn remove_listed(
-    attrs: &mut Map<String, Value>,
-    r: &ResolvedAttr,
-    v: &Value,
-    name: &str,
-) -> ScimResult<()> {
+fn remove_listed(attrs: &mut Map<String, Value>, r: &ResolvedAttr, v: &Value, name: &str) -> ScimResult<()> {
     let listed: Vec<Value> = match v {
         Value::Array(a) => a.clone(),
         Value::Object(_) => vec![v.clone()],
@@ -434,9 +362,7 @@ fn apply_filtered(
         Some(Value::Array(a)) => a,
         _ => Vec::new(),
     };
-    let matched: Vec<usize> = (0..items.len())
-        .filter(|&i| filter.matches_element(&items[i]))
-        .collect();
+    let matched: Vec<usize> = (0..items.len()).filter(|&i| filter.matches_element(&items[i])).collect();
     match (op, sub) {
         (OpKind::Remove, None) => {
             // Removing an entry that is not there leaves the state Entra wants.
@@ -512,12 +438,7 @@ fn apply_filtered(
             }
         }
     }
-    set_attr(
-        attrs,
-        r.container,
-        def,
-        (!items.is_empty()).then_some(Value::Array(items)),
-    );
+    set_attr(attrs, r.container, def, (!items.is_empty()).then_some(Value::Array(items)));
     Ok(())
 }
 

@@ -10,8 +10,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::error::{ScimError, ScimResult};
 use super::schema::{
-    AttrDef, AttrType, Container, Mutability, ResolvedAttr, ResourceKind, Returned, all_attributes,
-    resolve_path,
+    AttrDef, AttrType, Container, Mutability, ResolvedAttr, ResourceKind, Returned, all_attributes, resolve_path,
 };
 
 /// Parses `"True"`, `"false"`, `true`… as Entra sends `active` without the
@@ -34,11 +33,7 @@ fn type_error(path: &str, def: &AttrDef, got: &Value) -> ScimError {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     };
-    let want = if def.multi_valued {
-        format!("an array of {}", def.ty.as_str())
-    } else {
-        def.ty.as_str().to_string()
-    };
+    let want = if def.multi_valued { format!("an array of {}", def.ty.as_str()) } else { def.ty.as_str().to_string() };
     ScimError::invalid_value(format!("'{path}' must be {want}, not {got}"))
 }
 
@@ -65,10 +60,7 @@ pub fn coerce(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<Value>>
         if out.is_empty() {
             return Ok(None);
         }
-        let primaries = out
-            .iter()
-            .filter(|e| e.get("primary") == Some(&Value::Bool(true)))
-            .count();
+        let primaries = out.iter().filter(|e| e.get("primary") == Some(&Value::Bool(true))).count();
         if primaries > 1 {
             return Err(ScimError::invalid_value(format!(
                 "'{path}' has {primaries} values marked primary; at most one may be"
@@ -97,9 +89,7 @@ pub fn coerce_single(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<
             Ok((!out.is_empty()).then_some(Value::Object(out)))
         }
         // `manager` arrives as a bare id from Entra; it means {"value": id}.
-        (AttrType::Complex, Value::String(s))
-            if !def.multi_valued && def.sub("value").is_some() =>
-        {
+        (AttrType::Complex, Value::String(s)) if !def.multi_valued && def.sub("value").is_some() => {
             Ok((!s.is_empty()).then(|| json!({"value": s})))
         }
         (AttrType::Boolean, other) => match coerce_bool(other) {
@@ -113,9 +103,7 @@ pub fn coerce_single(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<
                 return Ok(None);
             }
             OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-                ScimError::invalid_value(format!(
-                    "'{path}' must be an RFC 3339 date-time, e.g. 2026-11-28T20:42:00Z"
-                ))
+                ScimError::invalid_value(format!("'{path}' must be an RFC 3339 date-time, e.g. 2026-11-28T20:42:00Z"))
             })?;
             Ok(Some(v.clone()))
         }
@@ -137,12 +125,7 @@ pub fn get_attr<'a>(doc: &'a Value, r: &ResolvedAttr) -> Option<&'a Value> {
 
 /// Sets (or with `None` removes) a top-level attribute, creating or dropping
 /// the extension object as needed.
-pub fn set_attr(
-    doc: &mut Map<String, Value>,
-    container: Container,
-    def: &AttrDef,
-    value: Option<Value>,
-) {
+pub fn set_attr(doc: &mut Map<String, Value>, container: Container, def: &AttrDef, value: Option<Value>) {
     match container {
         Container::Core => {
             match value {
@@ -151,9 +134,7 @@ pub fn set_attr(
             };
         }
         Container::Extension(urn) => {
-            let ext = doc
-                .entry(urn.to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
+            let ext = doc.entry(urn.to_string()).or_insert_with(|| Value::Object(Map::new()));
             if !ext.is_object() {
                 *ext = Value::Object(Map::new());
             }
@@ -176,17 +157,11 @@ pub fn set_attr(
 /// `password` is dropped: users sign in through the IdP, and we do not keep
 /// secrets we have no use for.
 pub fn normalize(kind: ResourceKind, input: &Value) -> ScimResult<Map<String, Value>> {
-    let obj = input
-        .as_object()
-        .ok_or_else(|| ScimError::invalid_syntax("the request body must be a JSON object"))?;
+    let obj = input.as_object().ok_or_else(|| ScimError::invalid_syntax("the request body must be a JSON object"))?;
     if let Some(schemas) = obj.get("schemas") {
-        let ok = schemas
-            .as_array()
-            .is_some_and(|a| a.iter().all(Value::is_string));
+        let ok = schemas.as_array().is_some_and(|a| a.iter().all(Value::is_string));
         if !ok {
-            return Err(ScimError::invalid_syntax(
-                "'schemas' must be an array of schema URNs",
-            ));
+            return Err(ScimError::invalid_syntax("'schemas' must be an array of schema URNs"));
         }
     }
     let mut out = Map::new();
@@ -199,21 +174,13 @@ pub fn normalize(kind: ResourceKind, input: &Value) -> ScimResult<Map<String, Va
                 if value.is_null() {
                     continue;
                 }
-                return Err(ScimError::invalid_value(format!(
-                    "'{urn}' must be an object"
-                )));
+                return Err(ScimError::invalid_value(format!("'{urn}' must be an object")));
             };
             for (k, v) in ext {
                 let Some(def) = attrs.iter().find(|a| a.name.eq_ignore_ascii_case(k)) else {
                     continue;
                 };
-                put(
-                    &mut out,
-                    Container::Extension(urn),
-                    def,
-                    v,
-                    &format!("{urn}:{}", def.name),
-                )?;
+                put(&mut out, Container::Extension(urn), def, v, &format!("{urn}:{}", def.name))?;
             }
             continue;
         }
@@ -247,15 +214,8 @@ fn put(
 /// Required attributes must be present and non-empty.
 pub fn check_required(kind: ResourceKind, attrs: &Map<String, Value>) -> ScimResult<()> {
     for def in kind.core_attributes().iter().filter(|a| a.required) {
-        if !attrs
-            .get(def.name)
-            .is_some_and(|v| matches!(v, Value::String(s) if !s.is_empty()))
-        {
-            return Err(ScimError::invalid_value(format!(
-                "'{}' is required for a {}",
-                def.name,
-                kind.name()
-            )));
+        if !attrs.get(def.name).is_some_and(|v| matches!(v, Value::String(s) if !s.is_empty())) {
+            return Err(ScimError::invalid_value(format!("'{}' is required for a {}", def.name, kind.name())));
         }
     }
     Ok(())
@@ -330,9 +290,7 @@ pub fn attributes_of(doc: &Value) -> Map<String, Value> {
 }
 
 pub fn created_of(doc: &Value) -> &str {
-    doc.pointer("/meta/created")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    doc.pointer("/meta/created").and_then(Value::as_str).unwrap_or_default()
 }
 
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.9).
@@ -345,36 +303,20 @@ pub struct Projection {
 impl Projection {
     /// Names that do not exist in the schema are ignored, as the RFC allows, so
     /// a client's optional attribute never fails a read.
-    pub fn parse(
-        kind: ResourceKind,
-        attributes: Option<&str>,
-        excluded: Option<&str>,
-    ) -> Projection {
+    pub fn parse(kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> Projection {
         let list = |s: Option<&str>| -> Vec<ResolvedAttr> {
             s.map(|s| {
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .filter_map(|p| resolve_path(kind, p))
-                    .collect()
+                s.split(',').map(str::trim).filter(|p| !p.is_empty()).filter_map(|p| resolve_path(kind, p)).collect()
             })
             .unwrap_or_default()
         };
-        Projection {
-            include: list(attributes),
-            exclude: list(excluded),
-        }
+        Projection { include: list(attributes), exclude: list(excluded) }
     }
 
     pub fn excludes_top(&self, name: &str) -> bool {
-        self.exclude
-            .iter()
-            .any(|r| r.sub.is_none() && r.container == Container::Core && r.attr.name == name)
+        self.exclude.iter().any(|r| r.sub.is_none() && r.container == Container::Core && r.attr.name == name)
             || (!self.include.is_empty()
-                && !self
-                    .include
-                    .iter()
-                    .any(|r| r.container == Container::Core && r.attr.name == name))
+                && !self.include.iter().any(|r| r.container == Container::Core && r.attr.name == name))
     }
 
     /// Applies the projection and returned-ness to a full document.
@@ -394,10 +336,10 @@ impl Projection {
                 };
                 let mut e = Map::new();
                 for (k, v) in ext {
-                    if let Some(def) = attrs.iter().find(|a| a.name == k) {
-                        if let Some(v) = self.project(Container::Extension(urn), def, v) {
-                            e.insert(k.clone(), v);
-                        }
+                    if let Some(def) = attrs.iter().find(|a| a.name == k)
+                        && let Some(v) = self.project(Container::Extension(urn), def, v)
+                    {
+                        e.insert(k.clone(), v);
                     }
                 }
                 if !e.is_empty() {
@@ -405,9 +347,8 @@ impl Projection {
                 }
                 continue;
             }
-            let Some((container, def)) = all_attributes(kind)
-                .into_iter()
-                .find(|(c, a)| *c == Container::Core && a.name == key)
+            let Some((container, def)) =
+                all_attributes(kind).into_iter().find(|(c, a)| *c == Container::Core && a.name == key)
             else {
                 continue;
             };
@@ -429,12 +370,7 @@ impl Projection {
         if self.exclude.iter().filter(same).any(|r| r.sub.is_none()) {
             return None;
         }
-        let excluded_subs: Vec<&str> = self
-            .exclude
-            .iter()
-            .filter(same)
-            .filter_map(|r| r.sub.map(|s| s.name))
-            .collect();
+        let excluded_subs: Vec<&str> = self.exclude.iter().filter(same).filter_map(|r| r.sub.map(|s| s.name)).collect();
         let mut value = value.clone();
         if !self.include.is_empty() {
             let inc: Vec<&ResolvedAttr> = self.include.iter().filter(same).collect();
@@ -470,16 +406,9 @@ fn retain_subs(value: &mut Value, keep: impl Fn(&str) -> bool) {
 
 /// Adds `meta.location` for a response.
 pub fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Value {
-    let id = doc
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     if let Some(meta) = doc.get_mut("meta").and_then(Value::as_object_mut) {
-        meta.insert(
-            "location".into(),
-            Value::String(format!("{base_url}{}/{id}", kind.endpoint())),
-        );
+        meta.insert("location".into(), Value::String(format!("{base_url}{}/{id}", kind.endpoint())));
     }
     doc
 }
@@ -512,20 +441,10 @@ mod tests {
     #[test]
     fn entra_create_body_is_accepted_and_kept_as_sent() {
         let a = normalize(ResourceKind::User, &entra_create()).unwrap();
-        assert_eq!(
-            a["active"],
-            json!(true),
-            "string booleans become JSON booleans"
-        );
-        assert_eq!(
-            a["phoneNumbers"][0]["value"], "+1 (555) 010-0000",
-            "no reformatting"
-        );
+        assert_eq!(a["active"], json!(true), "string booleans become JSON booleans");
+        assert_eq!(a["phoneNumbers"][0]["value"], "+1 (555) 010-0000", "no reformatting");
         assert!(!a.contains_key("roles"), "empty roles accepted as absent");
-        assert!(
-            !a.contains_key("addresses"),
-            "explicit null accepted as absent"
-        );
+        assert!(!a.contains_key("addresses"), "explicit null accepted as absent");
         assert!(!a.contains_key("meta"));
         assert!(!a.contains_key("password"));
         assert_eq!(a[ENTERPRISE_USER_SCHEMA]["employeeNumber"], "E1001");
@@ -536,11 +455,9 @@ mod tests {
 
     #[test]
     fn names_are_canonicalised() {
-        let a = normalize(
-            ResourceKind::User,
-            &json!({"USERNAME": "bob", "Name": {"GivenName": "Bob"}, "Active": "false"}),
-        )
-        .unwrap();
+        let a =
+            normalize(ResourceKind::User, &json!({"USERNAME": "bob", "Name": {"GivenName": "Bob"}, "Active": "false"}))
+                .unwrap();
         assert_eq!(a["userName"], "bob");
         assert_eq!(a["name"]["givenName"], "Bob");
         assert_eq!(a["active"], json!(false));
@@ -559,27 +476,13 @@ mod tests {
         ] {
             let e = normalize(ResourceKind::User, &body).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
-            assert_eq!(
-                e.scim_type,
-                Some(crate::scim::error::ScimType::InvalidValue),
-                "{body}"
-            );
+            assert_eq!(e.scim_type, Some(crate::scim::error::ScimType::InvalidValue), "{body}");
         }
         assert_eq!(
-            normalize(ResourceKind::User, &json!([1]))
-                .unwrap_err()
-                .scim_type,
+            normalize(ResourceKind::User, &json!([1])).unwrap_err().scim_type,
             Some(crate::scim::error::ScimType::InvalidSyntax)
         );
-        assert_eq!(
-            normalize(
-                ResourceKind::User,
-                &json!({"userName": "a", "schemas": "x"})
-            )
-            .unwrap_err()
-            .status,
-            400
-        );
+        assert_eq!(normalize(ResourceKind::User, &json!({"userName": "a", "schemas": "x"})).unwrap_err().status, 400);
     }
 
     #[test]
@@ -614,9 +517,7 @@ mod tests {
         let p = Projection::parse(
             ResourceKind::User,
             None,
-            Some(
-                "emails,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department,name.formatted",
-            ),
+            Some("emails,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department,name.formatted"),
         );
         let out = p.apply(ResourceKind::User, &doc);
         assert!(out.get("emails").is_none());

@@ -5,8 +5,7 @@
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
-pub const ENTERPRISE_USER_SCHEMA: &str =
-    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 pub const LIST_RESPONSE_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 pub const SEARCH_REQUEST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
@@ -72,9 +71,7 @@ pub struct AttrDef {
 
 impl AttrDef {
     pub fn sub(&self, name: &str) -> Option<&'static AttrDef> {
-        self.sub_attributes
-            .iter()
-            .find(|a| a.name.eq_ignore_ascii_case(name))
+        self.sub_attributes.iter().find(|a| a.name.eq_ignore_ascii_case(name))
     }
     pub fn is_complex(&self) -> bool {
         self.ty == AttrType::Complex
@@ -134,19 +131,14 @@ const fn immutable(mut a: AttrDef) -> AttrDef {
     a.mutability = Mutability::Immutable;
     a
 }
-const fn reference(
-    name: &'static str,
-    description: &'static str,
-    types: &'static [&'static str],
-) -> AttrDef {
+const fn reference(name: &'static str, description: &'static str, types: &'static [&'static str]) -> AttrDef {
     let mut a = attr(name, AttrType::Reference, description);
     a.reference_types = types;
     a
 }
 
 const TYPE_DESC: &str = "A label indicating the attribute's function.";
-const PRIMARY_DESC: &str =
-    "A Boolean value indicating the 'primary' or preferred attribute value for this attribute.";
+const PRIMARY_DESC: &str = "A Boolean value indicating the 'primary' or preferred attribute value for this attribute.";
 const DISPLAY_DESC: &str = "A human-readable name, primarily used for display purposes.";
 
 macro_rules! multi_subs {
@@ -165,30 +157,15 @@ static NAME_SUBS: [AttrDef; 6] = [
         "formatted",
         "The full name, including all middle names, titles, and suffixes as appropriate, formatted for display.",
     ),
-    s(
-        "familyName",
-        "The family name of the User, or last name in most Western languages.",
-    ),
-    s(
-        "givenName",
-        "The given name of the User, or first name in most Western languages.",
-    ),
+    s("familyName", "The family name of the User, or last name in most Western languages."),
+    s("givenName", "The given name of the User, or first name in most Western languages."),
     s("middleName", "The middle name(s) of the User."),
-    s(
-        "honorificPrefix",
-        "The honorific prefix(es) of the User, or title in most Western languages.",
-    ),
-    s(
-        "honorificSuffix",
-        "The honorific suffix(es) of the User, or suffix in most Western languages.",
-    ),
+    s("honorificPrefix", "The honorific prefix(es) of the User, or title in most Western languages."),
+    s("honorificSuffix", "The honorific suffix(es) of the User, or suffix in most Western languages."),
 ];
 
 static ADDRESS_SUBS: [AttrDef; 8] = [
-    s(
-        "formatted",
-        "The full mailing address, formatted for display or use with a mailing label.",
-    ),
+    s("formatted", "The full mailing address, formatted for display or use with a mailing label."),
     s("streetAddress", "The full street address component."),
     s("locality", "The city or locality component."),
     s("region", "The state or region component."),
@@ -200,16 +177,9 @@ static ADDRESS_SUBS: [AttrDef; 8] = [
 
 static GROUP_REF_SUBS: [AttrDef; 4] = [
     read_only(s("value", "The identifier of the User's group.")),
-    read_only(reference(
-        "$ref",
-        "The URI of the corresponding 'Group' resource.",
-        &["User", "Group"],
-    )),
+    read_only(reference("$ref", "The URI of the corresponding 'Group' resource.", &["User", "Group"])),
     read_only(s("display", DISPLAY_DESC)),
-    read_only(with_canonical(
-        s("type", TYPE_DESC),
-        &["direct", "indirect"],
-    )),
+    read_only(with_canonical(s("type", TYPE_DESC), &["direct", "indirect"])),
 ];
 
 /// The core User schema, RFC 7643 §4.1 (id, externalId and meta are common
@@ -223,47 +193,23 @@ pub static USER_ATTRIBUTES: [AttrDef; 20] = [
         a.unique_server = true;
         a
     },
-    complex(
-        "name",
-        "The components of the user's real name.",
-        false,
-        &NAME_SUBS,
-    ),
-    s(
-        "displayName",
-        "The name of the User, suitable for display to end-users.",
-    ),
-    s(
-        "nickName",
-        "The casual way to address the user in real life.",
-    ),
+    complex("name", "The components of the user's real name.", false, &NAME_SUBS),
+    s("displayName", "The name of the User, suitable for display to end-users."),
+    s("nickName", "The casual way to address the user in real life."),
     reference(
         "profileUrl",
         "A fully qualified URL pointing to a page representing the User's online profile.",
         &["external"],
     ),
     s("title", "The user's title, such as \"Vice President\"."),
-    s(
-        "userType",
-        "Used to identify the relationship between the organization and the user.",
-    ),
-    s(
-        "preferredLanguage",
-        "Indicates the User's preferred written or spoken language.",
-    ),
+    s("userType", "Used to identify the relationship between the organization and the user."),
+    s("preferredLanguage", "Indicates the User's preferred written or spoken language."),
     s(
         "locale",
         "Used to indicate the User's default location for purposes of localizing items such as currency, date time format, or numerical representations.",
     ),
-    s(
-        "timezone",
-        "The User's time zone in the 'Olson' time zone database format, e.g., 'America/Los_Angeles'.",
-    ),
-    attr(
-        "active",
-        AttrType::Boolean,
-        "A Boolean value indicating the User's administrative status.",
-    ),
+    s("timezone", "The User's time zone in the 'Olson' time zone database format, e.g., 'America/Los_Angeles'."),
+    attr("active", AttrType::Boolean, "A Boolean value indicating the User's administrative status."),
     {
         let mut a = s("password", "The User's cleartext password.");
         a.mutability = Mutability::WriteOnly;
@@ -274,19 +220,13 @@ pub static USER_ATTRIBUTES: [AttrDef; 20] = [
         "emails",
         "Email addresses for the user.",
         true,
-        multi_subs!(
-            s("value", "Email addresses for the user."),
-            &["work", "home", "other"]
-        ),
+        multi_subs!(s("value", "Email addresses for the user."), &["work", "home", "other"]),
     ),
     complex(
         "phoneNumbers",
         "Phone numbers for the User.",
         true,
-        multi_subs!(
-            s("value", "Phone number of the User."),
-            &["work", "home", "mobile", "fax", "pager", "other"]
-        ),
+        multi_subs!(s("value", "Phone number of the User."), &["work", "home", "mobile", "fax", "pager", "other"]),
     ),
     complex(
         "ims",
@@ -301,23 +241,10 @@ pub static USER_ATTRIBUTES: [AttrDef; 20] = [
         "photos",
         "URLs of photos of the User.",
         true,
-        multi_subs!(
-            reference("value", "URL of a photo of the User.", &["external"]),
-            &["photo", "thumbnail"]
-        ),
+        multi_subs!(reference("value", "URL of a photo of the User.", &["external"]), &["photo", "thumbnail"]),
     ),
-    complex(
-        "addresses",
-        "A physical mailing address for this User.",
-        true,
-        &ADDRESS_SUBS,
-    ),
-    read_only(complex(
-        "groups",
-        "A list of groups to which the user belongs.",
-        true,
-        &GROUP_REF_SUBS,
-    )),
+    complex("addresses", "A physical mailing address for this User.", true, &ADDRESS_SUBS),
+    read_only(complex("groups", "A list of groups to which the user belongs.", true, &GROUP_REF_SUBS)),
     complex(
         "entitlements",
         "A list of entitlements for the User that represent a thing the User has.",
@@ -336,26 +263,12 @@ pub static USER_X509: AttrDef = complex(
     "x509Certificates",
     "A list of certificates issued to the User.",
     true,
-    multi_subs!(
-        attr(
-            "value",
-            AttrType::Binary,
-            "The value of an X.509 certificate."
-        ),
-        &[]
-    ),
+    multi_subs!(attr("value", AttrType::Binary, "The value of an X.509 certificate."), &[]),
 );
 
 static MANAGER_SUBS: [AttrDef; 3] = [
-    s(
-        "value",
-        "The id of the SCIM resource representing the User's manager.",
-    ),
-    reference(
-        "$ref",
-        "The URI of the SCIM resource representing the User's manager.",
-        &["User"],
-    ),
+    s("value", "The id of the SCIM resource representing the User's manager."),
+    reference("$ref", "The URI of the SCIM resource representing the User's manager.", &["User"]),
     read_only(s("displayName", "The displayName of the User's manager.")),
 ];
 
@@ -380,10 +293,7 @@ static MEMBER_SUBS: [AttrDef; 4] = [
         &["User", "Group"],
     )),
     immutable(with_canonical(
-        s(
-            "type",
-            "A label indicating the type of resource, e.g., 'User' or 'Group'.",
-        ),
+        s("type", "A label indicating the type of resource, e.g., 'User' or 'Group'."),
         &["User", "Group"],
     )),
     s("display", DISPLAY_DESC),
@@ -396,38 +306,19 @@ pub static GROUP_ATTRIBUTES: [AttrDef; 2] = [
         a.unique_server = true;
         a
     },
-    complex(
-        "members",
-        "A list of members of the Group.",
-        true,
-        &MEMBER_SUBS,
-    ),
+    complex("members", "A list of members of the Group.", true, &MEMBER_SUBS),
 ];
 
 static META_SUBS: [AttrDef; 5] = [
-    read_only(case_exact(s(
-        "resourceType",
-        "The name of the resource type of the resource.",
-    ))),
-    read_only(attr(
-        "created",
-        AttrType::DateTime,
-        "The DateTime that the resource was added to the service provider.",
-    )),
+    read_only(case_exact(s("resourceType", "The name of the resource type of the resource."))),
+    read_only(attr("created", AttrType::DateTime, "The DateTime that the resource was added to the service provider.")),
     read_only(attr(
         "lastModified",
         AttrType::DateTime,
         "The most recent DateTime that the details of this resource were updated at the service provider.",
     )),
-    read_only(case_exact(reference(
-        "location",
-        "The URI of the resource being returned.",
-        &["uri"],
-    ))),
-    read_only(case_exact(s(
-        "version",
-        "The version of the resource being returned.",
-    ))),
+    read_only(case_exact(reference("location", "The URI of the resource being returned.", &["uri"]))),
+    read_only(case_exact(s("version", "The version of the resource being returned."))),
 ];
 
 /// Attributes every resource has (RFC 7643 §3.1).
@@ -445,16 +336,10 @@ pub static COMMON_ATTRIBUTES: [AttrDef; 3] = [
         "externalId",
         "A String that is an identifier for the resource as defined by the provisioning client.",
     )),
-    read_only(complex(
-        "meta",
-        "A complex attribute containing resource metadata.",
-        false,
-        &META_SUBS,
-    )),
+    read_only(complex("meta", "A complex attribute containing resource metadata.", false, &META_SUBS)),
 ];
 
-static USER_EXTENSIONS: [(&str, &[AttrDef]); 1] =
-    [(ENTERPRISE_USER_SCHEMA, &ENTERPRISE_ATTRIBUTES)];
+static USER_EXTENSIONS: [(&str, &[AttrDef]); 1] = [(ENTERPRISE_USER_SCHEMA, &ENTERPRISE_ATTRIBUTES)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResourceKind {
@@ -495,10 +380,7 @@ impl ResourceKind {
         }
     }
     pub fn extension(self, urn: &str) -> Option<(&'static str, &'static [AttrDef])> {
-        self.extensions()
-            .iter()
-            .copied()
-            .find(|(u, _)| u.eq_ignore_ascii_case(urn))
+        self.extensions().iter().copied().find(|(u, _)| u.eq_ignore_ascii_case(urn))
     }
     /// The attribute that must be unique across resources of this kind, compared
     /// case-insensitively.
@@ -564,11 +446,7 @@ fn find(attrs: &'static [AttrDef], name: &str) -> Option<&'static AttrDef> {
 }
 
 /// Finds a top-level attribute by its (possibly URN-qualified) name.
-pub fn resolve_top(
-    kind: ResourceKind,
-    urn: Option<&str>,
-    name: &str,
-) -> Option<(Container, &'static AttrDef)> {
+pub fn resolve_top(kind: ResourceKind, urn: Option<&str>, name: &str) -> Option<(Container, &'static AttrDef)> {
     match urn {
         Some(urn) if urn.eq_ignore_ascii_case(kind.core_schema()) => core_or_common(kind, name),
         Some(urn) => {
@@ -576,19 +454,15 @@ pub fn resolve_top(
             find(attrs, name).map(|a| (Container::Extension(ext), a))
         }
         None => core_or_common(kind, name).or_else(|| {
-            kind.extensions()
-                .iter()
-                .find_map(|(ext, attrs)| find(attrs, name).map(|a| (Container::Extension(*ext), a)))
+            kind.extensions().iter().find_map(|(ext, attrs)| find(attrs, name).map(|a| (Container::Extension(ext), a)))
         }),
     }
 }
 
 fn core_or_common(kind: ResourceKind, name: &str) -> Option<(Container, &'static AttrDef)> {
     let found = find(&COMMON_ATTRIBUTES, name).or_else(|| find(kind.core_attributes(), name));
-    let found = found.or_else(|| {
-        (kind == ResourceKind::User && USER_X509.name.eq_ignore_ascii_case(name))
-            .then_some(&USER_X509)
-    });
+    let found = found
+        .or_else(|| (kind == ResourceKind::User && USER_X509.name.eq_ignore_ascii_case(name)).then_some(&USER_X509));
     found.map(|a| (Container::Core, a))
 }
 
@@ -606,20 +480,13 @@ pub fn resolve_path(kind: ResourceKind, path: &str) -> Option<ResolvedAttr> {
         Some(s) => Some(attr.sub(s)?),
         None => None,
     };
-    Some(ResolvedAttr {
-        container,
-        attr,
-        sub,
-    })
+    Some(ResolvedAttr { container, attr, sub })
 }
 
 /// All top-level attributes of a kind with their container, for rendering and
 /// discovery.
 pub fn all_attributes(kind: ResourceKind) -> Vec<(Container, &'static AttrDef)> {
-    let mut v: Vec<_> = COMMON_ATTRIBUTES
-        .iter()
-        .map(|a| (Container::Core, a))
-        .collect();
+    let mut v: Vec<_> = COMMON_ATTRIBUTES.iter().map(|a| (Container::Core, a)).collect();
     v.extend(kind.core_attributes().iter().map(|a| (Container::Core, a)));
     if kind == ResourceKind::User {
         v.push((Container::Core, &USER_X509));
@@ -638,11 +505,7 @@ mod tests {
     fn names_resolve_case_insensitively_and_with_urns() {
         let r = resolve_path(ResourceKind::User, "NAME.GIVENNAME").unwrap();
         assert_eq!(r.display(), "name.givenName");
-        let r = resolve_path(
-            ResourceKind::User,
-            "urn:ietf:params:scim:schemas:core:2.0:User:userName",
-        )
-        .unwrap();
+        let r = resolve_path(ResourceKind::User, "urn:ietf:params:scim:schemas:core:2.0:User:userName").unwrap();
         assert_eq!(r.attr.name, "userName");
         let r = resolve_path(
             ResourceKind::User,
@@ -661,29 +524,9 @@ mod tests {
 
     #[test]
     fn case_exactness_follows_rfc() {
-        assert!(
-            !resolve_path(ResourceKind::User, "userName")
-                .unwrap()
-                .leaf()
-                .case_exact
-        );
-        assert!(
-            resolve_path(ResourceKind::User, "externalId")
-                .unwrap()
-                .leaf()
-                .case_exact
-        );
-        assert!(
-            resolve_path(ResourceKind::User, "id")
-                .unwrap()
-                .leaf()
-                .case_exact
-        );
-        assert!(
-            !resolve_path(ResourceKind::Group, "displayName")
-                .unwrap()
-                .leaf()
-                .case_exact
-        );
+        assert!(!resolve_path(ResourceKind::User, "userName").unwrap().leaf().case_exact);
+        assert!(resolve_path(ResourceKind::User, "externalId").unwrap().leaf().case_exact);
+        assert!(resolve_path(ResourceKind::User, "id").unwrap().leaf().case_exact);
+        assert!(!resolve_path(ResourceKind::Group, "displayName").unwrap().leaf().case_exact);
     }
 }

@@ -16,19 +16,13 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read the keys file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(
         "the keys file {path} is not valid YAML of the form 'keys: [{{name: entra, sha256: <64 hex digits>}}]': {why}"
     )]
     Parse { path: PathBuf, why: String },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,25 +53,16 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 pub fn generate_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "scim_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("scim_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The line to add to a keys file for `token`.
 pub fn keys_file_line(name: &str, token: &str) -> String {
-    format!(
-        "  - {{name: {name}, sha256: {}}}",
-        hex::encode(hash_token(token))
-    )
+    format!("  - {{name: {name}, sha256: {}}}", hex::encode(hash_token(token)))
 }
 
 pub fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError> {
-    let perr = |why: String| KeyError::Parse {
-        path: path.into(),
-        why,
-    };
+    let perr = |why: String| KeyError::Parse { path: path.into(), why };
     let file: KeysFile = if text.trim().is_empty() {
         KeysFile { keys: Vec::new() }
     } else {
@@ -86,15 +71,11 @@ pub fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError
     file.keys
         .into_iter()
         .map(|e| {
-            let bytes = hex::decode(e.sha256.trim())
-                .map_err(|_| perr(format!("key '{}': sha256 is not hex", e.name)))?;
-            let sha256: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| perr(format!("key '{}': sha256 must be 64 hex digits", e.name)))?;
-            Ok(KeyHash {
-                name: e.name,
-                sha256,
-            })
+            let bytes =
+                hex::decode(e.sha256.trim()).map_err(|_| perr(format!("key '{}': sha256 is not hex", e.name)))?;
+            let sha256: [u8; 32] =
+                bytes.try_into().map_err(|_| perr(format!("key '{}': sha256 must be 64 hex digits", e.name)))?;
+            Ok(KeyHash { name: e.name, sha256 })
         })
         .collect()
 }
@@ -108,10 +89,7 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn new(fixed: Vec<KeyHash>, from_file: Vec<KeyHash>) -> Self {
-        Self {
-            fixed,
-            from_file: RwLock::new(Arc::new(from_file)),
-        }
+        Self { fixed, from_file: RwLock::new(Arc::new(from_file)) }
     }
 
     pub fn replace_file_keys(&self, keys: Vec<KeyHash>) {
@@ -144,11 +122,7 @@ impl KeyRing {
 /// Polls the keys file and swaps the key set when its content changes.
 /// Polling (rather than inotify) follows Kubernetes' Secret volume updates,
 /// which replace a symlink rather than write the file.
-pub fn spawn_reloader(
-    ring: Arc<KeyRing>,
-    path: PathBuf,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reloader(ring: Arc<KeyRing>, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = tokio::fs::read(&path).await.ok();
         let mut tick = tokio::time::interval(every);
@@ -182,11 +156,7 @@ pub fn spawn_reloader(
 /// The standalone dev key: created on first start, only its hash kept.
 pub enum DevKey {
     /// Created now; the token is shown once.
-    Created {
-        token: String,
-        hash: KeyHash,
-        path: PathBuf,
-    },
+    Created { token: String, hash: KeyHash, path: PathBuf },
     /// Created on an earlier start; only the hash exists.
     Existing { hash: KeyHash, path: PathBuf },
 }
@@ -195,38 +165,20 @@ pub fn load_or_create_dev_key(data_dir: &Path) -> Result<DevKey, KeyError> {
     let path = data_dir.join("dev-key.sha256");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let bytes = hex::decode(text.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| KeyError::Parse {
+            let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+                KeyError::Parse {
                     path: path.clone(),
                     why: "expected 64 hex digits; delete the file to create a new key".into(),
-                })?;
-            Ok(DevKey::Existing {
-                hash: KeyHash {
-                    name: "dev".into(),
-                    sha256: bytes,
-                },
-                path,
-            })
+                }
+            })?;
+            Ok(DevKey::Existing { hash: KeyHash { name: "dev".into(), sha256: bytes }, path })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = generate_token();
             let sha256 = hash_token(&token);
-            std::fs::write(&path, format!("{}\n", hex::encode(sha256))).map_err(|source| {
-                KeyError::Write {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            Ok(DevKey::Created {
-                token,
-                hash: KeyHash {
-                    name: "dev".into(),
-                    sha256,
-                },
-                path,
-            })
+            std::fs::write(&path, format!("{}\n", hex::encode(sha256)))
+                .map_err(|source| KeyError::Write { path: path.clone(), source })?;
+            Ok(DevKey::Created { token, hash: KeyHash { name: "dev".into(), sha256 }, path })
         }
         Err(source) => Err(KeyError::Read { path, source }),
     }
@@ -242,10 +194,7 @@ mod tests {
         let b = generate_token();
         assert_ne!(a, b);
         assert!(a.len() >= 5 + 43);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        );
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     }
 
     #[test]
@@ -253,13 +202,7 @@ mod tests {
         let t = generate_token();
         let line = keys_file_line("entra", &t);
         let keys = parse_keys_file(Path::new("k"), &format!("keys:\n{line}\n")).unwrap();
-        let ring = KeyRing::new(
-            vec![KeyHash {
-                name: "env".into(),
-                sha256: hash_token("dev-token"),
-            }],
-            keys,
-        );
+        let ring = KeyRing::new(vec![KeyHash { name: "env".into(), sha256: hash_token("dev-token") }], keys);
         assert_eq!(ring.verify(&t).as_deref(), Some("entra"));
         assert_eq!(ring.verify("dev-token").as_deref(), Some("env"));
         assert_eq!(ring.verify("wrong"), None);
@@ -269,13 +212,9 @@ mod tests {
 
     #[test]
     fn bad_keys_files_say_what_is_wrong() {
-        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: zz}]")
-            .unwrap_err()
-            .to_string();
+        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: zz}]").unwrap_err().to_string();
         assert!(e.contains("not hex"), "{e}");
-        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: abcd}]")
-            .unwrap_err()
-            .to_string();
+        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: abcd}]").unwrap_err().to_string();
         assert!(e.contains("64 hex"), "{e}");
         assert!(parse_keys_file(Path::new("k"), "").unwrap().is_empty());
     }
@@ -283,14 +222,12 @@ mod tests {
     #[test]
     fn dev_key_is_created_once_and_only_its_hash_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let DevKey::Created { token, hash, path } = load_or_create_dev_key(dir.path()).unwrap()
-        else {
+        let DevKey::Created { token, hash, path } = load_or_create_dev_key(dir.path()).unwrap() else {
             panic!("expected a new key")
         };
         let on_disk = std::fs::read_to_string(&path).unwrap();
         assert!(!on_disk.contains(&token));
-        let DevKey::Existing { hash: again, .. } = load_or_create_dev_key(dir.path()).unwrap()
-        else {
+        let DevKey::Existing { hash: again, .. } = load_or_create_dev_key(dir.path()).unwrap() else {
             panic!("expected the existing key")
         };
         assert_eq!(hash, again);

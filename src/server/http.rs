@@ -5,6 +5,7 @@
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::scim::error::ScimError;
@@ -15,10 +16,7 @@ pub fn scim_json(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(SCIM_CONTENT_TYPE),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
     resp
 }
 
@@ -33,14 +31,10 @@ impl From<ScimError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = scim_json(status, &self.0.body());
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"scim\""),
-            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"scim\""));
         }
         resp
     }
@@ -54,12 +48,7 @@ pub type ApiResult<T = Response> = Result<T, ApiError>;
 pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Value> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         if essence != "application/scim+json" && essence != "application/json" {
             return Err(ScimError::new(
                 415,
@@ -69,22 +58,40 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
             .into());
         }
     }
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ScimError::new(
-            413,
-            None,
-            format!("the request body is larger than the {limit} bytes this server accepts"),
-        )
-    })?;
+    let bytes = read_limited(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ScimError::invalid_syntax(
-            "the request body is empty; a JSON object is expected",
-        )
-        .into());
+        return Err(ScimError::invalid_syntax("the request body is empty; a JSON object is expected").into());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ScimError::invalid_syntax(format!("the request body is not valid JSON: {e}")).into()
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ScimError::invalid_syntax(format!("the request body is not valid JSON: {e}")).into())
+}
+
+/// Beyond this we stop reading an oversized body and let the connection drop.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads at most `limit` bytes. An oversized body is drained (up to
+/// `DRAIN_LIMIT`) rather than cut off, so the client reads our 413 instead of a
+/// connection reset.
+async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
+    let too_large =
+        || ScimError::new(413, None, format!("the request body is larger than the {limit} bytes this server accepts"));
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ScimError::invalid_syntax("the request body could not be read"))?;
+        total = total.saturating_add(chunk.len());
+        if total > DRAIN_LIMIT {
+            return Err(too_large().into());
+        }
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if total > limit {
+        return Err(too_large().into());
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Query parameters, form-decoded (`+` is a space, as in Entra's probe).
@@ -94,16 +101,10 @@ pub struct QueryParams(Vec<(String, String)>);
 
 impl QueryParams {
     pub fn parse(raw: Option<&str>) -> Self {
-        QueryParams(
-            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default(),
-        )
+        QueryParams(raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default())
     }
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -111,11 +112,7 @@ impl QueryParams {
 /// as our tags are weak.
 pub fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
     let v = headers.get(header::IF_MATCH)?.to_str().ok()?;
-    Some(
-        v.split(',')
-            .map(|t| t.trim().trim_start_matches("W/").to_string())
-            .collect(),
-    )
+    Some(v.split(',').map(|t| t.trim().trim_start_matches("W/").to_string()).collect())
 }
 
 pub fn etag_matches(tags: &[String], etag: &str) -> bool {
@@ -129,9 +126,7 @@ mod tests {
 
     #[test]
     fn query_is_form_decoded() {
-        let q = QueryParams::parse(Some(
-            "filter=userName+eq+%22alice%40contoso.com%22&aadOptscim062020&COUNT=5",
-        ));
+        let q = QueryParams::parse(Some("filter=userName+eq+%22alice%40contoso.com%22&aadOptscim062020&COUNT=5"));
         assert_eq!(q.get("filter"), Some(r#"userName eq "alice@contoso.com""#));
         assert_eq!(q.get("count"), Some("5"));
     }

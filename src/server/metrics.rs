@@ -49,11 +49,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("scim");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "http_requests",
-            "SCIM requests by resource, method and status",
-            requests.clone(),
-        );
+        registry.register("http_requests", "SCIM requests by resource, method and status", requests.clone());
         registry.register(
             "http_request_duration_seconds",
             "SCIM request latency by resource and method",
@@ -78,10 +74,7 @@ impl Metrics {
             })
             .inc();
         self.latency
-            .get_or_create(&LatencyLabels {
-                resource: resource.to_string(),
-                method: method.to_string(),
-            })
+            .get_or_create(&LatencyLabels { resource: resource.to_string(), method: method.to_string() })
             .observe(seconds);
         self.total.fetch_add(1, Ordering::Relaxed);
         if status >= 400 {
@@ -116,11 +109,7 @@ impl Metrics {
 /// The resource label for a request path under the SCIM base.
 pub fn resource_of(path: &str) -> &'static str {
     let rest = path.split("/scim/v2").nth(1).unwrap_or(path);
-    let first = rest
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let first = rest.trim_start_matches('/').split('/').next().unwrap_or_default();
     match first {
         "Users" => "Users",
         "Groups" => "Groups",
@@ -146,16 +135,8 @@ mod tests {
         assert_eq!(m.failed(), 1);
         assert!(m.last_request_ms().is_some());
         let text = m.encode("");
-        assert!(
-            text.contains(
-                r#"scim_http_requests_total{resource="Users",method="POST",status="201"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("scim_http_request_duration_seconds_bucket"),
-            "{text}"
-        );
+        assert!(text.contains(r#"scim_http_requests_total{resource="Users",method="POST",status="201"} 1"#), "{text}");
+        assert!(text.contains("scim_http_request_duration_seconds_bucket"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(resource_of("/scim/v2/Users/abc"), "Users");
         assert_eq!(resource_of("/scim/v2/Groups"), "Groups");

@@ -15,9 +15,7 @@ use axum::routing::{MethodRouter, any, get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig,
-};
+use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
 use crate::store::sqlite::{Durability, SqliteStore};
@@ -46,18 +44,10 @@ pub struct AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error(
-        "cannot listen on {addr}: {source} (choose another address with --listen / --admin-listen)"
-    )]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {source} (choose another address with --listen / --admin-listen)")]
+    Bind { addr: String, source: std::io::Error },
     #[error("cannot create the data directory {path}: {source} (choose another with --data-dir)")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("cannot open the store: {0}")]
@@ -84,9 +74,7 @@ impl Settings {
     pub fn from_config(c: ServeConfig, env_token: Option<String>) -> Self {
         Settings {
             listen: c.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            admin_listen: c
-                .admin_listen
-                .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into()),
+            admin_listen: c.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into()),
             data_dir: c.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             keys_file: c.keys_file,
             public_url: c.public_url,
@@ -109,19 +97,11 @@ async fn not_found(req: Request) -> Response {
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    scim_error(ScimError::new(
-        405,
-        None,
-        format!("{} is not allowed on {}", req.method(), req.uri().path()),
-    ))
+    scim_error(ScimError::new(405, None, format!("{} is not allowed on {}", req.method(), req.uri().path())))
 }
 
 async fn bulk_not_supported() -> Response {
-    scim_error(ScimError::new(
-        501,
-        None,
-        "bulk operations are not supported (see /ServiceProviderConfig)",
-    ))
+    scim_error(ScimError::new(501, None, "bulk operations are not supported (see /ServiceProviderConfig)"))
 }
 
 /// Bearer-key check for every SCIM endpoint.
@@ -152,29 +132,21 @@ async fn record_metrics(State(st): State<Arc<AppState>>, req: Request, next: Nex
     let resource = metrics::resource_of(req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    st.metrics
-        .record(resource, &method, status, started.elapsed().as_secs_f64());
+    st.metrics.record(resource, &method, status, started.elapsed().as_secs_f64());
     tracing::debug!(%method, resource, status, "scim request");
     resp
 }
 
+type Routes = MethodRouter<Arc<AppState>>;
+
+/// The collection, item and `.search` routes of one resource type.
 fn resource_routes(
     kind: ResourceKind,
-) -> (
-    MethodRouter<Arc<AppState>>,
-    MethodRouter<Arc<AppState>>,
-    MethodRouter<Arc<AppState>>,
-) {
-    let collection = get(
-        move |State(st): State<Arc<AppState>>, RawQuery(q): RawQuery| async move {
-            resources::list(&st, kind, q.as_deref()).await
-        },
-    )
-    .post(
-        move |State(st): State<Arc<AppState>>, req: Request| async move {
-            resources::create(&st, kind, req).await
-        },
-    )
+) -> (Routes, Routes, Routes) {
+    let collection = get(move |State(st): State<Arc<AppState>>, RawQuery(q): RawQuery| async move {
+        resources::list(&st, kind, q.as_deref()).await
+    })
+    .post(move |State(st): State<Arc<AppState>>, req: Request| async move { resources::create(&st, kind, req).await })
     .fallback(method_not_allowed);
     let item = get(move |State(st): State<Arc<AppState>>, Path(id): Path<String>, req: Request| async move {
         resources::get(&st, kind, &id, req).await
@@ -189,12 +161,10 @@ fn resource_routes(
         resources::delete(&st, kind, &id, &headers).await
     })
     .fallback(method_not_allowed);
-    let search = post(
-        move |State(st): State<Arc<AppState>>, req: Request| async move {
-            let (parts, body) = req.into_parts();
-            resources::search(&st, Some(kind), &parts.headers, body).await
-        },
-    )
+    let search = post(move |State(st): State<Arc<AppState>>, req: Request| async move {
+        let (parts, body) = req.into_parts();
+        resources::search(&st, Some(kind), &parts.headers, body).await
+    })
     .fallback(method_not_allowed);
     (collection, item, search)
 }
@@ -218,36 +188,18 @@ pub fn scim_router(state: Arc<AppState>) -> Router {
             })
             .fallback(method_not_allowed),
         )
-        .route(
-            "/ServiceProviderConfig",
-            get(resources::service_provider_config).fallback(method_not_allowed),
-        )
-        .route(
-            "/ResourceTypes",
-            get(resources::resource_types).fallback(method_not_allowed),
-        )
-        .route(
-            "/ResourceTypes/{id}",
-            get(resources::resource_type).fallback(method_not_allowed),
-        )
-        .route(
-            "/Schemas",
-            get(resources::schemas).fallback(method_not_allowed),
-        )
-        .route(
-            "/Schemas/{id}",
-            get(resources::schema).fallback(method_not_allowed),
-        )
+        .route("/ServiceProviderConfig", get(resources::service_provider_config).fallback(method_not_allowed))
+        .route("/ResourceTypes", get(resources::resource_types).fallback(method_not_allowed))
+        .route("/ResourceTypes/{id}", get(resources::resource_type).fallback(method_not_allowed))
+        .route("/Schemas", get(resources::schemas).fallback(method_not_allowed))
+        .route("/Schemas/{id}", get(resources::schema).fallback(method_not_allowed))
         .route("/Bulk", any(bulk_not_supported))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .nest(BASE_PATH, scim)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -287,11 +239,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
     let counts = match st.store.counts().await {
         Ok(c) => c,
         Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": e.to_string()})),
-            )
-                .into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": e.to_string()}))).into_response();
         }
     };
     let last = st.metrics.last_request_ms().and_then(|ms| {
@@ -312,12 +260,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.into(),
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.into(), source })
 }
 
 async fn shutdown_signal() {
@@ -341,24 +284,16 @@ async fn shutdown_signal() {
 /// Runs the server until SIGINT/SIGTERM. Prints the SCIM base URL (and, for a
 /// newly created standalone key, the key) on stdout.
 pub async fn serve(settings: Settings) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| ServeError::DataDir {
-        path: settings.data_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| ServeError::DataDir { path: settings.data_dir.clone(), source })?;
 
     let mut fixed: Vec<KeyHash> = Vec::new();
     if let Some(t) = &settings.env_token {
-        fixed.push(KeyHash {
-            name: "SCIM_TOKEN".into(),
-            sha256: auth::hash_token(t),
-        });
+        fixed.push(KeyHash { name: "SCIM_TOKEN".into(), sha256: auth::hash_token(t) });
     }
     let file_keys = match &settings.keys_file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read {
-                path: p.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read { path: p.clone(), source })?;
             auth::parse_keys_file(p, &text)?
         }
         None => Vec::new(),
@@ -368,10 +303,8 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         match auth::load_or_create_dev_key(&settings.data_dir)? {
             DevKey::Created { token, hash, path } => {
                 fixed.push(hash);
-                key_notice = Some(format!(
-                    "Bearer key (shown once, only its hash is kept in {}): {token}",
-                    path.display()
-                ));
+                key_notice =
+                    Some(format!("Bearer key (shown once, only its hash is kept in {}): {token}", path.display()));
             }
             DevKey::Existing { hash, path } => {
                 fixed.push(hash);
@@ -422,10 +355,8 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     }
     tracing::info!(%scim_addr, %admin_addr, data_dir = %settings.data_dir.display(), "scim server started");
 
-    let scim = axum::serve(scim_listener, scim_router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal());
-    let admin =
-        axum::serve(admin_listener, admin_router(state)).with_graceful_shutdown(shutdown_signal());
+    let scim = axum::serve(scim_listener, scim_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let admin = axum::serve(admin_listener, admin_router(state)).with_graceful_shutdown(shutdown_signal());
     let (a, b) = tokio::join!(async { scim.await }, async { admin.await });
     a?;
     b?;

@@ -16,8 +16,7 @@ use crate::scim::error::ScimError;
 use crate::scim::filter::{Filter, sort_key_cmp};
 use crate::scim::patch::{apply_patch, parse_patch};
 use crate::scim::resource::{
-    Projection, attributes_of, build_document, created_of, etag, normalize, timestamp,
-    with_location,
+    Projection, attributes_of, build_document, created_of, etag, normalize, timestamp, with_location,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
 use crate::store::{Mutation, Query, Record};
@@ -40,19 +39,10 @@ fn with_etag(mut resp: Response, version: u64) -> Response {
 impl AppState {
     /// A stored record as a client sees it: `groups` for users, `location`,
     /// and the requested projection.
-    async fn render(
-        &self,
-        kind: ResourceKind,
-        rec: &Record,
-        projection: &Projection,
-    ) -> ApiResult<Value> {
+    async fn render(&self, kind: ResourceKind, rec: &Record, projection: &Projection) -> ApiResult<Value> {
         let mut doc = (*rec.doc).clone();
         if kind == ResourceKind::User && !projection.excludes_top("groups") {
-            let groups = self
-                .store
-                .groups_of(&rec.id)
-                .await
-                .map_err(|e| e.into_scim())?;
+            let groups = self.store.groups_of(&rec.id).await.map_err(|e| e.into_scim())?;
             if !groups.is_empty() {
                 let list: Vec<Value> = groups
                     .into_iter()
@@ -84,12 +74,11 @@ impl AppState {
         let projection = Projection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
         let body = self.render(kind, rec, &projection).await?;
         let mut resp = with_etag(scim_json(status, &body), rec.version);
-        if status == StatusCode::CREATED {
-            if let Some(loc) = body.pointer("/meta/location").and_then(Value::as_str) {
-                if let Ok(v) = HeaderValue::from_str(loc) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-            }
+        if status == StatusCode::CREATED
+            && let Some(loc) = body.pointer("/meta/location").and_then(Value::as_str)
+            && let Ok(v) = HeaderValue::from_str(loc)
+        {
+            resp.headers_mut().insert(header::LOCATION, v);
         }
         Ok(resp)
     }
@@ -108,18 +97,14 @@ pub struct ListParams {
 }
 
 fn parse_int(name: &str, v: &str) -> Result<i64, ScimError> {
-    v.trim()
-        .parse::<i64>()
-        .map_err(|_| ScimError::invalid_value(format!("'{name}' must be an integer, not '{v}'")))
+    v.trim().parse::<i64>().map_err(|_| ScimError::invalid_value(format!("'{name}' must be an integer, not '{v}'")))
 }
 
 impl ListParams {
     fn from_query(q: &QueryParams) -> Result<Self, ScimError> {
         Self::build(
             q.get("filter").map(str::to_string),
-            q.get("startIndex")
-                .map(|v| parse_int("startIndex", v))
-                .transpose()?,
+            q.get("startIndex").map(|v| parse_int("startIndex", v)).transpose()?,
             q.get("count").map(|v| parse_int("count", v)).transpose()?,
             q.get("sortBy").map(str::to_string),
             q.get("sortOrder").map(str::to_string),
@@ -129,14 +114,9 @@ impl ListParams {
     }
 
     fn from_search_body(body: &Value) -> Result<Self, ScimError> {
-        let obj = body
-            .as_object()
-            .ok_or_else(|| ScimError::invalid_syntax("the search request must be a JSON object"))?;
-        let get = |k: &str| {
-            obj.iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v)
-        };
+        let obj =
+            body.as_object().ok_or_else(|| ScimError::invalid_syntax("the search request must be a JSON object"))?;
+        let get = |k: &str| obj.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v);
         let string = |k: &str| -> Result<Option<String>, ScimError> {
             match get(k) {
                 None | Some(Value::Null) => Ok(None),
@@ -147,14 +127,11 @@ impl ListParams {
         let int = |k: &str| -> Result<Option<i64>, ScimError> {
             match get(k) {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::Number(n)) => n
-                    .as_i64()
-                    .map(Some)
-                    .ok_or_else(|| ScimError::invalid_value(format!("'{k}' must be an integer"))),
+                Some(Value::Number(n)) => {
+                    n.as_i64().map(Some).ok_or_else(|| ScimError::invalid_value(format!("'{k}' must be an integer")))
+                }
                 Some(Value::String(s)) => parse_int(k, s).map(Some),
-                Some(_) => Err(ScimError::invalid_value(format!(
-                    "'{k}' must be an integer"
-                ))),
+                Some(_) => Err(ScimError::invalid_value(format!("'{k}' must be an integer"))),
             }
         };
         let list = |k: &str| -> Result<Option<String>, ScimError> {
@@ -166,14 +143,8 @@ impl ListParams {
                     .map(|v| v.as_str().map(str::to_string))
                     .collect::<Option<Vec<_>>>()
                     .map(|v| Some(v.join(",")))
-                    .ok_or_else(|| {
-                        ScimError::invalid_value(format!(
-                            "'{k}' must be an array of attribute names"
-                        ))
-                    }),
-                Some(_) => Err(ScimError::invalid_value(format!(
-                    "'{k}' must be an array of attribute names"
-                ))),
+                    .ok_or_else(|| ScimError::invalid_value(format!("'{k}' must be an array of attribute names"))),
+                Some(_) => Err(ScimError::invalid_value(format!("'{k}' must be an array of attribute names"))),
             }
         };
         Self::build(
@@ -196,11 +167,7 @@ impl ListParams {
         attributes: Option<String>,
         excluded: Option<String>,
     ) -> Result<Self, ScimError> {
-        let descending = match sort_order
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        let descending = match sort_order.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("ascending") => false,
             Some("descending") => true,
             Some(other) => {
@@ -213,9 +180,7 @@ impl ListParams {
             filter: filter.filter(|f| !f.trim().is_empty()),
             // RFC 7644 §3.4.2.4: startIndex < 1 means 1, count < 0 means 0.
             start_index: start_index.unwrap_or(1).max(1) as usize,
-            count: count
-                .map(|c| c.clamp(0, MAX_PAGE_SIZE as i64) as usize)
-                .unwrap_or(DEFAULT_PAGE_SIZE),
+            count: count.map(|c| c.clamp(0, MAX_PAGE_SIZE as i64) as usize).unwrap_or(DEFAULT_PAGE_SIZE),
             sort_by: sort_by.filter(|s| !s.trim().is_empty()),
             descending,
             attributes,
@@ -224,22 +189,15 @@ impl ListParams {
     }
 }
 
-async fn list_kind(
-    st: &AppState,
-    kind: ResourceKind,
-    p: &ListParams,
-) -> ApiResult<(usize, Vec<Value>)> {
+async fn list_kind(st: &AppState, kind: ResourceKind, p: &ListParams, lenient: bool) -> ApiResult<(usize, Vec<Value>)> {
     let filter = p
         .filter
         .as_deref()
-        .map(|f| Filter::parse(kind, f))
+        .map(|f| if lenient { Filter::parse_lenient(kind, f) } else { Filter::parse(kind, f) })
         .transpose()?;
     let sort_attr = match &p.sort_by {
         Some(s) => Some(resolve_path(kind, s).ok_or_else(|| {
-            ScimError::invalid_value(format!(
-                "cannot sort by '{s}': no such attribute for {}",
-                kind.name()
-            ))
+            ScimError::invalid_value(format!("cannot sort by '{s}': no such attribute for {}", kind.name()))
         })?),
         None => None,
     };
@@ -256,12 +214,8 @@ async fn list_kind(
         .query(Query {
             kind,
             hint: filter.as_ref().and_then(|f| f.index_hint(kind)),
-            matches: filter
-                .as_ref()
-                .map(|_| &matcher as &(dyn Fn(&Value) -> bool + Sync)),
-            sort: sorter
-                .as_ref()
-                .map(|s| s as &(dyn Fn(&Value, &Value) -> std::cmp::Ordering + Sync)),
+            matches: filter.as_ref().map(|_| &matcher as &(dyn Fn(&Value) -> bool + Sync)),
+            sort: sorter.as_ref().map(|s| s as &(dyn Fn(&Value, &Value) -> std::cmp::Ordering + Sync)),
             start_index: p.start_index,
             count: p.count,
         })
@@ -291,55 +245,28 @@ fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Res
 pub async fn list(st: &AppState, kind: ResourceKind, raw_query: Option<&str>) -> ApiResult {
     let q = QueryParams::parse(raw_query);
     let p = ListParams::from_query(&q)?;
-    let (total, resources) = list_kind(st, kind, &p).await?;
+    let (total, resources) = list_kind(st, kind, &p, false).await?;
     Ok(list_response(total, p.start_index, resources))
 }
 
-pub async fn search(
-    st: &AppState,
-    kind: Option<ResourceKind>,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult {
+pub async fn search(st: &AppState, kind: Option<ResourceKind>, headers: &HeaderMap, body: Body) -> ApiResult {
     let body = read_json(headers, body, st.max_body).await?;
     let p = ListParams::from_search_body(&body)?;
     match kind {
         Some(kind) => {
-            let (total, resources) = list_kind(st, kind, &p).await?;
+            let (total, resources) = list_kind(st, kind, &p, false).await?;
             Ok(list_response(total, p.start_index, resources))
         }
         None => {
             // Root search: users then groups, paged together. A filter that
             // names an attribute only one kind has matches nothing of the other.
-            let all = ListParams {
-                start_index: 1,
-                count: usize::MAX,
-                ..p
-            };
-            let mut first_err = None;
+            let all = ListParams { start_index: 1, count: usize::MAX, ..p };
             let mut resources = Vec::new();
             for kind in [ResourceKind::User, ResourceKind::Group] {
-                match list_kind(st, kind, &all).await {
-                    Ok((_, r)) => resources.extend(r),
-                    Err(e)
-                        if e.0.scim_type == Some(crate::scim::error::ScimType::InvalidFilter) =>
-                    {
-                        first_err.get_or_insert(e);
-                    }
-                    Err(e) => return Err(e),
-                };
-            }
-            if resources.is_empty() {
-                if let Some(e) = first_err {
-                    return Err(e);
-                }
+                resources.extend(list_kind(st, kind, &all, true).await?.1);
             }
             let total = resources.len();
-            let page: Vec<Value> = resources
-                .into_iter()
-                .skip(p.start_index - 1)
-                .take(p.count)
-                .collect();
+            let page: Vec<Value> = resources.into_iter().skip(p.start_index - 1).take(p.count).collect();
             Ok(list_response(total, p.start_index, page))
         }
     }
@@ -352,14 +279,9 @@ pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResul
     let t = now();
     let id = uuid::Uuid::new_v4().to_string();
     let doc = build_document(kind, &id, attrs, &t, &t, 1);
-    let rec = st
-        .store
-        .create(kind, doc)
-        .await
-        .map_err(|e| e.into_scim())?;
+    let rec = st.store.create(kind, doc).await.map_err(|e| e.into_scim())?;
     let q = QueryParams::parse(parts.uri.query());
-    st.resource_response(kind, StatusCode::CREATED, &rec, &q)
-        .await
+    st.resource_response(kind, StatusCode::CREATED, &rec, &q).await
 }
 
 pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
@@ -369,20 +291,10 @@ pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> A
         .await
         .map_err(|e| e.into_scim())?
         .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.name())))?;
-    if let Some(inm) = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        let tags: Vec<String> = inm
-            .split(',')
-            .map(|t| t.trim().trim_start_matches("W/").to_string())
-            .collect();
+    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let tags: Vec<String> = inm.split(',').map(|t| t.trim().trim_start_matches("W/").to_string()).collect();
         if etag_matches(&tags, &etag(rec.version)) {
-            return Ok(with_etag(
-                StatusCode::NOT_MODIFIED.into_response(),
-                rec.version,
-            ));
+            return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), rec.version));
         }
     }
     let q = QueryParams::parse(req.uri().query());
@@ -391,35 +303,21 @@ pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> A
 
 fn precondition(tags: &Option<Vec<String>>, rec: &Record) -> Result<(), ScimError> {
     match tags {
-        Some(tags) if !etag_matches(tags, &etag(rec.version)) => {
-            Err(ScimError::precondition_failed(format!(
-                "If-Match does not match the current version {}; read the resource again and retry",
-                etag(rec.version)
-            )))
-        }
+        Some(tags) if !etag_matches(tags, &etag(rec.version)) => Err(ScimError::precondition_failed(format!(
+            "If-Match does not match the current version {}; read the resource again and retry",
+            etag(rec.version)
+        ))),
         _ => Ok(()),
     }
 }
 
 /// Builds the new document from new attributes, or reports no change so the
 /// store writes nothing and the version stays.
-fn next_document(
-    kind: ResourceKind,
-    rec: &Record,
-    attrs: Map<String, Value>,
-    version: u64,
-) -> Mutation {
+fn next_document(kind: ResourceKind, rec: &Record, attrs: Map<String, Value>, version: u64) -> Mutation {
     if attrs == attributes_of(&rec.doc) {
         return Mutation::Unchanged;
     }
-    Mutation::Replace(build_document(
-        kind,
-        &rec.id,
-        attrs,
-        created_of(&rec.doc),
-        &now(),
-        version,
-    ))
+    Mutation::Replace(build_document(kind, &rec.id, attrs, created_of(&rec.doc), &now(), version))
 }
 
 pub async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
@@ -483,48 +381,30 @@ pub async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &Heade
 // ------------------------------------------------------------ discovery
 
 pub async fn service_provider_config(State(st): St) -> Response {
-    scim_json(
-        StatusCode::OK,
-        &discovery::service_provider_config(&st.base_url),
-    )
+    scim_json(StatusCode::OK, &discovery::service_provider_config(&st.base_url))
 }
 
 pub async fn resource_types(State(st): St) -> Response {
-    let all = [ResourceKind::User, ResourceKind::Group]
-        .map(|k| discovery::resource_type(k, &st.base_url));
+    let all = [ResourceKind::User, ResourceKind::Group].map(|k| discovery::resource_type(k, &st.base_url));
     scim_json(StatusCode::OK, &discovery::list_of(all.to_vec()))
 }
 
 pub async fn resource_type(State(st): St, Path(id): Path<String>) -> ApiResult {
-    let kind = [ResourceKind::User, ResourceKind::Group]
-        .into_iter()
-        .find(|k| k.name().eq_ignore_ascii_case(&id))
-        .ok_or_else(|| {
-            ScimError::not_found(format!(
-                "resource type '{id}' not found; this server has User and Group"
-            ))
-        })?;
-    Ok(scim_json(
-        StatusCode::OK,
-        &discovery::resource_type(kind, &st.base_url),
-    ))
+    let kind =
+        [ResourceKind::User, ResourceKind::Group].into_iter().find(|k| k.name().eq_ignore_ascii_case(&id)).ok_or_else(
+            || ScimError::not_found(format!("resource type '{id}' not found; this server has User and Group")),
+        )?;
+    Ok(scim_json(StatusCode::OK, &discovery::resource_type(kind, &st.base_url)))
 }
 
 pub async fn schemas(State(st): St) -> Response {
-    scim_json(
-        StatusCode::OK,
-        &discovery::list_of(discovery::schemas(&st.base_url)),
-    )
+    scim_json(StatusCode::OK, &discovery::list_of(discovery::schemas(&st.base_url)))
 }
 
 pub async fn schema(State(st): St, Path(id): Path<String>) -> ApiResult {
     discovery::schemas(&st.base_url)
         .into_iter()
-        .find(|s| {
-            s["id"]
-                .as_str()
-                .is_some_and(|s| s.eq_ignore_ascii_case(&id))
-        })
+        .find(|s| s["id"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&id)))
         .map(|s| scim_json(StatusCode::OK, &s))
         .ok_or_else(|| ScimError::not_found(format!("schema '{id}' not found")).into())
 }

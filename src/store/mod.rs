@@ -85,14 +85,8 @@ impl StoreError {
     pub fn into_scim(self) -> ScimError {
         match self {
             StoreError::Scim(e) => e,
-            StoreError::Backend(_) => ScimError::new(
-                500,
-                None,
-                "the server could not store the change; retry later",
-            ),
-            StoreError::Closed => {
-                ScimError::new(503, None, "the server is shutting down; retry later")
-            }
+            StoreError::Backend(_) => ScimError::new(500, None, "the server could not store the change; retry later"),
+            StoreError::Closed => ScimError::new(503, None, "the server is shutting down; retry later"),
         }
     }
 }
@@ -117,12 +111,7 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the current record and applies `mutate` atomically (no other write
     /// to the same resource in between). 404 if missing. The same uniqueness
     /// and membership rules as `create` apply to the new document.
-    async fn update(
-        &self,
-        kind: ResourceKind,
-        id: &str,
-        mutate: MutateFn,
-    ) -> Result<Record, StoreError>;
+    async fn update(&self, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Record, StoreError>;
 
     /// Deletes a resource; deleting a user or group also removes it from the
     /// `members` of every group (those groups get a new version). 404 if missing.

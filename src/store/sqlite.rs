@@ -85,9 +85,7 @@ impl FromStr for Durability {
         match s.to_ascii_lowercase().as_str() {
             "full" => Ok(Durability::Full),
             "normal" => Ok(Durability::Normal),
-            other => Err(format!(
-                "unknown durability {other:?} (expected \"full\" or \"normal\")"
-            )),
+            other => Err(format!("unknown durability {other:?} (expected \"full\" or \"normal\")")),
         }
     }
 }
@@ -251,16 +249,10 @@ impl State {
             Some(IndexHint::Id(id)) => Box::new(ks.get(id).into_iter()),
             // Lowercasing again is idempotent and keeps the index sound even if a
             // caller forgot to.
-            Some(IndexHint::UniqueName(name)) => {
-                Box::new(ks.by_name(&name.to_lowercase()).into_iter())
+            Some(IndexHint::UniqueName(name)) => Box::new(ks.by_name(&name.to_lowercase()).into_iter()),
+            Some(IndexHint::ExternalId(ext)) => {
+                Box::new(ks.by_external.get(ext).into_iter().flatten().filter_map(|seq| ks.by_seq.get(seq)))
             }
-            Some(IndexHint::ExternalId(ext)) => Box::new(
-                ks.by_external
-                    .get(ext)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|seq| ks.by_seq.get(seq)),
-            ),
         };
         let matching = candidates.filter(|e| q.matches.is_none_or(|m| m(&e.record.doc)));
         let skip = q.start_index.max(1) - 1;
@@ -280,16 +272,8 @@ impl State {
             Some(sort) => {
                 let mut all: Vec<&Entry> = matching.collect();
                 all.sort_by(|a, b| sort(&a.record.doc, &b.record.doc));
-                let records = all
-                    .iter()
-                    .skip(skip)
-                    .take(q.count)
-                    .map(|e| e.record.clone())
-                    .collect();
-                Page {
-                    total: all.len(),
-                    records,
-                }
+                let records = all.iter().skip(skip).take(q.count).map(|e| e.record.clone()).collect();
+                Page { total: all.len(), records }
             }
         }
     }
@@ -301,12 +285,7 @@ impl State {
         seqs.iter()
             .filter_map(|seq| self.groups.by_seq.get(seq))
             .map(|g| {
-                let name = g
-                    .record
-                    .doc
-                    .get("displayName")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let name = g.record.doc.get("displayName").and_then(Value::as_str).unwrap_or_default();
                 (g.record.id.clone(), name.to_owned())
             })
             .collect()
@@ -350,21 +329,14 @@ impl Overlay {
             Change::Insert(k, e) | Change::Update(k, e) => (*k, e.record.id.as_str()),
             Change::Delete(k, id) => (*k, id.as_str()),
         };
-        let old_name = View {
-            base,
-            overlay: &*self,
-        }
-        .get(kind, id)
-        .map(|e| e.name.clone());
+        let old_name = View { base, overlay: &*self }.get(kind, id).map(|e| e.name.clone());
         if let Some(old) = old_name {
             self.names.insert((kind, old), None);
         }
         match &change {
             Change::Insert(k, e) | Change::Update(k, e) => {
-                self.names
-                    .insert((*k, e.name.clone()), Some(e.record.id.clone()));
-                self.entries
-                    .insert(e.record.id.clone(), Some((*k, e.clone())));
+                self.names.insert((*k, e.name.clone()), Some(e.record.id.clone()));
+                self.entries.insert(e.record.id.clone(), Some((*k, e.clone())));
             }
             Change::Delete(_, id) => {
                 self.entries.insert(id.clone(), None);
@@ -391,20 +363,14 @@ impl<'a> View<'a> {
     }
 
     fn get(&self, kind: ResourceKind, id: &str) -> Option<&'a Entry> {
-        self.find_any(id)
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, e)| e)
+        self.find_any(id).filter(|(k, _)| *k == kind).map(|(_, e)| e)
     }
 
     /// The id holding a (lowercased) unique name.
     fn name_owner(&self, kind: ResourceKind, name: &str) -> Option<&'a str> {
         match self.overlay.names.get(&(kind, name.to_owned())) {
             Some(owner) => owner.as_deref(),
-            None => self
-                .base
-                .kind(kind)
-                .by_name(name)
-                .map(|e| e.record.id.as_str()),
+            None => self.base.kind(kind).by_name(name).map(|e| e.record.id.as_str()),
         }
     }
 
@@ -442,12 +408,7 @@ impl<'a> View<'a> {
         }
     }
 
-    fn plan_create(
-        &self,
-        kind: ResourceKind,
-        doc: Value,
-        next_seq: &mut u64,
-    ) -> Result<Plan, StoreError> {
+    fn plan_create(&self, kind: ResourceKind, doc: Value, next_seq: &mut u64) -> Result<Plan, StoreError> {
         let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_owned) else {
             return Err(ScimError::invalid_value("id is required").into());
         };
@@ -462,43 +423,22 @@ impl<'a> View<'a> {
         self.check_members(kind, &doc)?;
         let seq = *next_seq;
         *next_seq += 1;
-        let entry = Entry {
-            external_id: external_id(&doc),
-            record: Record {
-                id,
-                version: 1,
-                doc: Arc::new(doc),
-            },
-            seq,
-            name,
-        };
-        Ok(Plan {
-            reply: Some(entry.record.clone()),
-            changes: vec![Change::Insert(kind, entry)],
-        })
+        let entry =
+            Entry { external_id: external_id(&doc), record: Record { id, version: 1, doc: Arc::new(doc) }, seq, name };
+        Ok(Plan { reply: Some(entry.record.clone()), changes: vec![Change::Insert(kind, entry)] })
     }
 
-    fn plan_update(
-        &self,
-        kind: ResourceKind,
-        id: &str,
-        mutate: MutateFn,
-    ) -> Result<Plan, StoreError> {
+    fn plan_update(&self, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Plan, StoreError> {
         let current = self.get(kind, id).ok_or_else(|| not_found(kind, id))?;
         let version = current.record.version + 1;
         // The closure is the caller's code running on the writer thread; a panic
         // there must fail this command, not take the writer (and every later
         // write) down with it.
         let mutation = catch_unwind(AssertUnwindSafe(|| mutate(&current.record, version)))
-            .map_err(|_| {
-                StoreError::Backend(format!("updating {} {id} panicked", kind.name()))
-            })??;
+            .map_err(|_| StoreError::Backend(format!("updating {} {id} panicked", kind.name())))??;
         let mut doc = match mutation {
             Mutation::Unchanged => {
-                return Ok(Plan {
-                    reply: Some(current.record.clone()),
-                    changes: Vec::new(),
-                });
+                return Ok(Plan { reply: Some(current.record.clone()), changes: Vec::new() });
             }
             Mutation::Replace(doc) => doc,
         };
@@ -511,18 +451,11 @@ impl<'a> View<'a> {
         self.check_members(kind, &doc)?;
         let entry = Entry {
             external_id: external_id(&doc),
-            record: Record {
-                id: id.to_owned(),
-                version,
-                doc: Arc::new(doc),
-            },
+            record: Record { id: id.to_owned(), version, doc: Arc::new(doc) },
             seq: current.seq,
             name,
         };
-        Ok(Plan {
-            reply: Some(entry.record.clone()),
-            changes: vec![Change::Update(kind, entry)],
-        })
+        Ok(Plan { reply: Some(entry.record.clone()), changes: vec![Change::Update(kind, entry)] })
     }
 
     fn plan_delete(&self, kind: ResourceKind, id: &str) -> Result<Plan, StoreError> {
@@ -540,33 +473,25 @@ impl<'a> View<'a> {
             if let Some(members) = doc.get_mut("members").and_then(Value::as_array_mut) {
                 members.retain(|m| m.get("value").and_then(Value::as_str) != Some(id));
             }
+            // An empty multi-valued attribute is stored as absent, as the
+            // SCIM layer does for client writes.
+            if doc.get("members").and_then(Value::as_array).is_some_and(Vec::is_empty)
+                && let Some(obj) = doc.as_object_mut()
+            {
+                obj.remove("members");
+            }
             stamp_meta(&mut doc, version, now.as_deref());
             changes.push(Change::Update(
                 ResourceKind::Group,
-                Entry {
-                    record: Record {
-                        id: group.record.id.clone(),
-                        version,
-                        doc: Arc::new(doc),
-                    },
-                    ..group.clone()
-                },
+                Entry { record: Record { id: group.record.id.clone(), version, doc: Arc::new(doc) }, ..group.clone() },
             ));
         }
-        Ok(Plan {
-            reply: None,
-            changes,
-        })
+        Ok(Plan { reply: None, changes })
     }
 
     /// Returns the lowercased unique name if no other resource (than `self_id`)
     /// holds it.
-    fn check_unique_name(
-        &self,
-        kind: ResourceKind,
-        doc: &Value,
-        self_id: Option<&str>,
-    ) -> Result<String, StoreError> {
+    fn check_unique_name(&self, kind: ResourceKind, doc: &Value, self_id: Option<&str>) -> Result<String, StoreError> {
         let attr = kind.unique_name_attr();
         let Some(name) = doc.get(attr).and_then(Value::as_str) else {
             return Err(ScimError::invalid_value(format!("{attr} is required")).into());
@@ -593,16 +518,10 @@ impl<'a> View<'a> {
         };
         for member in members {
             let Some(id) = member.get("value").and_then(Value::as_str) else {
-                return Err(ScimError::invalid_value(
-                    "members: every member needs a string \"value\"",
-                )
-                .into());
+                return Err(ScimError::invalid_value("members: every member needs a string \"value\"").into());
             };
             if self.find_any(id).is_none() {
-                return Err(ScimError::invalid_value(format!(
-                    "members: no user or group with id \"{id}\""
-                ))
-                .into());
+                return Err(ScimError::invalid_value(format!("members: no user or group with id \"{id}\"")).into());
             }
         }
         Ok(())
@@ -619,15 +538,12 @@ fn not_found(kind: ResourceKind, id: &str) -> StoreError {
 }
 
 fn external_id(doc: &Value) -> Option<String> {
-    doc.get("externalId")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    doc.get("externalId").and_then(Value::as_str).map(str::to_owned)
 }
 
 /// RFC 3339 UTC with milliseconds, the format `meta` timestamps use.
 fn now_rfc3339() -> Option<String> {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::now_utc().format(&format).ok()
 }
 
@@ -636,14 +552,9 @@ fn stamp_meta(doc: &mut Value, version: u64, now: Option<&str>) {
     let Some(obj) = doc.as_object_mut() else {
         return;
     };
-    let meta = obj
-        .entry("meta")
-        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let meta = obj.entry("meta").or_insert_with(|| Value::Object(serde_json::Map::new()));
     if let Some(meta) = meta.as_object_mut() {
-        meta.insert(
-            "version".to_owned(),
-            Value::String(format!("W/\"{version}\"")),
-        );
+        meta.insert("version".to_owned(), Value::String(format!("W/\"{version}\"")));
         if let Some(now) = now {
             meta.insert("lastModified".to_owned(), Value::String(now.to_owned()));
         }
@@ -654,19 +565,9 @@ fn stamp_meta(doc: &mut Value, version: u64, now: Option<&str>) {
 // The writer thread
 
 enum Op {
-    Create {
-        kind: ResourceKind,
-        doc: Value,
-    },
-    Update {
-        kind: ResourceKind,
-        id: String,
-        mutate: MutateFn,
-    },
-    Delete {
-        kind: ResourceKind,
-        id: String,
-    },
+    Create { kind: ResourceKind, doc: Value },
+    Update { kind: ResourceKind, id: String, mutate: MutateFn },
+    Delete { kind: ResourceKind, id: String },
 }
 
 type Reply = oneshot::Sender<Result<Option<Record>, StoreError>>;
@@ -712,12 +613,13 @@ impl Writer {
 
     fn run_batch(&mut self, batch: Vec<Command>) {
         self.shared.batches.fetch_add(1, AtomicOrdering::Relaxed);
-        self.shared
-            .commands
-            .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
+        self.shared.commands.fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = format!("could not start a transaction: {e}");
             tracing::error!("{msg}");
+            // A transaction left open by an earlier failure would make every
+            // later BEGIN fail too.
+            self.recover();
             for cmd in batch {
                 let _ = cmd.reply.send(Err(StoreError::Backend(msg.clone())));
             }
@@ -739,10 +641,7 @@ impl Writer {
                     Some(msg) => Err(StoreError::Backend(msg.clone())),
                     None => self.execute(&base, &mut overlay, op),
                 };
-                if matches!(result, Err(StoreError::Backend(_)))
-                    && aborted.is_none()
-                    && self.conn.is_autocommit()
-                {
+                if matches!(result, Err(StoreError::Backend(_))) && aborted.is_none() && self.conn.is_autocommit() {
                     aborted = Some("the transaction was aborted by the database".to_owned());
                 }
                 outcomes.push((reply, result));
@@ -774,17 +673,8 @@ impl Writer {
         }
     }
 
-    fn execute(
-        &mut self,
-        base: &State,
-        overlay: &mut Overlay,
-        op: Op,
-    ) -> Result<Option<Record>, StoreError> {
-        let plan = View {
-            base,
-            overlay: &*overlay,
-        }
-        .plan(op, &mut self.next_seq)?;
+    fn execute(&mut self, base: &State, overlay: &mut Overlay, op: Op) -> Result<Option<Record>, StoreError> {
+        let plan = View { base, overlay: &*overlay }.plan(op, &mut self.next_seq)?;
         if plan.changes.is_empty() {
             return Ok(plan.reply);
         }
@@ -798,13 +688,14 @@ impl Writer {
     /// Writes one command's changes, all or nothing, without disturbing the
     /// other commands of the batch.
     fn write_atomically(&self, changes: &[Change]) -> Result<(), StoreError> {
-        self.exec_cached("SAVEPOINT cmd")
-            .map_err(|e| backend("starting a savepoint", &e))?;
+        if let [change] = changes {
+            // One statement is atomic by itself; a savepoint would only cost.
+            return self.write_change(change);
+        }
+        self.exec_cached("SAVEPOINT cmd").map_err(|e| backend("starting a savepoint", &e))?;
         let written = changes.iter().try_for_each(|c| self.write_change(c));
         let result = written.and_then(|()| {
-            self.exec_cached("RELEASE cmd")
-                .map(|_| ())
-                .map_err(|e| backend("releasing a savepoint", &e))
+            self.exec_cached("RELEASE cmd").map(|_| ()).map_err(|e| backend("releasing a savepoint", &e))
         });
         if result.is_err() {
             // Fails only if SQLite already rolled back the whole transaction,
@@ -844,13 +735,7 @@ impl Writer {
                     .conn
                     .prepare_cached(UPDATE_SQL)
                     .and_then(|mut st| {
-                        st.execute(params![
-                            e.record.id,
-                            e.name,
-                            e.external_id,
-                            to_sql_int(e.record.version),
-                            doc
-                        ])
+                        st.execute(params![e.record.id, e.name, e.external_id, to_sql_int(e.record.version), doc])
                     })
                     .map_err(|err| sql_error(*kind, &e.record.id, "updating", &err))?;
                 expect_one_row(n, *kind, &e.record.id)?;
@@ -869,17 +754,12 @@ impl Writer {
 
     fn commit(&self) -> Result<(), String> {
         #[cfg(test)]
-        if self
-            .shared
-            .fail_commit_of_batch
-            .load(AtomicOrdering::SeqCst)
+        if self.shared.fail_commit_of_batch.load(AtomicOrdering::SeqCst)
             == self.shared.batches.load(AtomicOrdering::SeqCst)
         {
             return Err("commit failed: injected failure".to_owned());
         }
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| format!("commit failed: {e}"))
+        self.conn.execute_batch("COMMIT").map_err(|e| format!("commit failed: {e}"))
     }
 
     /// After a failed batch: end the transaction and make memory equal the
@@ -929,16 +809,12 @@ fn expect_one_row(n: usize, kind: ResourceKind, id: &str) -> Result<(), StoreErr
     if n == 1 {
         Ok(())
     } else {
-        Err(StoreError::Backend(format!(
-            "{} {id}: expected one row in the database, found {n}",
-            kind.name()
-        )))
+        Err(StoreError::Backend(format!("{} {id}: expected one row in the database, found {n}", kind.name())))
     }
 }
 
 fn doc_text(doc: &Value) -> Result<String, StoreError> {
-    serde_json::to_string(doc)
-        .map_err(|e| StoreError::Backend(format!("serialising a document: {e}")))
+    serde_json::to_string(doc).map_err(|e| StoreError::Backend(format!("serialising a document: {e}")))
 }
 
 /// Versions and sequence numbers start at 1 and grow by one per write, so
@@ -948,26 +824,21 @@ fn to_sql_int(n: u64) -> i64 {
 }
 
 fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| backend("setting the busy timeout", &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("setting the busy timeout", &e))?;
     // Exclusive: the in-memory state is only right if this process is the
     // only writer, so a second server on the same data dir must fail to open.
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .map_err(|e| backend("setting the locking mode", &e))?;
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(|e| backend("setting the locking mode", &e))?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| backend("enabling WAL (is another server using this data dir?)", &e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Backend(format!(
-            "the database refused WAL mode (journal_mode is {mode})"
-        )));
+        return Err(StoreError::Backend(format!("the database refused WAL mode (journal_mode is {mode})")));
     }
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    conn.pragma_update(None, "synchronous", sync)
-        .map_err(|e| backend("setting synchronous", &e))?;
+    conn.pragma_update(None, "synchronous", sync).map_err(|e| backend("setting synchronous", &e))?;
     // The WAL keeps the size of the largest batch it ever held (a batch of
     // updates to a big group rewrites its document each time); cap what stays
     // on disk after a checkpoint.
@@ -984,24 +855,15 @@ fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError
     }
     // A write transaction takes the exclusive lock now rather than at the
     // first client write.
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    ))
-    .map_err(|e| {
-        backend(
-            "creating the schema (is another server using this data dir?)",
-            &e,
-        )
-    })
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+        .map_err(|e| backend("creating the schema (is another server using this data dir?)", &e))
 }
 
 fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> {
     let mut stmt = conn
         .prepare("SELECT seq, kind, id, unique_name_lower, external_id, version, doc FROM resources ORDER BY seq")
         .map_err(|e| backend("loading resources", &e))?;
-    let mut rows = stmt
-        .query([])
-        .map_err(|e| backend("loading resources", &e))?;
+    let mut rows = stmt.query([]).map_err(|e| backend("loading resources", &e))?;
     let mut state = State::default();
     let mut max_seq = 0u64;
     while let Some(row) = rows.next().map_err(|e| backend("loading resources", &e))? {
@@ -1021,22 +883,9 @@ fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> {
         };
         let seq = u64::try_from(seq).map_err(|_| bad("negative seq"))?;
         let version = u64::try_from(version).map_err(|_| bad("negative version"))?;
-        let doc: Value =
-            serde_json::from_str(&doc).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+        let doc: Value = serde_json::from_str(&doc).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
         max_seq = max_seq.max(seq);
-        state.put(
-            kind,
-            Entry {
-                record: Record {
-                    id,
-                    version,
-                    doc: Arc::new(doc),
-                },
-                seq,
-                name,
-                external_id,
-            },
-        );
+        state.put(kind, Entry { record: Record { id, version, doc: Arc::new(doc) }, seq, name, external_id });
     }
     Ok((state, max_seq + 1))
 }
@@ -1056,21 +905,17 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
 impl SqliteStore {
     /// Opens (or creates) `dir/scim.db` and loads every resource into memory.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!("creating data dir {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("creating data dir {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)
-            .map_err(|e| backend(&format!("opening {}", path.display()), &e))?;
+        let conn = Connection::open(&path).map_err(|e| backend(&format!("opening {}", path.display()), &e))?;
         configure(&conn, durability)?;
         let (state, next_seq) = load_state(&conn)?;
         tracing::info!(
@@ -1083,23 +928,12 @@ impl SqliteStore {
         let state = Arc::new(RwLock::new(state));
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            conn,
-            state: Arc::clone(&state),
-            shared: Arc::clone(&shared),
-            next_seq,
-        };
+        let writer = Writer { conn, state: Arc::clone(&state), shared: Arc::clone(&shared), next_seq };
         let handle = std::thread::Builder::new()
             .name("scim-store-writer".to_owned())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
-        Ok(Self {
-            state,
-            tx: RwLock::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
-            shared,
-            path,
-        })
+        Ok(Self { state, tx: RwLock::new(Some(tx)), writer: Mutex::new(Some(handle)), shared, path })
     }
 
     /// The database file.
@@ -1132,16 +966,13 @@ impl SqliteStore {
         {
             let tx = self.tx.read();
             let tx = tx.as_ref().ok_or(StoreError::Closed)?;
-            tx.send(Command { op, reply })
-                .map_err(|_| StoreError::Closed)?;
+            tx.send(Command { op, reply }).map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn submit_for_record(&self, op: Op) -> Result<Record, StoreError> {
-        self.submit(op)
-            .await?
-            .ok_or_else(|| StoreError::Backend("the writer returned no record".to_owned()))
+        self.submit(op).await?.ok_or_else(|| StoreError::Backend("the writer returned no record".to_owned()))
     }
 }
 
@@ -1158,35 +989,15 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError> {
-        Ok(self
-            .state
-            .read()
-            .kind(kind)
-            .get(id)
-            .map(|e| e.record.clone()))
+        Ok(self.state.read().kind(kind).get(id).map(|e| e.record.clone()))
     }
 
-    async fn update(
-        &self,
-        kind: ResourceKind,
-        id: &str,
-        mutate: MutateFn,
-    ) -> Result<Record, StoreError> {
-        self.submit_for_record(Op::Update {
-            kind,
-            id: id.to_owned(),
-            mutate,
-        })
-        .await
+    async fn update(&self, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Record, StoreError> {
+        self.submit_for_record(Op::Update { kind, id: id.to_owned(), mutate }).await
     }
 
     async fn delete(&self, kind: ResourceKind, id: &str) -> Result<(), StoreError> {
-        self.submit(Op::Delete {
-            kind,
-            id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
+        self.submit(Op::Delete { kind, id: id.to_owned() }).await.map(|_| ())
     }
 
     async fn query(&self, query: Query<'_>) -> Result<Page, StoreError> {
@@ -1199,10 +1010,7 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<Counts, StoreError> {
         let st = self.state.read();
-        Ok(Counts {
-            users: st.users.by_seq.len(),
-            groups: st.groups.by_seq.len(),
-        })
+        Ok(Counts { users: st.users.by_seq.len(), groups: st.groups.by_seq.len() })
     }
 }
 
@@ -1288,14 +1096,7 @@ mod tests {
     }
 
     fn all(kind: ResourceKind) -> Query<'static> {
-        Query {
-            kind,
-            hint: None,
-            matches: None,
-            sort: None,
-            start_index: 1,
-            count: usize::MAX,
-        }
+        Query { kind, hint: None, matches: None, sort: None, start_index: 1, count: usize::MAX }
     }
 
     fn ids(page: &Page) -> Vec<&str> {
@@ -1323,10 +1124,7 @@ mod tests {
     /// so tests control the order of commands within a batch.
     fn enqueue<'a, T>(mut fut: Pending<'a, T>) -> Pending<'a, T> {
         let poll = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-        assert!(
-            matches!(poll, Poll::Pending),
-            "the writer should be blocked"
-        );
+        assert!(matches!(poll, Poll::Pending), "the writer should be blocked");
         fut
     }
 
@@ -1337,10 +1135,7 @@ mod tests {
         store: &Arc<SqliteStore>,
         kind: ResourceKind,
         id: &str,
-    ) -> (
-        tokio::task::JoinHandle<Result<Record, StoreError>>,
-        mpsc::Sender<()>,
-    ) {
+    ) -> (tokio::task::JoinHandle<Result<Record, StoreError>>, mpsc::Sender<()>) {
         let (entered_tx, entered_rx) = oneshot::channel::<()>();
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let s = Arc::clone(store);
@@ -1357,9 +1152,7 @@ mod tests {
             )
             .await
         });
-        entered_rx
-            .await
-            .expect("the writer ran the blocking closure");
+        entered_rx.await.expect("the writer ran the blocking closure");
         (handle, release_tx)
     }
 
@@ -1367,39 +1160,21 @@ mod tests {
     async fn create_get_counts_and_versions() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let rec = store
-            .create(USER, user("u1", "Alice@example.com"))
-            .await
-            .unwrap();
+        let rec = store.create(USER, user("u1", "Alice@example.com")).await.unwrap();
         assert_eq!((rec.id.as_str(), rec.version), ("u1", 1));
         assert_eq!(rec.doc["userName"], "Alice@example.com");
-        store
-            .create(GROUP, group("g1", "Admins", &["u1"]))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g1", "Admins", &["u1"])).await.unwrap();
 
         let got = store.get(USER, "u1").await.unwrap().unwrap();
         assert_eq!(got.doc, rec.doc);
         // Kinds do not leak into each other.
         assert!(store.get(GROUP, "u1").await.unwrap().is_none());
         assert!(store.get(USER, "nope").await.unwrap().is_none());
-        assert_eq!(
-            store.counts().await.unwrap(),
-            Counts {
-                users: 1,
-                groups: 1
-            }
-        );
-        assert_eq!(
-            store.groups_of("u1").await.unwrap(),
-            vec![("g1".to_owned(), "Admins".to_owned())]
-        );
+        assert_eq!(store.counts().await.unwrap(), Counts { users: 1, groups: 1 });
+        assert_eq!(store.groups_of("u1").await.unwrap(), vec![("g1".to_owned(), "Admins".to_owned())]);
         assert!(store.groups_of("g1").await.unwrap().is_empty());
 
-        let updated = store
-            .update(USER, "u1", set("displayName", "Alice"))
-            .await
-            .unwrap();
+        let updated = store.update(USER, "u1", set("displayName", "Alice")).await.unwrap();
         assert_eq!(updated.version, 2);
         assert_eq!(updated.doc["meta"]["version"], "W/\"2\"");
         assert_eq!(store.get(USER, "u1").await.unwrap().unwrap().version, 2);
@@ -1412,44 +1187,23 @@ mod tests {
         store.create(USER, user("u1", "Alice@x")).await.unwrap();
         let e = scim_err(store.create(USER, user("u2", "alice@X")).await);
         assert_eq!((e.status, e.scim_type), (409, Some(ScimType::Uniqueness)));
-        assert_eq!(
-            e.detail,
-            "userName \"alice@X\" is already taken by another user"
-        );
+        assert_eq!(e.detail, "userName \"alice@X\" is already taken by another user");
         // Unicode lowercasing, not just ASCII.
         store.create(USER, user("u3", "ÅSA")).await.unwrap();
-        assert_eq!(
-            scim_err(store.create(USER, user("u4", "åsa")).await).status,
-            409
-        );
+        assert_eq!(scim_err(store.create(USER, user("u4", "åsa")).await).status, 409);
 
         // The same name in the other kind is fine; the same id is not.
-        store
-            .create(GROUP, group("g1", "alice@x", &[]))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g1", "alice@x", &[])).await.unwrap();
         let e = scim_err(store.create(GROUP, group("g2", "ALICE@X", &[])).await);
-        assert_eq!(
-            e.detail,
-            "displayName \"ALICE@X\" is already taken by another group"
-        );
+        assert_eq!(e.detail, "displayName \"ALICE@X\" is already taken by another group");
         let e = scim_err(store.create(GROUP, group("u1", "other", &[])).await);
-        assert_eq!(
-            (e.status, e.detail.as_str()),
-            (409, "id \"u1\" is already taken by another user")
-        );
+        assert_eq!((e.status, e.detail.as_str()), (409, "id \"u1\" is already taken by another user"));
 
         let e = scim_err(store.create(USER, json!({"id": "u9"})).await);
         assert_eq!((e.status, e.scim_type), (400, Some(ScimType::InvalidValue)));
         let e = scim_err(store.create(USER, json!({"userName": "x"})).await);
         assert_eq!(e.status, 400);
-        assert_eq!(
-            store.counts().await.unwrap(),
-            Counts {
-                users: 2,
-                groups: 1
-            }
-        );
+        assert_eq!(store.counts().await.unwrap(), Counts { users: 2, groups: 1 });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1469,9 +1223,7 @@ mod tests {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(_) => ok += 1,
-                Err(StoreError::Scim(e))
-                    if e.status == 409 && e.scim_type == Some(ScimType::Uniqueness) =>
-                {
+                Err(StoreError::Scim(e)) if e.status == 409 && e.scim_type == Some(ScimType::Uniqueness) => {
                     conflicts += 1
                 }
                 Err(e) => panic!("unexpected error {e}"),
@@ -1489,18 +1241,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(open(dir.path()));
         for i in 0..50 {
-            store
-                .create(USER, user(&format!("u{i}"), &format!("user{i}")))
-                .await
-                .unwrap();
+            store.create(USER, user(&format!("u{i}"), &format!("user{i}"))).await.unwrap();
         }
         store.create(GROUP, group("g", "Team", &[])).await.unwrap();
         let tasks: Vec<_> = (0..50)
             .map(|i| {
                 let store = Arc::clone(&store);
-                tokio::spawn(
-                    async move { store.update(GROUP, "g", add_member(&format!("u{i}"))).await },
-                )
+                tokio::spawn(async move { store.update(GROUP, "g", add_member(&format!("u{i}"))).await })
             })
             .collect();
         for t in tasks {
@@ -1521,10 +1268,7 @@ mod tests {
         drop(store);
         let store = open(dir.path());
         check(store.get(GROUP, "g").await.unwrap().unwrap());
-        assert_eq!(
-            store.groups_of("u7").await.unwrap(),
-            vec![("g".to_owned(), "Team".to_owned())]
-        );
+        assert_eq!(store.groups_of("u7").await.unwrap(), vec![("g".to_owned(), "Team".to_owned())]);
     }
 
     #[tokio::test]
@@ -1554,21 +1298,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rec.version, 1);
-        assert_eq!(
-            *seen.lock(),
-            Some((1, 2)),
-            "mutate gets the current record and the next version"
-        );
+        assert_eq!(*seen.lock(), Some((1, 2)), "mutate gets the current record and the next version");
 
         // The closure's error reaches the caller and nothing is written.
         let e = scim_err(
-            store
-                .update(
-                    USER,
-                    "u1",
-                    Box::new(|_: &Record, _: u64| Err(ScimError::precondition_failed("etag"))),
-                )
-                .await,
+            store.update(USER, "u1", Box::new(|_: &Record, _: u64| Err(ScimError::precondition_failed("etag")))).await,
         );
         assert_eq!(e.status, 412);
         assert_eq!(store.get(USER, "u1").await.unwrap().unwrap().version, 1);
@@ -1576,20 +1310,11 @@ mod tests {
         // Renaming onto another user's name conflicts; onto one's own in another
         // case does not.
         let e = scim_err(store.update(USER, "u1", set("userName", "BOB")).await);
-        assert_eq!(
-            e.detail,
-            "userName \"BOB\" is already taken by another user"
-        );
-        let rec = store
-            .update(USER, "u1", set("userName", "ALICE"))
-            .await
-            .unwrap();
+        assert_eq!(e.detail, "userName \"BOB\" is already taken by another user");
+        let rec = store.update(USER, "u1", set("userName", "ALICE")).await.unwrap();
         assert_eq!(rec.version, 2);
         // A rename frees the old name.
-        store
-            .update(USER, "u1", set("userName", "carol"))
-            .await
-            .unwrap();
+        store.update(USER, "u1", set("userName", "carol")).await.unwrap();
         store.create(USER, user("u3", "Alice")).await.unwrap();
 
         // The stored id wins over the document's.
@@ -1598,25 +1323,13 @@ mod tests {
         assert!(store.get(USER, "hijack").await.unwrap().is_none());
 
         // A panicking closure fails its own command only.
-        let r = store
-            .update(
-                USER,
-                "u2",
-                Box::new(|_: &Record, _: u64| panic!("bug in a PATCH handler")),
-            )
-            .await;
+        let r = store.update(USER, "u2", Box::new(|_: &Record, _: u64| panic!("bug in a PATCH handler"))).await;
         assert!(is_backend(&r), "{r:?}");
-        store
-            .update(USER, "u2", set("displayName", "Bob"))
-            .await
-            .unwrap();
+        store.update(USER, "u2", set("displayName", "Bob")).await.unwrap();
 
         drop(store);
         let store = open(dir.path());
-        assert_eq!(
-            store.get(USER, "u1").await.unwrap().unwrap().doc["userName"],
-            "carol"
-        );
+        assert_eq!(store.get(USER, "u1").await.unwrap().unwrap().doc["userName"], "carol");
         assert_eq!(store.get(USER, "u1").await.unwrap().unwrap().version, 3);
     }
 
@@ -1625,43 +1338,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         store.create(USER, user("u1", "alice")).await.unwrap();
-        let e = scim_err(
-            store
-                .create(GROUP, group("g1", "A", &["u1", "ghost"]))
-                .await,
-        );
+        let e = scim_err(store.create(GROUP, group("g1", "A", &["u1", "ghost"])).await);
         assert_eq!((e.status, e.scim_type), (400, Some(ScimType::InvalidValue)));
         assert_eq!(e.detail, "members: no user or group with id \"ghost\"");
-        store
-            .create(GROUP, group("g1", "A", &["u1"]))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g1", "A", &["u1"])).await.unwrap();
         // Groups can be members too.
-        store
-            .create(GROUP, group("g2", "B", &["g1", "u1"]))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g2", "B", &["g1", "u1"])).await.unwrap();
         let e = scim_err(store.update(GROUP, "g1", add_member("ghost")).await);
         assert_eq!(e.status, 400);
-        assert_eq!(
-            members_of(&store.get(GROUP, "g1").await.unwrap().unwrap()),
-            vec!["u1"]
-        );
-        let e = scim_err(
-            store
-                .create(
-                    GROUP,
-                    json!({"id": "g3", "displayName": "C", "members": [{"display": "x"}]}),
-                )
-                .await,
-        );
+        assert_eq!(members_of(&store.get(GROUP, "g1").await.unwrap().unwrap()), vec!["u1"]);
+        let e =
+            scim_err(store.create(GROUP, json!({"id": "g3", "displayName": "C", "members": [{"display": "x"}]})).await);
         assert_eq!(e.status, 400);
         let mut groups = store.groups_of("u1").await.unwrap();
         groups.sort();
-        assert_eq!(
-            groups,
-            vec![("g1".into(), "A".into()), ("g2".into(), "B".into())]
-        );
+        assert_eq!(groups, vec![("g1".into(), "A".into()), ("g2".into(), "B".into())]);
     }
 
     #[tokio::test]
@@ -1670,18 +1361,9 @@ mod tests {
         let store = open(dir.path());
         store.create(USER, user("u1", "alice")).await.unwrap();
         store.create(USER, user("u2", "bob")).await.unwrap();
-        store
-            .create(GROUP, group("g1", "A", &["u1", "u2"]))
-            .await
-            .unwrap();
-        store
-            .create(GROUP, group("g2", "B", &["u1", "g1"]))
-            .await
-            .unwrap();
-        store
-            .create(GROUP, group("g3", "C", &["u2"]))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g1", "A", &["u1", "u2"])).await.unwrap();
+        store.create(GROUP, group("g2", "B", &["u1", "g1"])).await.unwrap();
+        store.create(GROUP, group("g3", "C", &["u2"])).await.unwrap();
 
         store.delete(USER, "u1").await.unwrap();
         assert!(store.get(USER, "u1").await.unwrap().is_none());
@@ -1690,22 +1372,10 @@ mod tests {
         assert_eq!(g1.version, 2);
         assert_eq!(g1.doc["meta"]["version"], "W/\"2\"");
         let modified = g1.doc["meta"]["lastModified"].as_str().unwrap();
-        assert_eq!(
-            modified.len(),
-            "2026-11-28T20:42:21.123Z".len(),
-            "{modified}"
-        );
-        assert!(
-            modified.ends_with('Z') && modified.as_bytes()[19] == b'.',
-            "{modified}"
-        );
-        assert!(
-            OffsetDateTime::parse(modified, &time::format_description::well_known::Rfc3339).is_ok()
-        );
-        assert_eq!(
-            g1.doc["meta"]["resourceType"], "Group",
-            "the rest of meta is kept"
-        );
+        assert_eq!(modified.len(), "2026-11-28T20:42:21.123Z".len(), "{modified}");
+        assert!(modified.ends_with('Z') && modified.as_bytes()[19] == b'.', "{modified}");
+        assert!(OffsetDateTime::parse(modified, &time::format_description::well_known::Rfc3339).is_ok());
+        assert_eq!(g1.doc["meta"]["resourceType"], "Group", "the rest of meta is kept");
         let g2 = store.get(GROUP, "g2").await.unwrap().unwrap();
         assert_eq!((members_of(&g2), g2.version), (vec!["g1".to_owned()], 2));
         // Groups not containing the user are untouched.
@@ -1765,19 +1435,12 @@ mod tests {
         assert_eq!(c9.await.unwrap().version, 2);
 
         let after = store.stats();
-        assert_eq!(
-            after.batches - before.batches,
-            2,
-            "the blocker's batch, then one for the rest"
-        );
+        assert_eq!(after.batches - before.batches, 2, "the blocker's batch, then one for the rest");
         assert_eq!(after.commands - before.commands, 10);
 
         let g = store.get(GROUP, "g").await.unwrap().unwrap();
         assert_eq!(g.version, 3);
-        assert_eq!(
-            store.get(USER, "a").await.unwrap().unwrap().doc["userName"],
-            "someone-else"
-        );
+        assert_eq!(store.get(USER, "a").await.unwrap().unwrap().doc["userName"], "someone-else");
         let snap = snapshot(&store).await;
         drop(store);
         let store = open(dir.path());
@@ -1796,17 +1459,11 @@ mod tests {
         let c3 = enqueue(store.delete(USER, "old"));
         let c4 = enqueue(store.update(USER, "gate", set("displayName", "x")));
         let next_batch = store.stats().batches + 1;
-        store
-            .shared
-            .fail_commit_of_batch
-            .store(next_batch, AtomicOrdering::SeqCst);
+        store.shared.fail_commit_of_batch.store(next_batch, AtomicOrdering::SeqCst);
         release.send(()).unwrap();
         blocker.await.unwrap().unwrap();
         assert!(is_backend(&c1.await));
-        assert!(
-            is_backend(&c2.await),
-            "even the 409 depended on the failed batch"
-        );
+        assert!(is_backend(&c2.await), "even the 409 depended on the failed batch");
         assert!(is_backend(&c3.await));
         assert!(is_backend(&c4.await));
 
@@ -1829,10 +1486,7 @@ mod tests {
             let store = open(dir.path());
             store.create(USER, user("gate", "gate")).await.unwrap();
             store.create(USER, user("u", "u")).await.unwrap();
-            store
-                .create(GROUP, group("g", "boom-group", &["u"]))
-                .await
-                .unwrap();
+            store.create(GROUP, group("g", "boom-group", &["u"])).await.unwrap();
         }
         // Triggers stand in for a statement the database refuses (disk errors,
         // constraint bugs) at a precise point.
@@ -1861,10 +1515,7 @@ mod tests {
         assert!(is_backend(&c4.await), "same name, same trigger");
         assert!(store.get(USER, "boom").await.unwrap().is_none());
         assert!(store.get(USER, "u").await.unwrap().is_some());
-        assert_eq!(
-            members_of(&store.get(GROUP, "g").await.unwrap().unwrap()),
-            vec!["u"]
-        );
+        assert_eq!(members_of(&store.get(GROUP, "g").await.unwrap().unwrap()), vec!["u"]);
 
         let snap = snapshot(&store).await;
         drop(store);
@@ -1883,119 +1534,45 @@ mod tests {
             u["externalId"] = json!(ext);
             u
         };
-        store
-            .create(USER, with_ext("u1", "bob", "x1"))
-            .await
-            .unwrap();
-        store
-            .create(USER, with_ext("u2", "Alice", "x1"))
-            .await
-            .unwrap();
-        store
-            .create(USER, with_ext("u3", "carol", "x2"))
-            .await
-            .unwrap();
+        store.create(USER, with_ext("u1", "bob", "x1")).await.unwrap();
+        store.create(USER, with_ext("u2", "Alice", "x1")).await.unwrap();
+        store.create(USER, with_ext("u3", "carol", "x2")).await.unwrap();
         store.create(USER, user("u4", "dave")).await.unwrap();
-        store
-            .create(GROUP, group("g1", "alice", &[]))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g1", "alice", &[])).await.unwrap();
 
         let q = |hint: Option<IndexHint>| Query { hint, ..all(USER) };
         let page = store.query(q(None)).await.unwrap();
         assert_eq!((page.total, ids(&page)), (4, vec!["u1", "u2", "u3", "u4"]));
-        let page = store
-            .query(q(Some(IndexHint::Id("u2".into()))))
-            .await
-            .unwrap();
+        let page = store.query(q(Some(IndexHint::Id("u2".into())))).await.unwrap();
         assert_eq!(ids(&page), vec!["u2"]);
-        let page = store
-            .query(Query {
-                kind: GROUP,
-                ..q(Some(IndexHint::Id("u2".into())))
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { kind: GROUP, ..q(Some(IndexHint::Id("u2".into()))) }).await.unwrap();
         assert_eq!(page.total, 0);
-        let page = store
-            .query(q(Some(IndexHint::UniqueName("alice".into()))))
-            .await
-            .unwrap();
+        let page = store.query(q(Some(IndexHint::UniqueName("alice".into())))).await.unwrap();
         assert_eq!(ids(&page), vec!["u2"]);
-        let page = store
-            .query(q(Some(IndexHint::UniqueName("ALICE".into()))))
-            .await
-            .unwrap();
+        let page = store.query(q(Some(IndexHint::UniqueName("ALICE".into())))).await.unwrap();
         assert_eq!(ids(&page), vec!["u2"]);
-        let page = store
-            .query(Query {
-                kind: GROUP,
-                ..q(Some(IndexHint::UniqueName("alice".into())))
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { kind: GROUP, ..q(Some(IndexHint::UniqueName("alice".into()))) }).await.unwrap();
         assert_eq!(ids(&page), vec!["g1"]);
-        let page = store
-            .query(q(Some(IndexHint::ExternalId("x1".into()))))
-            .await
-            .unwrap();
+        let page = store.query(q(Some(IndexHint::ExternalId("x1".into())))).await.unwrap();
         assert_eq!(ids(&page), vec!["u1", "u2"]);
-        assert_eq!(
-            store
-                .query(q(Some(IndexHint::ExternalId("X1".into()))))
-                .await
-                .unwrap()
-                .total,
-            0
-        );
+        assert_eq!(store.query(q(Some(IndexHint::ExternalId("X1".into())))).await.unwrap().total, 0);
 
         // The filter runs on the candidates.
         let not_bob = |doc: &Value| doc["userName"] != "bob";
         let page = store
-            .query(Query {
-                matches: Some(&not_bob),
-                ..q(Some(IndexHint::ExternalId("x1".into())))
-            })
+            .query(Query { matches: Some(&not_bob), ..q(Some(IndexHint::ExternalId("x1".into()))) })
             .await
             .unwrap();
         assert_eq!((page.total, ids(&page)), (1, vec!["u2"]));
 
         // Pagination: 1-based, total counts every match.
-        let page = store
-            .query(Query {
-                start_index: 2,
-                count: 2,
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { start_index: 2, count: 2, ..all(USER) }).await.unwrap();
         assert_eq!((page.total, ids(&page)), (4, vec!["u2", "u3"]));
-        let page = store
-            .query(Query {
-                start_index: 1,
-                count: 0,
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { start_index: 1, count: 0, ..all(USER) }).await.unwrap();
         assert_eq!((page.total, page.records.len()), (4, 0));
-        let page = store
-            .query(Query {
-                start_index: 9,
-                count: 5,
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { start_index: 9, count: 5, ..all(USER) }).await.unwrap();
         assert_eq!((page.total, page.records.len()), (4, 0));
-        let page = store
-            .query(Query {
-                start_index: 0,
-                count: 1,
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { start_index: 0, count: 1, ..all(USER) }).await.unwrap();
         assert_eq!(ids(&page), vec!["u1"]);
 
         // Sort (stable) then paginate.
@@ -2003,105 +1580,35 @@ mod tests {
             let key = |v: &Value| v["userName"].as_str().unwrap_or_default().to_lowercase();
             key(a).cmp(&key(b))
         };
-        let page = store
-            .query(Query {
-                sort: Some(&by_name),
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { sort: Some(&by_name), ..all(USER) }).await.unwrap();
         assert_eq!(ids(&page), vec!["u2", "u1", "u3", "u4"]);
-        let page = store
-            .query(Query {
-                sort: Some(&by_name),
-                start_index: 2,
-                count: 2,
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { sort: Some(&by_name), start_index: 2, count: 2, ..all(USER) }).await.unwrap();
         assert_eq!((page.total, ids(&page)), (4, vec!["u1", "u3"]));
         let same = |_: &Value, _: &Value| std::cmp::Ordering::Equal;
-        let page = store
-            .query(Query {
-                sort: Some(&same),
-                ..all(USER)
-            })
-            .await
-            .unwrap();
+        let page = store.query(Query { sort: Some(&same), ..all(USER) }).await.unwrap();
         assert_eq!(ids(&page), vec!["u1", "u2", "u3", "u4"], "stable");
 
         // Indexes follow updates and deletes.
-        store
-            .update(USER, "u2", set("userName", "Zed"))
-            .await
-            .unwrap();
-        store
-            .update(USER, "u1", set("externalId", "x9"))
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .query(q(Some(IndexHint::UniqueName("alice".into()))))
-                .await
-                .unwrap()
-                .total,
-            0
-        );
-        assert_eq!(
-            ids(&store
-                .query(q(Some(IndexHint::UniqueName("zed".into()))))
-                .await
-                .unwrap()),
-            vec!["u2"]
-        );
-        assert_eq!(
-            ids(&store
-                .query(q(Some(IndexHint::ExternalId("x1".into()))))
-                .await
-                .unwrap()),
-            vec!["u2"]
-        );
-        assert_eq!(
-            ids(&store
-                .query(q(Some(IndexHint::ExternalId("x9".into()))))
-                .await
-                .unwrap()),
-            vec!["u1"]
-        );
+        store.update(USER, "u2", set("userName", "Zed")).await.unwrap();
+        store.update(USER, "u1", set("externalId", "x9")).await.unwrap();
+        assert_eq!(store.query(q(Some(IndexHint::UniqueName("alice".into())))).await.unwrap().total, 0);
+        assert_eq!(ids(&store.query(q(Some(IndexHint::UniqueName("zed".into())))).await.unwrap()), vec!["u2"]);
+        assert_eq!(ids(&store.query(q(Some(IndexHint::ExternalId("x1".into())))).await.unwrap()), vec!["u2"]);
+        assert_eq!(ids(&store.query(q(Some(IndexHint::ExternalId("x9".into())))).await.unwrap()), vec!["u1"]);
         store.delete(USER, "u2").await.unwrap();
-        assert_eq!(
-            store
-                .query(q(Some(IndexHint::ExternalId("x1".into()))))
-                .await
-                .unwrap()
-                .total,
-            0
-        );
+        assert_eq!(store.query(q(Some(IndexHint::ExternalId("x1".into())))).await.unwrap().total, 0);
         // Updates keep creation order.
-        assert_eq!(
-            ids(&store.query(all(USER)).await.unwrap()),
-            vec!["u1", "u3", "u4"]
-        );
+        assert_eq!(ids(&store.query(all(USER)).await.unwrap()), vec!["u1", "u3", "u4"]);
     }
 
     async fn reopen_keeps_every_acknowledged_write(durability: Durability) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), durability).unwrap();
         for i in 0..20 {
-            store
-                .create(USER, user(&format!("u{i}"), &format!("user{i}")))
-                .await
-                .unwrap();
+            store.create(USER, user(&format!("u{i}"), &format!("user{i}"))).await.unwrap();
         }
-        store
-            .create(GROUP, group("g", "G", &["u1", "u2", "u3"]))
-            .await
-            .unwrap();
-        store
-            .update(USER, "u1", set("userName", "renamed"))
-            .await
-            .unwrap();
+        store.create(GROUP, group("g", "G", &["u1", "u2", "u3"])).await.unwrap();
+        store.update(USER, "u1", set("userName", "renamed")).await.unwrap();
         store.update(GROUP, "g", add_member("u4")).await.unwrap();
         store.delete(USER, "u2").await.unwrap();
         store.delete(USER, "u10").await.unwrap();
@@ -2110,29 +1617,14 @@ mod tests {
 
         let store = SqliteStore::open(dir.path(), durability).unwrap();
         assert_eq!(snapshot(&store).await, snap);
-        assert_eq!(
-            store.counts().await.unwrap(),
-            Counts {
-                users: 18,
-                groups: 1
-            }
-        );
+        assert_eq!(store.counts().await.unwrap(), Counts { users: 18, groups: 1 });
         let g = store.get(GROUP, "g").await.unwrap().unwrap();
-        assert_eq!(
-            (members_of(&g), g.version),
-            (vec!["u1".into(), "u3".into(), "u4".into()], 3)
-        );
+        assert_eq!((members_of(&g), g.version), (vec!["u1".into(), "u3".into(), "u4".into()], 3));
         assert_eq!(store.groups_of("u4").await.unwrap().len(), 1);
         // Indexes are rebuilt: freed names are free, taken ones taken.
         store.create(USER, user("n1", "USER1")).await.unwrap();
-        assert_eq!(
-            scim_err(store.create(USER, user("n2", "Renamed")).await).status,
-            409
-        );
-        assert_eq!(
-            scim_err(store.create(USER, user("u3", "fresh")).await).status,
-            409
-        );
+        assert_eq!(scim_err(store.create(USER, user("n2", "Renamed")).await).status, 409);
+        assert_eq!(scim_err(store.create(USER, user("u3", "fresh")).await).status, 409);
         // New resources list after the old ones.
         let page = store.query(all(USER)).await.unwrap();
         assert_eq!(page.records.last().unwrap().id, "n1");
@@ -2166,9 +1658,8 @@ mod tests {
         let store = Arc::new(open(dir.path()));
         store.create(USER, user("gate", "gate")).await.unwrap();
         let (blocker, release) = block_writer(&store, USER, "gate").await;
-        let queued: Vec<_> = (0..5)
-            .map(|i| enqueue(store.create(USER, user(&format!("q{i}"), &format!("q{i}")))))
-            .collect();
+        let queued: Vec<_> =
+            (0..5).map(|i| enqueue(store.create(USER, user(&format!("q{i}"), &format!("q{i}"))))).collect();
         let closer = {
             let store = Arc::clone(&store);
             tokio::task::spawn_blocking(move || store.close())
@@ -2181,14 +1672,8 @@ mod tests {
         for q in queued {
             q.await.unwrap();
         }
-        assert!(matches!(
-            store.create(USER, user("late", "late")).await,
-            Err(StoreError::Closed)
-        ));
-        assert!(
-            store.get(USER, "q4").await.unwrap().is_some(),
-            "reads still work"
-        );
+        assert!(matches!(store.create(USER, user("late", "late")).await, Err(StoreError::Closed)));
+        assert!(store.get(USER, "q4").await.unwrap().is_some(), "reads still work");
         drop(store);
         let store = open(dir.path());
         assert_eq!(store.counts().await.unwrap().users, 6);
@@ -2214,11 +1699,7 @@ mod tests {
         let name = 0..POOL_NAMES.len();
         prop_oneof![
             (id.clone(), name.clone()).prop_map(|(i, n)| ModelOp::CreateUser(i, n)),
-            (
-                id.clone(),
-                name.clone(),
-                proptest::collection::vec(id.clone(), 0..3)
-            )
+            (id.clone(), name.clone(), proptest::collection::vec(id.clone(), 0..3))
                 .prop_map(|(i, n, m)| ModelOp::CreateGroup(i, n, m)),
             (id.clone(), name).prop_map(|(i, n)| ModelOp::RenameUser(i, n)),
             (id.clone(), id.clone()).prop_map(|(g, m)| ModelOp::AddMember(g, m)),
@@ -2242,9 +1723,9 @@ mod tests {
 
     impl Model {
         fn name_taken(&self, kind: ResourceKind, name: &str, except: &str) -> bool {
-            self.res.iter().any(|(id, r)| {
-                r.kind == kind && id != except && r.name.to_lowercase() == name.to_lowercase()
-            })
+            self.res
+                .iter()
+                .any(|(id, r)| r.kind == kind && id != except && r.name.to_lowercase() == name.to_lowercase())
         }
 
         /// The status the store must answer with (200 for success).
@@ -2252,11 +1733,7 @@ mod tests {
             let id = |i: &usize| POOL_IDS[*i].to_owned();
             match op {
                 ModelOp::CreateUser(i, n) | ModelOp::CreateGroup(i, n, _) => {
-                    let kind = if matches!(op, ModelOp::CreateUser(..)) {
-                        USER
-                    } else {
-                        GROUP
-                    };
+                    let kind = if matches!(op, ModelOp::CreateUser(..)) { USER } else { GROUP };
                     let members: Vec<String> = match op {
                         ModelOp::CreateGroup(_, _, m) => m.iter().map(id).collect(),
                         _ => Vec::new(),
@@ -2268,15 +1745,7 @@ mod tests {
                         return 400;
                     }
                     let name = POOL_NAMES[*n].to_owned();
-                    self.res.insert(
-                        id(i),
-                        ModelRes {
-                            kind,
-                            name,
-                            members,
-                            version: 1,
-                        },
-                    );
+                    self.res.insert(id(i), ModelRes { kind, name, members, version: 1 });
                     200
                 }
                 ModelOp::RenameUser(i, n) => {
@@ -2336,26 +1805,16 @@ mod tests {
         let op = op.clone();
         Box::pin(async move {
             match op {
-                ModelOp::CreateUser(i, n) => store
-                    .create(USER, user(&id(&i), POOL_NAMES[n]))
-                    .await
-                    .map(drop),
+                ModelOp::CreateUser(i, n) => store.create(USER, user(&id(&i), POOL_NAMES[n])).await.map(drop),
                 ModelOp::CreateGroup(i, n, m) => {
                     let m: Vec<String> = m.iter().map(id).collect();
                     let m: Vec<&str> = m.iter().map(String::as_str).collect();
-                    store
-                        .create(GROUP, group(&id(&i), POOL_NAMES[n], &m))
-                        .await
-                        .map(drop)
+                    store.create(GROUP, group(&id(&i), POOL_NAMES[n], &m)).await.map(drop)
                 }
-                ModelOp::RenameUser(i, n) => store
-                    .update(USER, &id(&i), set("userName", POOL_NAMES[n]))
-                    .await
-                    .map(drop),
-                ModelOp::AddMember(g, m) => store
-                    .update(GROUP, &id(&g), add_member(&id(&m)))
-                    .await
-                    .map(drop),
+                ModelOp::RenameUser(i, n) => {
+                    store.update(USER, &id(&i), set("userName", POOL_NAMES[n])).await.map(drop)
+                }
+                ModelOp::AddMember(g, m) => store.update(GROUP, &id(&g), add_member(&id(&m))).await.map(drop),
                 ModelOp::Delete(g, i) => store.delete(if g { GROUP } else { USER }, &id(&i)).await,
             }
         })
@@ -2372,45 +1831,18 @@ mod tests {
     async fn assert_matches_model(store: &SqliteStore, model: &Model) {
         let counts = store.counts().await.unwrap();
         let users = model.res.values().filter(|r| r.kind == USER).count();
-        assert_eq!(
-            (counts.users, counts.groups),
-            (users, model.res.len() - users)
-        );
+        assert_eq!((counts.users, counts.groups), (users, model.res.len() - users));
         for (id, r) in &model.res {
-            let rec = store
-                .get(r.kind, id)
-                .await
-                .unwrap()
-                .expect("resource exists");
+            let rec = store.get(r.kind, id).await.unwrap().expect("resource exists");
             let name = rec.doc[r.kind.unique_name_attr()].as_str().unwrap();
-            assert_eq!(
-                (name, members_of(&rec), rec.version),
-                (r.name.as_str(), r.members.clone(), r.version),
-                "{id}"
-            );
-            let mut groups: Vec<String> = store
-                .groups_of(id)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|g| g.0)
-                .collect();
+            assert_eq!((name, members_of(&rec), rec.version), (r.name.as_str(), r.members.clone(), r.version), "{id}");
+            let mut groups: Vec<String> = store.groups_of(id).await.unwrap().into_iter().map(|g| g.0).collect();
             groups.sort();
-            let expected: Vec<String> = model
-                .res
-                .iter()
-                .filter(|(_, g)| g.members.contains(id))
-                .map(|(g, _)| g.clone())
-                .collect();
+            let expected: Vec<String> =
+                model.res.iter().filter(|(_, g)| g.members.contains(id)).map(|(g, _)| g.clone()).collect();
             assert_eq!(groups, expected, "groups of {id}");
             let hint = IndexHint::UniqueName(r.name.to_lowercase());
-            let page = store
-                .query(Query {
-                    hint: Some(hint),
-                    ..all(r.kind)
-                })
-                .await
-                .unwrap();
+            let page = store.query(Query { hint: Some(hint), ..all(r.kind) }).await.unwrap();
             assert_eq!(ids(&page), vec![id.as_str()]);
         }
     }
@@ -2467,28 +1899,18 @@ mod tests {
         };
         let durability: Durability = std::env::var(CRASH_MODE_ENV).unwrap().parse().unwrap();
         let dir = PathBuf::from(dir);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
             let store = Arc::new(SqliteStore::open(&dir, durability).unwrap());
             // Unbuffered: each line is one write(2), so it is in the file once the
             // call returns, whatever happens to the process afterwards.
-            let log = Arc::new(Mutex::new(
-                std::fs::File::create(dir.join("acks.log")).unwrap(),
-            ));
+            let log = Arc::new(Mutex::new(std::fs::File::create(dir.join("acks.log")).unwrap()));
             let acks = Arc::new(AtomicUsize::new(0));
             let ack = move |log: &Mutex<std::fs::File>, line: String| {
-                log.lock()
-                    .write_all(format!("{line}\n").as_bytes())
-                    .unwrap();
+                log.lock().write_all(format!("{line}\n").as_bytes()).unwrap();
                 if acks.fetch_add(1, AtomicOrdering::SeqCst) + 1 == CRASH_AFTER_ACKS {
                     let pid = std::process::id().to_string();
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", &pid])
-                        .status();
+                    let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
                     std::process::abort();
                 }
             };
@@ -2504,10 +1926,7 @@ mod tests {
                         let id = format!("u{t}-{i}");
                         store.create(USER, user(&id, &id)).await.unwrap();
                         ack(&log, format!("C {id}"));
-                        let r = store
-                            .update(USER, &id, set("displayName", "v2"))
-                            .await
-                            .unwrap();
+                        let r = store.update(USER, &id, set("displayName", "v2")).await.unwrap();
                         ack(&log, format!("U {id} {}", r.version));
                         store.update(GROUP, &gid, add_member(&id)).await.unwrap();
                         ack(&log, format!("M {gid} {id}"));
@@ -2531,12 +1950,7 @@ mod tests {
             Durability::Normal => "normal",
         };
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::sqlite::tests::crash_child",
-                "--ignored",
-                "--nocapture",
-            ])
+            .args(["--exact", "store::sqlite::tests::crash_child", "--ignored", "--nocapture"])
             .args(["--test-threads", "1"])
             .env(CRASH_DIR_ENV, dir.path())
             .env(CRASH_MODE_ENV, mode)
@@ -2546,31 +1960,19 @@ mod tests {
         assert!(!out.status.success(), "the child must die: {out:?}");
         let log = std::fs::read_to_string(dir.path().join("acks.log")).unwrap();
         let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
-        assert!(
-            lines.len() >= CRASH_AFTER_ACKS,
-            "only {} acks: {out:?}",
-            lines.len()
-        );
+        assert!(lines.len() >= CRASH_AFTER_ACKS, "only {} acks: {out:?}", lines.len());
 
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
             let store = SqliteStore::open(dir.path(), durability).unwrap();
-            let deleted: HashSet<&str> =
-                lines.iter().filter(|l| l[0] == "D").map(|l| l[1]).collect();
+            let deleted: HashSet<&str> = lines.iter().filter(|l| l[0] == "D").map(|l| l[1]).collect();
             // A user whose delete was issued (it follows the member ack for every
             // third user) but not acknowledged may or may not be gone.
             let delete_in_flight: HashSet<&str> = lines
                 .iter()
                 .filter(|l| l[0] == "M" && !deleted.contains(l[2]))
                 .map(|l| l[2])
-                .filter(|id| {
-                    id.rsplit('-')
-                        .next()
-                        .and_then(|i| i.parse::<u64>().ok())
-                        .is_some_and(|i| i % 3 == 0)
-                })
+                .filter(|id| id.rsplit('-').next().and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| i % 3 == 0))
                 .collect();
             for l in &lines {
                 match l[0] {
@@ -2579,50 +1981,25 @@ mod tests {
                     }
                     "C" | "U" if deleted.contains(l[1]) || delete_in_flight.contains(l[1]) => {}
                     "M" if delete_in_flight.contains(l[2]) => {}
-                    "C" => assert!(
-                        store.get(USER, l[1]).await.unwrap().is_some(),
-                        "lost create {}",
-                        l[1]
-                    ),
+                    "C" => assert!(store.get(USER, l[1]).await.unwrap().is_some(), "lost create {}", l[1]),
                     "U" => {
-                        let r = store
-                            .get(USER, l[1])
-                            .await
-                            .unwrap()
-                            .expect("updated user exists");
-                        assert!(
-                            r.version >= l[2].parse::<u64>().unwrap(),
-                            "lost update of {}",
-                            l[1]
-                        );
+                        let r = store.get(USER, l[1]).await.unwrap().expect("updated user exists");
+                        assert!(r.version >= l[2].parse::<u64>().unwrap(), "lost update of {}", l[1]);
                         assert_eq!(r.doc["displayName"], "v2");
                     }
                     "M" => {
                         let g = store.get(GROUP, l[1]).await.unwrap().unwrap();
                         let has = members_of(&g).iter().any(|m| m == l[2]);
-                        assert_eq!(
-                            has,
-                            !deleted.contains(l[2]),
-                            "membership of {} in {}",
-                            l[2],
-                            l[1]
-                        );
+                        assert_eq!(has, !deleted.contains(l[2]), "membership of {} in {}", l[2], l[1]);
                     }
-                    "D" => assert!(
-                        store.get(USER, l[1]).await.unwrap().is_none(),
-                        "lost delete {}",
-                        l[1]
-                    ),
+                    "D" => assert!(store.get(USER, l[1]).await.unwrap().is_none(), "lost delete {}", l[1]),
                     other => panic!("bad log line {other}"),
                 }
             }
             // Whatever else made it is consistent: every member exists.
             for g in store.query(all(GROUP)).await.unwrap().records {
                 for m in members_of(&g) {
-                    assert!(
-                        store.get(USER, &m).await.unwrap().is_some(),
-                        "dangling member {m}"
-                    );
+                    assert!(store.get(USER, &m).await.unwrap().is_some(), "dangling member {m}");
                 }
             }
         });
@@ -2640,16 +2017,47 @@ mod tests {
 
     // ---- throughput sanity check, not an assertion ----
 
+    /// A user as Entra creates it, with the metadata the server adds.
+    fn entra_user(id: &str) -> Value {
+        json!({
+            "schemas": [USER_SCHEMA, "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+            "id": id,
+            "externalId": format!("{id}-0f3c2a9e-8d1b-4b7a-9c55-3e2f1a6b7c8d"),
+            "userName": format!("{id}@contoso.example.com"),
+            "active": true,
+            "displayName": "Given Family",
+            "title": "Engineer",
+            "name": {"formatted": "Given Family", "familyName": "Family", "givenName": "Given"},
+            "emails": [{"primary": true, "type": "work", "value": format!("{id}@contoso.example.com")}],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {
+                "department": "Research", "employeeNumber": "12345", "manager": {"value": "m-1"}
+            },
+            "meta": {
+                "resourceType": "User",
+                "created": "2026-11-28T20:42:21.123Z",
+                "lastModified": "2026-11-28T20:42:21.123Z",
+                "version": "W/\"1\""
+            }
+        })
+    }
+
+    fn rss_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or_default();
+        kib / 1024.0
+    }
+
     #[test]
     #[ignore = "benchmark; run with --ignored --nocapture"]
     fn throughput() {
+        println!("RSS at start: {:.1} MiB", rss_mib());
         const TOTAL: usize = 10_000;
         const CLIENTS: usize = 16;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         for durability in [Durability::Full, Durability::Normal] {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(SqliteStore::open(dir.path(), durability).unwrap());
@@ -2660,12 +2068,7 @@ mod tests {
                         let store = Arc::clone(&store);
                         tokio::spawn(async move {
                             for i in 0..TOTAL / CLIENTS {
-                                let id = format!("u{c}-{i}");
-                                let mut doc = user(&id, &format!("{id}@example.com"));
-                                doc["name"] = json!({"givenName": "Given", "familyName": "Family"});
-                                doc["emails"] = json!([{"value": format!("{id}@example.com"), "type": "work", "primary": true}]);
-                                doc["active"] = json!(true);
-                                store.create(USER, doc).await.unwrap();
+                                store.create(USER, entra_user(&format!("u{c}-{i}"))).await.unwrap();
                             }
                         })
                     })
@@ -2676,11 +2079,12 @@ mod tests {
                 let elapsed = start.elapsed();
                 let stats = store.stats();
                 println!(
-                    "{durability:?}: {TOTAL} creates by {CLIENTS} clients in {:.2?}: {:.0}/s, {} batches, {:.1} per batch",
+                    "{durability:?}: {TOTAL} creates by {CLIENTS} clients in {:.2?}: {:.0}/s, {} batches, {:.1} per batch, RSS {:.1} MiB",
                     elapsed,
                     TOTAL as f64 / elapsed.as_secs_f64(),
                     stats.batches,
-                    stats.commands as f64 / stats.batches as f64
+                    stats.commands as f64 / stats.batches as f64,
+                    rss_mib()
                 );
 
                 let start = Instant::now();
@@ -2724,8 +2128,9 @@ mod tests {
             drop(store);
             let _reopened = SqliteStore::open(dir.path(), durability).unwrap();
             println!(
-                "{durability:?}: close + reopen with {TOTAL} users: {:.2?}",
-                start.elapsed()
+                "{durability:?}: close + reopen with {TOTAL} users: {:.2?}, RSS {:.1} MiB",
+                start.elapsed(),
+                rss_mib()
             );
         }
     }

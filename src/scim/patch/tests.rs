@@ -49,16 +49,10 @@ fn default_dialect_one_capitalised_op_per_attribute() {
         {"op": "Replace", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber", "value": "Eqpj"}
     ])));
     assert_eq!(a["displayName"], "Pvlo");
-    assert_eq!(
-        a["emails"],
-        json!([{"primary": true, "type": "work", "value": "x@test.microsoft.com"}])
-    );
+    assert_eq!(a["emails"], json!([{"primary": true, "type": "work", "value": "x@test.microsoft.com"}]));
     assert_eq!(a["name"]["givenName"], "Gtfd");
     assert_eq!(a["name"]["familyName"], "Pkqf");
-    assert_eq!(
-        a["name"]["formatted"], "Alice Smith",
-        "other sub-attributes are kept"
-    );
+    assert_eq!(a["name"]["formatted"], "Alice Smith", "other sub-attributes are kept");
     assert_eq!(a["externalId"], "Eqpj");
     assert_eq!(a[ENTERPRISE_USER_SCHEMA]["employeeNumber"], "Eqpj");
 }
@@ -77,10 +71,7 @@ fn flag_dialect_pathless_replace_with_dotted_and_urn_keys() {
     assert_eq!(a["name"]["givenName"], "Kkom");
     assert_eq!(a["name"]["familyName"], "Unua");
     assert_eq!(a["name"]["formatted"], "Alice Smith");
-    assert!(
-        !a.contains_key("name.givenName"),
-        "dotted keys are paths, not literal attributes"
-    );
+    assert!(!a.contains_key("name.givenName"), "dotted keys are paths, not literal attributes");
     assert_eq!(a[ENTERPRISE_USER_SCHEMA]["employeeNumber"], "Aklq");
     assert_eq!(a["emails"][0]["value"], "x@test.microsoft.com");
 }
@@ -100,29 +91,15 @@ fn okta_style_pathless_plain_names_and_extension_object() {
 
 #[test]
 fn disable_and_enable_in_both_dialects() {
-    let a = user_patch(ops(
-        json!([{"op": "Replace", "path": "active", "value": "False"}]),
-    ));
+    let a = user_patch(ops(json!([{"op": "Replace", "path": "active", "value": "False"}])));
     assert_eq!(a["active"], json!(false));
-    let a = user_patch(ops(
-        json!([{"op": "replace", "path": "active", "value": false}]),
-    ));
+    let a = user_patch(ops(json!([{"op": "replace", "path": "active", "value": false}])));
     assert_eq!(a["active"], json!(false));
-    let mut a = user_patch(ops(
-        json!([{"op": "Replace", "path": "active", "value": "false"}]),
-    ));
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "Replace", "path": "active", "value": "True"}])),
-    )
-    .unwrap();
+    let mut a = user_patch(ops(json!([{"op": "Replace", "path": "active", "value": "false"}])));
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "Replace", "path": "active", "value": "True"}]))).unwrap();
     assert_eq!(a["active"], json!(true));
-    let e = patch(
-        ResourceKind::User,
-        &mut alice(),
-        ops(json!([{"op": "Replace", "path": "active", "value": "maybe"}])),
-    );
+    let e =
+        patch(ResourceKind::User, &mut alice(), ops(json!([{"op": "Replace", "path": "active", "value": "maybe"}])));
     assert_eq!(e.unwrap_err().scim_type, Some(ScimType::InvalidValue));
 }
 
@@ -148,18 +125,9 @@ fn typed_paths_create_the_entry_when_absent() {
         {"op": "Add", "path": "emails[type eq \"home\"].value", "value": "alice@home.example"},
         {"op": "add", "path": "emails[type eq \"home\"].display", "value": "Home"}
     ])));
-    assert_eq!(
-        a["phoneNumbers"],
-        json!([{"type": "mobile", "value": "+1 555 0100"}])
-    );
-    assert_eq!(
-        a["addresses"],
-        json!([{"type": "work", "streetAddress": "1 Main St", "locality": "Redmond"}])
-    );
-    assert_eq!(
-        a["emails"][1],
-        json!({"type": "home", "value": "alice@home.example", "display": "Home"})
-    );
+    assert_eq!(a["phoneNumbers"], json!([{"type": "mobile", "value": "+1 555 0100"}]));
+    assert_eq!(a["addresses"], json!([{"type": "work", "streetAddress": "1 Main St", "locality": "Redmond"}]));
+    assert_eq!(a["emails"][1], json!({"type": "home", "value": "alice@home.example", "display": "Home"}));
     assert_eq!(a["emails"][0]["value"], "alice@contoso.com");
 }
 
@@ -183,14 +151,8 @@ fn primary_eq_true_paths_from_the_validator() {
         {"op": "add", "path": "phoneNumbers[primary eq true].value", "value": "+1 555"}
     ])));
     assert_eq!(a["emails"][0]["value"], "p@x");
-    assert_eq!(
-        a["addresses"],
-        json!([{"primary": true, "formatted": "1 Main St, Redmond"}])
-    );
-    assert_eq!(
-        a["phoneNumbers"],
-        json!([{"primary": true, "value": "+1 555"}])
-    );
+    assert_eq!(a["addresses"], json!([{"primary": true, "formatted": "1 Main St, Redmond"}]));
+    assert_eq!(a["phoneNumbers"], json!([{"primary": true, "value": "+1 555"}]));
 }
 
 #[test]
@@ -223,70 +185,33 @@ fn manager_every_form() {
     let a = user_patch(ops(json!([{"op": "Add", "path": mgr, "value": "m-1"}])));
     assert_eq!(m(&a), Some(json!({"value": "m-1"})));
     // RFC object form.
-    let a = user_patch(ops(
-        json!([{"op": "Replace", "path": mgr, "value": {"value": "m-2"}}]),
-    ));
+    let a = user_patch(ops(json!([{"op": "Replace", "path": mgr, "value": {"value": "m-2"}}])));
     assert_eq!(m(&a), Some(json!({"value": "m-2"})));
     // D1 Example 5: short path, array of one with $ref.
-    let mut a = user_patch(ops(
-        json!([{"op": "Add", "path": "manager", "value": [{"$ref": null, "value": "m-3"}]}]),
-    ));
+    let mut a = user_patch(ops(json!([{"op": "Add", "path": "manager", "value": [{"$ref": null, "value": "m-3"}]}])));
     assert_eq!(m(&a), Some(json!({"value": "m-3"})));
     // Removal: by path, by filtered path, and by an empty value.
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "Remove", "path": mgr}])),
-    )
-    .unwrap();
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "Remove", "path": mgr}]))).unwrap();
     assert_eq!(m(&a), None);
     let mut a = user_patch(ops(json!([{"op": "Add", "path": mgr, "value": "m-4"}])));
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "remove", "path": "manager.value"}])),
-    )
-    .unwrap();
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "remove", "path": "manager.value"}]))).unwrap();
     assert_eq!(m(&a), None);
     let mut a = user_patch(ops(json!([{"op": "Add", "path": mgr, "value": "m-5"}])));
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "Replace", "path": mgr, "value": ""}])),
-    )
-    .unwrap();
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "Replace", "path": mgr, "value": ""}]))).unwrap();
     assert_eq!(m(&a), None);
 }
 
 #[test]
 fn null_updates_clear_optional_attributes() {
-    let mut a = user_patch(ops(
-        json!([{"op": "Replace", "path": "displayName", "value": ""}]),
-    ));
+    let mut a = user_patch(ops(json!([{"op": "Replace", "path": "displayName", "value": ""}])));
     assert!(!a.contains_key("displayName"));
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "Replace", "path": "name.formatted", "value": null}])),
-    )
-    .unwrap();
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "Replace", "path": "name.formatted", "value": null}])))
+        .unwrap();
     assert!(a["name"].get("formatted").is_none());
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "Remove", "path": "emails[type eq \"work\"].value"}])),
-    )
-    .unwrap();
-    assert!(
-        !a.contains_key("emails"),
-        "an email without a value is gone"
-    );
-    patch(
-        ResourceKind::User,
-        &mut a,
-        ops(json!([{"op": "Remove", "path": "emails[type eq \"work\"]"}])),
-    )
-    .unwrap();
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "Remove", "path": "emails[type eq \"work\"].value"}])))
+        .unwrap();
+    assert!(!a.contains_key("emails"), "an email without a value is gone");
+    patch(ResourceKind::User, &mut a, ops(json!([{"op": "Remove", "path": "emails[type eq \"work\"]"}]))).unwrap();
 }
 
 #[test]
@@ -297,12 +222,7 @@ fn empty_operations_is_a_no_op() {
 
 #[test]
 fn required_attributes_cannot_be_removed() {
-    let e = patch(
-        ResourceKind::User,
-        &mut alice(),
-        ops(json!([{"op": "Remove", "path": "userName"}])),
-    )
-    .unwrap_err();
+    let e = patch(ResourceKind::User, &mut alice(), ops(json!([{"op": "Remove", "path": "userName"}]))).unwrap_err();
     assert_eq!(e.status, 400);
     assert!(e.detail.contains("userName"));
 }
@@ -310,46 +230,19 @@ fn required_attributes_cannot_be_removed() {
 #[test]
 fn bad_patches_are_4xx_with_the_right_scim_type() {
     let cases = [
-        (
-            json!({"Operations": [{"op": "Frobnicate", "path": "x", "value": 1}]}),
-            ScimType::InvalidSyntax,
-        ),
+        (json!({"Operations": [{"op": "Frobnicate", "path": "x", "value": 1}]}), ScimType::InvalidSyntax),
         (json!({"schemas": []}), ScimType::InvalidSyntax),
         (json!({"Operations": {}}), ScimType::InvalidSyntax),
         (json!([1]), ScimType::InvalidSyntax),
-        (
-            ops(json!([{"op": "Replace", "path": "nonsense", "value": 1}])),
-            ScimType::InvalidPath,
-        ),
-        (
-            ops(json!([{"op": "Replace", "path": "emails[type eq", "value": 1}])),
-            ScimType::InvalidPath,
-        ),
+        (ops(json!([{"op": "Replace", "path": "nonsense", "value": 1}])), ScimType::InvalidPath),
+        (ops(json!([{"op": "Replace", "path": "emails[type eq", "value": 1}])), ScimType::InvalidPath),
         (ops(json!([{"op": "Remove"}])), ScimType::NoTarget),
-        (
-            ops(json!([{"op": "Replace", "path": "id", "value": "x"}])),
-            ScimType::Mutability,
-        ),
-        (
-            ops(json!([{"op": "Replace", "path": "meta.created", "value": "x"}])),
-            ScimType::Mutability,
-        ),
-        (
-            ops(json!([{"op": "Replace", "path": "displayName"}])),
-            ScimType::InvalidValue,
-        ),
-        (
-            ops(json!([{"op": "Replace", "path": "displayName", "value": 5}])),
-            ScimType::InvalidValue,
-        ),
-        (
-            ops(json!([{"op": "Replace", "value": "not an object"}])),
-            ScimType::InvalidValue,
-        ),
-        (
-            ops(json!([{"op": "Replace", "path": "emails[value co \"x\"].type", "value": "work"}])),
-            ScimType::NoTarget,
-        ),
+        (ops(json!([{"op": "Replace", "path": "id", "value": "x"}])), ScimType::Mutability),
+        (ops(json!([{"op": "Replace", "path": "meta.created", "value": "x"}])), ScimType::Mutability),
+        (ops(json!([{"op": "Replace", "path": "displayName"}])), ScimType::InvalidValue),
+        (ops(json!([{"op": "Replace", "path": "displayName", "value": 5}])), ScimType::InvalidValue),
+        (ops(json!([{"op": "Replace", "value": "not an object"}])), ScimType::InvalidValue),
+        (ops(json!([{"op": "Replace", "path": "emails[value co \"x\"].type", "value": "work"}])), ScimType::NoTarget),
         (
             ops(
                 json!([{"op": "Add", "path": "emails", "value": [{"value": "a", "primary": true}, {"value": "b", "primary": true}]}]),
@@ -365,21 +258,13 @@ fn bad_patches_are_4xx_with_the_right_scim_type() {
 }
 
 fn group() -> Map<String, Value> {
-    normalize(
-        ResourceKind::Group,
-        &json!({"displayName": "Sales", "externalId": "8aa1"}),
-    )
-    .unwrap()
+    normalize(ResourceKind::Group, &json!({"displayName": "Sales", "externalId": "8aa1"})).unwrap()
 }
 
 fn members(a: &Map<String, Value>) -> Vec<String> {
     a.get("members")
         .and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .map(|e| e["value"].as_str().unwrap().to_string())
-                .collect()
-        })
+        .map(|m| m.iter().map(|e| e["value"].as_str().unwrap().to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -395,43 +280,22 @@ fn group_members_add_in_batches_and_remove_both_dialects() {
     );
     p(
         &mut g,
-        ops(
-            json!([{"op": "Add", "path": "members", "value": [{"value": "u2"}, {"value": "u3"}, {"value": "u4"}]}]),
-        ),
+        ops(json!([{"op": "Add", "path": "members", "value": [{"value": "u2"}, {"value": "u3"}, {"value": "u4"}]}])),
     );
     assert_eq!(members(&g), ["u1", "u2", "u3", "u4"], "no duplicates");
-    assert_eq!(
-        g["members"][0],
-        json!({"value": "u1"}),
-        "a null $ref is not stored"
-    );
+    assert_eq!(g["members"][0], json!({"value": "u1"}), "a null $ref is not stored");
     // Without the flag: the value array names the members to remove.
-    p(
-        &mut g,
-        ops(json!([{"op": "Remove", "path": "members", "value": [{"value": "u2"}]}])),
-    );
+    p(&mut g, ops(json!([{"op": "Remove", "path": "members", "value": [{"value": "u2"}]}])));
     assert_eq!(members(&g), ["u1", "u3", "u4"]);
     // With the flag: a value filter.
-    p(
-        &mut g,
-        ops(json!([{"op": "remove", "path": "members[value eq \"u3\"]"}])),
-    );
+    p(&mut g, ops(json!([{"op": "remove", "path": "members[value eq \"u3\"]"}])));
     assert_eq!(members(&g), ["u1", "u4"]);
     // Removing someone who is not a member changes nothing.
-    p(
-        &mut g,
-        ops(json!([{"op": "remove", "path": "members[value eq \"nobody\"]"}])),
-    );
-    p(
-        &mut g,
-        ops(json!([{"op": "Remove", "path": "members", "value": [{"value": "nobody"}]}])),
-    );
+    p(&mut g, ops(json!([{"op": "remove", "path": "members[value eq \"nobody\"]"}])));
+    p(&mut g, ops(json!([{"op": "Remove", "path": "members", "value": [{"value": "nobody"}]}])));
     assert_eq!(members(&g), ["u1", "u4"]);
     // An explicit empty list removes nobody.
-    p(
-        &mut g,
-        ops(json!([{"op": "Remove", "path": "members", "value": []}])),
-    );
+    p(&mut g, ops(json!([{"op": "Remove", "path": "members", "value": []}])));
     assert_eq!(members(&g), ["u1", "u4"]);
     // Rename, and add externalId on an existing group.
     p(
@@ -443,10 +307,7 @@ fn group_members_add_in_batches_and_remove_both_dialects() {
     assert_eq!(g["displayName"], "New name");
     assert_eq!(g["externalId"], "x2");
     // Replace members; a path without a filter and no value removes all.
-    p(
-        &mut g,
-        ops(json!([{"op": "Replace", "path": "members", "value": [{"value": "u9"}]}])),
-    );
+    p(&mut g, ops(json!([{"op": "Replace", "path": "members", "value": [{"value": "u9"}]}])));
     assert_eq!(members(&g), ["u9"]);
     p(&mut g, ops(json!([{"op": "Remove", "path": "members"}])));
     assert!(members(&g).is_empty());

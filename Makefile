@@ -1,0 +1,60 @@
+# scim-operator — see README.md. `make run` and `make test` are the quick start.
+
+CARGO   ?= cargo
+PYTHON  ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+BIN     := target/release/scim-operator
+DATA    ?= .data
+FUZZ_SECONDS ?= 600
+
+.PHONY: all build run test unit conformance lint fmt bench fuzz venv clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+## Run the SCIM server standalone on the embedded store; prints the base URL and a key.
+run: build
+	$(BIN) serve --data-dir $(DATA)
+
+## Every test: unit, integration (real binary on port 0), external conformance.
+test: unit conformance
+
+unit:
+	$(CARGO) test --locked --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# The Python tools (scim2-tester, the benchmark peer) live in a venv made here.
+$(VENV)/.stamp: tests/conformance/requirements.txt bench/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt -r bench/requirements.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+## scim2-tester against a freshly started server; fails on any failed check.
+conformance: $(VENV)/.stamp
+	$(CARGO) build --locked --bin scim-operator
+	$(VPY) tests/conformance/run_conformance.py target/debug/scim-operator
+
+## Throughput and latency vs the Python peer and a bare axum handler -> BENCHMARKS.md.
+bench: $(VENV)/.stamp
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(CARGO) build --release --locked --bin scim-operator --example bare_handler
+	$(VPY) bench/run_bench.py --ours $(BIN) --bare target/release/examples/bare_handler
+
+## Fuzz the filter parser and the PATCH engine ($(FUZZ_SECONDS) s each).
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) $(DATA)
