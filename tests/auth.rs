@@ -79,7 +79,12 @@ async fn keys_file_is_reloaded_and_removed_keys_stop_working() {
 
     // A broken keys file keeps the last good keys rather than locking everyone out.
     std::fs::write(&keys, "keys: [{name: x, sha256: nothex}]\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rejected = wait_until(Duration::from_secs(15), || async {
+        let (_, body) = server.admin_get("/status").await;
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|s| s["keysReloadFailures"] == 1)
+    })
+    .await;
+    assert!(rejected, "the invalid keys file is noticed");
     assert_eq!(second.get("/Users").await.status, 200);
 }
 

@@ -319,6 +319,12 @@ impl Projection {
                 && !self.include.iter().any(|r| r.container == Container::Core && r.attr.name == name))
     }
 
+    /// True when nothing is asked for: the document is returned whole (stored
+    /// documents hold nothing that is never returned).
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
     /// Applies the projection and returned-ness to a full document.
     pub fn apply(&self, kind: ResourceKind, doc: &Value) -> Value {
         let Some(obj) = doc.as_object() else {

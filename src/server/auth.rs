@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -85,15 +86,21 @@ pub fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError
 pub struct KeyRing {
     fixed: Vec<KeyHash>,
     from_file: RwLock<Arc<Vec<KeyHash>>>,
+    /// Changed keys files that could not be used (reported on /status).
+    reload_failures: AtomicU64,
 }
 
 impl KeyRing {
     pub fn new(fixed: Vec<KeyHash>, from_file: Vec<KeyHash>) -> Self {
-        Self { fixed, from_file: RwLock::new(Arc::new(from_file)) }
+        Self { fixed, from_file: RwLock::new(Arc::new(from_file)), reload_failures: AtomicU64::new(0) }
     }
 
     pub fn replace_file_keys(&self, keys: Vec<KeyHash>) {
         *self.from_file.write() = Arc::new(keys);
+    }
+
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -146,7 +153,9 @@ pub fn spawn_reloader(ring: Arc<KeyRing>, path: PathBuf, every: Duration) -> tok
                     last = now;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "keys file changed but is invalid; keeping the current keys")
+                    ring.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "keys file changed but is invalid; keeping the current keys");
+                    last = now;
                 }
             }
         }

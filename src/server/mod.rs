@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -89,15 +89,15 @@ fn scim_error(e: ScimError) -> Response {
     ApiError(e).into_response()
 }
 
-async fn not_found(req: Request) -> Response {
+async fn not_found(OriginalUri(uri): OriginalUri) -> Response {
     scim_error(ScimError::not_found(format!(
         "no SCIM endpoint at {}; this server serves {BASE_PATH}/Users, /Groups, /ServiceProviderConfig, /ResourceTypes and /Schemas",
-        req.uri().path()
+        uri.path()
     )))
 }
 
-async fn method_not_allowed(req: Request) -> Response {
-    scim_error(ScimError::new(405, None, format!("{} is not allowed on {}", req.method(), req.uri().path())))
+async fn method_not_allowed(OriginalUri(uri): OriginalUri, req: Request) -> Response {
+    scim_error(ScimError::new(405, None, format!("{} is not allowed on {}", req.method(), uri.path())))
 }
 
 async fn bulk_not_supported() -> Response {
@@ -140,9 +140,7 @@ async fn record_metrics(State(st): State<Arc<AppState>>, req: Request, next: Nex
 type Routes = MethodRouter<Arc<AppState>>;
 
 /// The collection, item and `.search` routes of one resource type.
-fn resource_routes(
-    kind: ResourceKind,
-) -> (Routes, Routes, Routes) {
+fn resource_routes(kind: ResourceKind) -> (Routes, Routes, Routes) {
     let collection = get(move |State(st): State<Arc<AppState>>, RawQuery(q): RawQuery| async move {
         resources::list(&st, kind, q.as_deref()).await
     })
@@ -254,6 +252,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "failedRequests": st.metrics.failed(),
         "lastRequestTime": last,
         "keys": st.keys.len(),
+        "keysReloadFailures": st.keys.reload_failures(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()

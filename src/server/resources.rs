@@ -61,6 +61,9 @@ impl AppState {
             }
         }
         let doc = with_location(doc, &self.base_url, kind);
+        if projection.is_empty() {
+            return Ok(doc);
+        }
         Ok(projection.apply(kind, &doc))
     }
 
