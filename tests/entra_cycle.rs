@@ -268,3 +268,24 @@ async fn put_replaces_and_keeps_identity() {
     assert!(r.body.get("emails").is_none(), "PUT replaces: attributes not sent are gone");
     assert_eq!(r.body["active"], json!(false));
 }
+
+/// Entra's probe carries no Accept, Content-Type or User-Agent; reqwest would
+/// add some, so this one goes over a raw socket.
+#[tokio::test]
+async fn probe_with_bare_headers_over_a_raw_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start();
+    let url = server.base.strip_prefix("http://").unwrap();
+    let (host, path) = url.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET /{path}/Users?filter=userName+eq+%227d420df3-9995-4831-a406-ecf8166f5f6a%22 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        support::TOKEN
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("content-type: application/scim+json"), "{out}");
+    assert!(out.contains(r#""totalResults":0"#), "{out}");
+}

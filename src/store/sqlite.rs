@@ -11,6 +11,13 @@
 //! acknowledged only after COMMIT returned. The overlay is folded into the
 //! shared state under a short write lock after the commit, so readers are
 //! never blocked for the duration of an fsync.
+//!
+//! Documents are held in memory as compact JSON text and parsed on read. A
+//! parsed `serde_json::Value` (with `preserve_order`) of a typical Entra user
+//! takes about 6 KB against 0.7 KB of text, i.e. 60 MB instead of 7 MB for
+//! 10,000 users, while parsing one costs about 4 µs. Everything the indexes,
+//! validation and `groups_of` need is extracted at write time, so only reads
+//! that return or filter documents parse them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -101,15 +108,66 @@ pub struct WriterStats {
 // ---------------------------------------------------------------------------
 // In-memory state
 
-/// A stored resource with what the indexes need, computed once.
+/// A stored document as reads copy it out of the lock: two reference counts,
+/// no deep copy, so parsing happens after the lock is released.
+#[derive(Debug, Clone)]
+struct Doc {
+    id: Arc<str>,
+    version: u64,
+    /// Compact JSON, exactly as written to the database.
+    text: Arc<str>,
+}
+
+impl Doc {
+    fn value(&self) -> Result<Value, StoreError> {
+        serde_json::from_str(&self.text)
+            .map_err(|e| StoreError::Backend(format!("stored document {} is not valid JSON: {e}", self.id)))
+    }
+
+    fn record(&self) -> Result<Record, StoreError> {
+        Ok(Record { id: self.id.to_string(), version: self.version, doc: Arc::new(self.value()?) })
+    }
+}
+
+/// A stored resource with what the indexes need, extracted once at write time.
 #[derive(Debug, Clone)]
 struct Entry {
-    record: Record,
+    doc: Doc,
     /// Creation order; never changes on update.
     seq: u64,
-    /// The unique name, lowercased.
+    /// The unique name as stored (`groups_of` returns it).
     name: String,
+    name_lower: String,
     external_id: Option<String>,
+    /// Member ids of a group (empty for users).
+    members: Vec<String>,
+}
+
+impl Entry {
+    fn new(kind: ResourceKind, id: &str, version: u64, seq: u64, doc: &Value) -> Result<Self, StoreError> {
+        Ok(Self::with_text(kind, id, version, seq, doc, doc_text(doc)?.into()))
+    }
+
+    /// `text` must be `doc` serialised.
+    fn with_text(kind: ResourceKind, id: &str, version: u64, seq: u64, doc: &Value, text: Arc<str>) -> Self {
+        let name = doc.get(kind.unique_name_attr()).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let members = match kind {
+            ResourceKind::Group => member_ids(doc).map(str::to_owned).collect(),
+            ResourceKind::User => Vec::new(),
+        };
+        Entry {
+            doc: Doc { id: id.into(), version, text },
+            seq,
+            name_lower: name.to_lowercase(),
+            name,
+            external_id: external_id(doc),
+            members,
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.doc.id
+    }
 }
 
 /// Resources of one kind. Everything is keyed by `seq` so that iteration in
@@ -132,10 +190,10 @@ impl KindState {
     }
 
     fn insert(&mut self, entry: Entry) -> Option<Entry> {
-        let old = self.remove(&entry.record.id);
+        let old = self.remove(entry.id());
         let seq = entry.seq;
-        self.by_id.insert(entry.record.id.clone(), seq);
-        self.by_name.insert(entry.name.clone(), seq);
+        self.by_id.insert(entry.id().to_owned(), seq);
+        self.by_name.insert(entry.name_lower.clone(), seq);
         if let Some(ext) = &entry.external_id {
             self.by_external.entry(ext.clone()).or_default().insert(seq);
         }
@@ -146,8 +204,8 @@ impl KindState {
     fn remove(&mut self, id: &str) -> Option<Entry> {
         let seq = self.by_id.remove(id)?;
         let entry = self.by_seq.remove(&seq)?;
-        if self.by_name.get(&entry.name) == Some(&seq) {
-            self.by_name.remove(&entry.name);
+        if self.by_name.get(&entry.name_lower) == Some(&seq) {
+            self.by_name.remove(&entry.name_lower);
         }
         if let Some(ext) = &entry.external_id
             && let Some(set) = self.by_external.get_mut(ext)
@@ -195,23 +253,16 @@ impl State {
 
     fn put(&mut self, kind: ResourceKind, entry: Entry) {
         let seq = entry.seq;
-        let new_members: HashSet<String> = if kind == ResourceKind::Group {
-            member_ids(&entry.record.doc).map(str::to_owned).collect()
-        } else {
-            HashSet::new()
-        };
-        let old = self.kind_mut(kind).insert(entry);
-        if kind == ResourceKind::Group {
-            if let Some(old) = &old {
-                for m in member_ids(&old.record.doc) {
-                    if !new_members.contains(m) {
-                        self.unlink_member(m, seq);
-                    }
+        let new_members: HashSet<String> = entry.members.iter().cloned().collect();
+        if let Some(old) = self.kind_mut(kind).insert(entry) {
+            for m in &old.members {
+                if !new_members.contains(m) {
+                    self.unlink_member(m, seq);
                 }
             }
-            for m in new_members {
-                self.members.entry(m).or_default().insert(seq);
-            }
+        }
+        for m in new_members {
+            self.members.entry(m).or_default().insert(seq);
         }
     }
 
@@ -219,10 +270,8 @@ impl State {
         let Some(old) = self.kind_mut(kind).remove(id) else {
             return;
         };
-        if kind == ResourceKind::Group {
-            for m in member_ids(&old.record.doc) {
-                self.unlink_member(m, old.seq);
-            }
+        for m in &old.members {
+            self.unlink_member(m, old.seq);
         }
     }
 
@@ -242,9 +291,9 @@ impl State {
         }
     }
 
-    fn query(&self, q: &Query<'_>) -> Page {
+    fn candidates<'s>(&'s self, q: &Query<'_>) -> Box<dyn Iterator<Item = &'s Entry> + 's> {
         let ks = self.kind(q.kind);
-        let candidates: Box<dyn Iterator<Item = &Entry>> = match &q.hint {
+        match &q.hint {
             None => Box::new(ks.by_seq.values()),
             Some(IndexHint::Id(id)) => Box::new(ks.get(id).into_iter()),
             // Lowercasing again is idempotent and keeps the index sound even if a
@@ -253,28 +302,6 @@ impl State {
             Some(IndexHint::ExternalId(ext)) => {
                 Box::new(ks.by_external.get(ext).into_iter().flatten().filter_map(|seq| ks.by_seq.get(seq)))
             }
-        };
-        let matching = candidates.filter(|e| q.matches.is_none_or(|m| m(&e.record.doc)));
-        let skip = q.start_index.max(1) - 1;
-        match q.sort {
-            None => {
-                // No sort: only the requested window is cloned.
-                let mut total = 0;
-                let mut records = Vec::new();
-                for e in matching {
-                    if total >= skip && records.len() < q.count {
-                        records.push(e.record.clone());
-                    }
-                    total += 1;
-                }
-                Page { total, records }
-            }
-            Some(sort) => {
-                let mut all: Vec<&Entry> = matching.collect();
-                all.sort_by(|a, b| sort(&a.record.doc, &b.record.doc));
-                let records = all.iter().skip(skip).take(q.count).map(|e| e.record.clone()).collect();
-                Page { total: all.len(), records }
-            }
         }
     }
 
@@ -282,14 +309,40 @@ impl State {
         let Some(seqs) = self.members.get(member_id) else {
             return Vec::new();
         };
-        seqs.iter()
-            .filter_map(|seq| self.groups.by_seq.get(seq))
-            .map(|g| {
-                let name = g.record.doc.get("displayName").and_then(Value::as_str).unwrap_or_default();
-                (g.record.id.clone(), name.to_owned())
-            })
-            .collect()
+        seqs.iter().filter_map(|seq| self.groups.by_seq.get(seq)).map(|g| (g.id().to_owned(), g.name.clone())).collect()
     }
+}
+
+/// Runs a query: candidates are copied out under the read lock, documents are
+/// parsed and filtered after it is released, so a long scan never holds up
+/// the writer (nor, behind it, other readers).
+fn run_query(state: &RwLock<State>, q: &Query<'_>) -> Result<Page, StoreError> {
+    let skip = q.start_index.max(1) - 1;
+    if q.matches.is_none() && q.sort.is_none() {
+        // Every candidate matches: count them, parse only the page.
+        let (total, page) = {
+            let st = state.read();
+            let all: Vec<&Entry> = st.candidates(q).collect();
+            let page: Vec<Doc> = all.iter().skip(skip).take(q.count).map(|e| e.doc.clone()).collect();
+            (all.len(), page)
+        };
+        let records = page.iter().map(Doc::record).collect::<Result<_, _>>()?;
+        return Ok(Page { total, records });
+    }
+    let docs: Vec<Doc> = state.read().candidates(q).map(|e| e.doc.clone()).collect();
+    let mut matching = Vec::new();
+    for doc in &docs {
+        let record = doc.record()?;
+        if q.matches.is_none_or(|m| m(&record.doc)) {
+            matching.push(record);
+        }
+    }
+    if let Some(sort) = q.sort {
+        matching.sort_by(|a, b| sort(&a.doc, &b.doc));
+    }
+    let total = matching.len();
+    let records = matching.into_iter().skip(skip).take(q.count).collect();
+    Ok(Page { total, records })
 }
 
 /// The member ids a group document lists.
@@ -326,17 +379,17 @@ struct Overlay {
 impl Overlay {
     fn record(&mut self, base: &State, change: Change) {
         let (kind, id) = match &change {
-            Change::Insert(k, e) | Change::Update(k, e) => (*k, e.record.id.as_str()),
+            Change::Insert(k, e) | Change::Update(k, e) => (*k, e.id()),
             Change::Delete(k, id) => (*k, id.as_str()),
         };
-        let old_name = View { base, overlay: &*self }.get(kind, id).map(|e| e.name.clone());
+        let old_name = View { base, overlay: &*self }.get(kind, id).map(|e| e.name_lower.clone());
         if let Some(old) = old_name {
             self.names.insert((kind, old), None);
         }
         match &change {
             Change::Insert(k, e) | Change::Update(k, e) => {
-                self.names.insert((*k, e.name.clone()), Some(e.record.id.clone()));
-                self.entries.insert(e.record.id.clone(), Some((*k, e.clone())));
+                self.names.insert((*k, e.name_lower.clone()), Some(e.id().to_owned()));
+                self.entries.insert(e.id().to_owned(), Some((*k, e.clone())));
             }
             Change::Delete(_, id) => {
                 self.entries.insert(id.clone(), None);
@@ -370,7 +423,7 @@ impl<'a> View<'a> {
     fn name_owner(&self, kind: ResourceKind, name: &str) -> Option<&'a str> {
         match self.overlay.names.get(&(kind, name.to_owned())) {
             Some(owner) => owner.as_deref(),
-            None => self.base.kind(kind).by_name(name).map(|e| e.record.id.as_str()),
+            None => self.base.kind(kind).by_name(name).map(Entry::id),
         }
     }
 
@@ -385,7 +438,7 @@ impl<'a> View<'a> {
             .into_iter()
             .flatten()
             .filter_map(|seq| self.base.groups.by_seq.get(seq))
-            .map(|g| g.record.id.as_str());
+            .map(Entry::id);
         let touched = self
             .overlay
             .entries
@@ -396,7 +449,7 @@ impl<'a> View<'a> {
             .chain(touched)
             .filter(|id| seen.insert(*id))
             .filter_map(|id| self.get(ResourceKind::Group, id))
-            .filter(|g| member_ids(&g.record.doc).any(|m| m == member))
+            .filter(|g| g.members.iter().any(|m| m == member))
             .collect()
     }
 
@@ -412,7 +465,7 @@ impl<'a> View<'a> {
         let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_owned) else {
             return Err(ScimError::invalid_value("id is required").into());
         };
-        let name = self.check_unique_name(kind, &doc, None)?;
+        self.check_unique_name(kind, &doc, None)?;
         if let Some((other, _)) = self.find_any(&id) {
             return Err(ScimError::uniqueness(format!(
                 "id \"{id}\" is already taken by another {}",
@@ -423,22 +476,23 @@ impl<'a> View<'a> {
         self.check_members(kind, &doc)?;
         let seq = *next_seq;
         *next_seq += 1;
-        let entry =
-            Entry { external_id: external_id(&doc), record: Record { id, version: 1, doc: Arc::new(doc) }, seq, name };
-        Ok(Plan { reply: Some(entry.record.clone()), changes: vec![Change::Insert(kind, entry)] })
+        let entry = Entry::new(kind, &id, 1, seq, &doc)?;
+        let reply = Record { id, version: 1, doc: Arc::new(doc) };
+        Ok(Plan { reply: Some(reply), changes: vec![Change::Insert(kind, entry)] })
     }
 
     fn plan_update(&self, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Plan, StoreError> {
         let current = self.get(kind, id).ok_or_else(|| not_found(kind, id))?;
-        let version = current.record.version + 1;
+        let record = current.doc.record()?;
+        let version = current.doc.version + 1;
         // The closure is the caller's code running on the writer thread; a panic
         // there must fail this command, not take the writer (and every later
         // write) down with it.
-        let mutation = catch_unwind(AssertUnwindSafe(|| mutate(&current.record, version)))
+        let mutation = catch_unwind(AssertUnwindSafe(|| mutate(&record, version)))
             .map_err(|_| StoreError::Backend(format!("updating {} {id} panicked", kind.name())))??;
         let mut doc = match mutation {
             Mutation::Unchanged => {
-                return Ok(Plan { reply: Some(current.record.clone()), changes: Vec::new() });
+                return Ok(Plan { reply: Some(record), changes: Vec::new() });
             }
             Mutation::Replace(doc) => doc,
         };
@@ -447,15 +501,11 @@ impl<'a> View<'a> {
         if let Some(obj) = doc.as_object_mut() {
             obj.insert("id".to_owned(), Value::String(id.to_owned()));
         }
-        let name = self.check_unique_name(kind, &doc, Some(id))?;
+        self.check_unique_name(kind, &doc, Some(id))?;
         self.check_members(kind, &doc)?;
-        let entry = Entry {
-            external_id: external_id(&doc),
-            record: Record { id: id.to_owned(), version, doc: Arc::new(doc) },
-            seq: current.seq,
-            name,
-        };
-        Ok(Plan { reply: Some(entry.record.clone()), changes: vec![Change::Update(kind, entry)] })
+        let entry = Entry::new(kind, id, version, current.seq, &doc)?;
+        let reply = Record { id: id.to_owned(), version, doc: Arc::new(doc) };
+        Ok(Plan { reply: Some(reply), changes: vec![Change::Update(kind, entry)] })
     }
 
     fn plan_delete(&self, kind: ResourceKind, id: &str) -> Result<Plan, StoreError> {
@@ -465,11 +515,11 @@ impl<'a> View<'a> {
         let mut changes = vec![Change::Delete(kind, id.to_owned())];
         let now = now_rfc3339();
         for group in self.groups_containing(id) {
-            if kind == ResourceKind::Group && group.record.id == id {
+            if kind == ResourceKind::Group && group.id() == id {
                 continue;
             }
-            let version = group.record.version + 1;
-            let mut doc = (*group.record.doc).clone();
+            let version = group.doc.version + 1;
+            let mut doc = group.doc.value()?;
             if let Some(members) = doc.get_mut("members").and_then(Value::as_array_mut) {
                 members.retain(|m| m.get("value").and_then(Value::as_str) != Some(id));
             }
@@ -481,17 +531,15 @@ impl<'a> View<'a> {
                 obj.remove("members");
             }
             stamp_meta(&mut doc, version, now.as_deref());
-            changes.push(Change::Update(
-                ResourceKind::Group,
-                Entry { record: Record { id: group.record.id.clone(), version, doc: Arc::new(doc) }, ..group.clone() },
-            ));
+            let entry = Entry::new(ResourceKind::Group, group.id(), version, group.seq, &doc)?;
+            changes.push(Change::Update(ResourceKind::Group, entry));
         }
         Ok(Plan { reply: None, changes })
     }
 
-    /// Returns the lowercased unique name if no other resource (than `self_id`)
-    /// holds it.
-    fn check_unique_name(&self, kind: ResourceKind, doc: &Value, self_id: Option<&str>) -> Result<String, StoreError> {
+    /// Fails unless the unique name is a string no other resource (than
+    /// `self_id`) holds.
+    fn check_unique_name(&self, kind: ResourceKind, doc: &Value, self_id: Option<&str>) -> Result<(), StoreError> {
         let attr = kind.unique_name_attr();
         let Some(name) = doc.get(attr).and_then(Value::as_str) else {
             return Err(ScimError::invalid_value(format!("{attr} is required")).into());
@@ -503,7 +551,7 @@ impl<'a> View<'a> {
                 kind.name().to_lowercase()
             ))
             .into()),
-            _ => Ok(lower),
+            _ => Ok(()),
         }
     }
 
@@ -713,32 +761,36 @@ impl Writer {
     fn write_change(&self, change: &Change) -> Result<(), StoreError> {
         match change {
             Change::Insert(kind, e) => {
-                let doc = doc_text(&e.record.doc)?;
                 self.conn
                     .prepare_cached(INSERT_SQL)
                     .and_then(|mut st| {
                         st.execute(params![
                             to_sql_int(e.seq),
-                            e.record.id,
+                            e.id(),
                             kind.name(),
-                            e.name,
+                            e.name_lower,
                             e.external_id,
-                            to_sql_int(e.record.version),
-                            doc
+                            to_sql_int(e.doc.version),
+                            &*e.doc.text
                         ])
                     })
-                    .map_err(|err| sql_error(*kind, &e.record.id, "inserting", &err))?;
+                    .map_err(|err| sql_error(*kind, e.id(), "inserting", &err))?;
             }
             Change::Update(kind, e) => {
-                let doc = doc_text(&e.record.doc)?;
                 let n = self
                     .conn
                     .prepare_cached(UPDATE_SQL)
                     .and_then(|mut st| {
-                        st.execute(params![e.record.id, e.name, e.external_id, to_sql_int(e.record.version), doc])
+                        st.execute(params![
+                            e.id(),
+                            e.name_lower,
+                            e.external_id,
+                            to_sql_int(e.doc.version),
+                            &*e.doc.text
+                        ])
                     })
-                    .map_err(|err| sql_error(*kind, &e.record.id, "updating", &err))?;
-                expect_one_row(n, *kind, &e.record.id)?;
+                    .map_err(|err| sql_error(*kind, e.id(), "updating", &err))?;
+                expect_one_row(n, *kind, e.id())?;
             }
             Change::Delete(kind, id) => {
                 let n = self
@@ -861,7 +913,7 @@ fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError
 
 fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> {
     let mut stmt = conn
-        .prepare("SELECT seq, kind, id, unique_name_lower, external_id, version, doc FROM resources ORDER BY seq")
+        .prepare("SELECT seq, kind, id, version, doc FROM resources ORDER BY seq")
         .map_err(|e| backend("loading resources", &e))?;
     let mut rows = stmt.query([]).map_err(|e| backend("loading resources", &e))?;
     let mut state = State::default();
@@ -871,10 +923,8 @@ fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> {
         let seq: i64 = row.get(0).map_err(read)?;
         let kind: String = row.get(1).map_err(read)?;
         let id: String = row.get(2).map_err(read)?;
-        let name: String = row.get(3).map_err(read)?;
-        let external_id: Option<String> = row.get(4).map_err(read)?;
-        let version: i64 = row.get(5).map_err(read)?;
-        let doc: String = row.get(6).map_err(read)?;
+        let version: i64 = row.get(3).map_err(read)?;
+        let text: String = row.get(4).map_err(read)?;
         let bad = |what: &str| StoreError::Backend(format!("stored resource {id}: {what}"));
         let kind = match kind.as_str() {
             "User" => ResourceKind::User,
@@ -883,9 +933,11 @@ fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> {
         };
         let seq = u64::try_from(seq).map_err(|_| bad("negative seq"))?;
         let version = u64::try_from(version).map_err(|_| bad("negative version"))?;
-        let doc: Value = serde_json::from_str(&doc).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+        // Parsed once to extract the indexed fields, and to refuse a damaged
+        // file at startup rather than fail reads later.
+        let doc: Value = serde_json::from_str(&text).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
         max_seq = max_seq.max(seq);
-        state.put(kind, Entry { record: Record { id, version, doc: Arc::new(doc) }, seq, name, external_id });
+        state.put(kind, Entry::with_text(kind, &id, version, seq, &doc, text.into()));
     }
     Ok((state, max_seq + 1))
 }
@@ -989,7 +1041,8 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError> {
-        Ok(self.state.read().kind(kind).get(id).map(|e| e.record.clone()))
+        let doc = self.state.read().kind(kind).get(id).map(|e| e.doc.clone());
+        doc.as_ref().map(Doc::record).transpose()
     }
 
     async fn update(&self, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Record, StoreError> {
@@ -1001,7 +1054,7 @@ impl Store for SqliteStore {
     }
 
     async fn query(&self, query: Query<'_>) -> Result<Page, StoreError> {
-        Ok(self.state.read().query(&query))
+        run_query(&self.state, &query)
     }
 
     async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -2049,6 +2102,29 @@ mod tests {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .unwrap_or_default();
         kib / 1024.0
+    }
+
+    #[test]
+    #[ignore = "tmp"]
+    fn tmp_mem() {
+        let t: Vec<String> = (0..10_000).map(|i| entra_user(&format!("u{i}")).to_string()).collect();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let p: Vec<Arc<Value>> = t.iter().map(|s| Arc::new(serde_json::from_str(s).unwrap())).collect();
+            let el = start.elapsed();
+            let start = Instant::now();
+            let q: Vec<String> = p.iter().map(|v| serde_json::to_string(&**v).unwrap()).collect();
+            let el2 = start.elapsed();
+            let start = Instant::now();
+            let r: Vec<Value> = p.iter().map(|v| (**v).clone()).collect();
+            println!(
+                "parse {:?}/doc, serialize {:?}/doc, clone {:?}/doc",
+                el / 10_000,
+                el2 / 10_000,
+                start.elapsed() / 10_000
+            );
+            drop((q, r));
+        }
     }
 
     #[test]
