@@ -5,3 +5,4 @@ pub mod config;
 pub mod scim;
 pub mod server;
 pub mod store;
+pub mod zitadel;

@@ -1,0 +1,6 @@
+//! ZITADEL: the client, and the projector that mirrors the SCIM store into it.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
