@@ -6,9 +6,10 @@
 //! the connection. It takes every command already queued (up to
 //! [`MAX_BATCH`]) and runs them in one transaction, so concurrent clients share
 //! one fsync (group commit). Each command is validated against the committed
-//! state plus the earlier commands of its batch (an overlay), runs inside its
-//! own SAVEPOINT so that a failing command leaves the others intact, and is
-//! acknowledged only after COMMIT returned. The overlay is folded into the
+//! state plus the earlier commands of its batch (an overlay), is written
+//! atomically (a SAVEPOINT when it spans several statements) so that a failing
+//! command leaves the others intact, and is acknowledged only after COMMIT
+//! returned. The overlay is folded into the
 //! shared state under a short write lock after the commit, so readers are
 //! never blocked for the duration of an fsync.
 //!
@@ -1699,7 +1700,7 @@ mod tests {
         let store = open(dir.path());
         store.create(USER, user("u1", "alice")).await.unwrap();
         let second = SqliteStore::open(dir.path(), Durability::Full);
-        assert!(matches!(second, Err(StoreError::Backend(_))), "{second:?}");
+        assert!(matches!(&second, Err(StoreError::Backend(m)) if m.contains("locked")), "{second:?}");
         drop(store);
         let store = open(dir.path());
         assert!(store.get(USER, "u1").await.unwrap().is_some());
@@ -2102,29 +2103,6 @@ mod tests {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .unwrap_or_default();
         kib / 1024.0
-    }
-
-    #[test]
-    #[ignore = "tmp"]
-    fn tmp_mem() {
-        let t: Vec<String> = (0..10_000).map(|i| entra_user(&format!("u{i}")).to_string()).collect();
-        for _ in 0..3 {
-            let start = Instant::now();
-            let p: Vec<Arc<Value>> = t.iter().map(|s| Arc::new(serde_json::from_str(s).unwrap())).collect();
-            let el = start.elapsed();
-            let start = Instant::now();
-            let q: Vec<String> = p.iter().map(|v| serde_json::to_string(&**v).unwrap()).collect();
-            let el2 = start.elapsed();
-            let start = Instant::now();
-            let r: Vec<Value> = p.iter().map(|v| (**v).clone()).collect();
-            println!(
-                "parse {:?}/doc, serialize {:?}/doc, clone {:?}/doc",
-                el / 10_000,
-                el2 / 10_000,
-                start.elapsed() / 10_000
-            );
-            drop((q, r));
-        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl JwtSigner {
 
 pub enum Credential {
     Pat(String),
-    Key(JwtSigner),
+    Key(Box<JwtSigner>),
 }
 
 impl std::fmt::Debug for Credential {
@@ -130,7 +130,7 @@ impl Credential {
                 }
                 Ok(Credential::Pat(pat))
             }
-            (None, Some(k)) => Ok(Credential::Key(JwtSigner::from_key_file(&read(k)?)?)),
+            (None, Some(k)) => Ok(Credential::Key(Box::new(JwtSigner::from_key_file(&read(k)?)?))),
             _ => Err(ZitadelError::Credentials("set exactly one of patFile and keyFile".into())),
         }
     }

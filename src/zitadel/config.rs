@@ -96,10 +96,10 @@ impl ZitadelConfig {
                 p.push(format!("zitadel.groupRoles lists group '{}' twice: merge the entries", g.group));
             }
         }
-        if let Some(r) = self.max_requests_per_second {
-            if !(r > 0.0 && r.is_finite()) {
-                p.push("zitadel.maxRequestsPerSecond must be a positive number".into());
-            }
+        if let Some(r) = self.max_requests_per_second
+            && !(r > 0.0 && r.is_finite())
+        {
+            p.push("zitadel.maxRequestsPerSecond must be a positive number".into());
         }
         if self.timeout_seconds == Some(0) {
             p.push("zitadel.timeoutSeconds must be at least 1".into());

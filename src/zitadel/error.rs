@@ -101,7 +101,6 @@ impl ZitadelError {
                         | Code::Internal
                 ) || *http_status >= 500
                     || *http_status == 429
-                    || (*code == Code::Unknown && *http_status >= 500)
             }
             ZitadelError::Transport { .. } | ZitadelError::Token(_) => true,
             ZitadelError::Decode { .. } | ZitadelError::Credentials(_) => false,
