@@ -65,6 +65,56 @@ pub enum Mutation {
     Replace(Value),
     /// Nothing changed: no write, no new version.
     Unchanged,
+    /// As the inner mutation, plus side effects in the same transaction.
+    WithSideEffects(Box<Mutation>, SideEffects),
+}
+
+/// Writes that go into the same transaction as the resource change they
+/// accompany, so a committed change and its projection work are never apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SideEffects {
+    /// Resources whose projection must be brought up to date (the outbox).
+    /// Enqueuing one already queued bumps its generation.
+    pub enqueue: Vec<(ResourceKind, String)>,
+    /// Projection bookkeeping by resource id: `Some` sets, `None` clears.
+    pub projection: Vec<(String, Option<String>)>,
+}
+
+impl SideEffects {
+    pub fn is_empty(&self) -> bool {
+        self.enqueue.is_empty() && self.projection.is_empty()
+    }
+}
+
+pub type SideEffectsFn = Box<dyn FnOnce(&Record) -> SideEffects + Send>;
+
+/// A resource whose projection is pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub kind: ResourceKind,
+    pub id: String,
+    /// Bumped by every enqueue: completing an entry whose generation moved on
+    /// keeps it, because a newer change still waits.
+    pub generation: u64,
+    /// Unix milliseconds of the oldest change still waiting.
+    pub enqueued_ms: u64,
+    pub attempts: u32,
+    /// Unix milliseconds before which it is not retried.
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: usize,
+    /// Entries that failed at least once.
+    pub failing: usize,
+    pub oldest_enqueued_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
 pub type MutateFn = Box<dyn FnOnce(&Record, u64) -> Result<Mutation, ScimError> + Send>;
@@ -123,4 +173,33 @@ pub trait Store: Send + Sync + 'static {
     async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
 
     async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// `create`, with side effects in the same transaction.
+    async fn create_with(&self, kind: ResourceKind, doc: Value, side: SideEffects) -> Result<Record, StoreError>;
+
+    /// `delete`, with side effects computed from the record being deleted.
+    async fn delete_with(&self, kind: ResourceKind, id: &str, side: SideEffectsFn) -> Result<(), StoreError>;
+
+    /// Side effects alone (no resource changes).
+    async fn apply_side_effects(&self, side: SideEffects) -> Result<(), StoreError>;
+
+    /// Entries due at `now_ms`, soonest first.
+    async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Removes the entry if no newer change was enqueued since it was read
+    /// (returns whether it was removed), and records projection bookkeeping in
+    /// the same transaction.
+    async fn outbox_complete(
+        &self,
+        entry: &OutboxEntry,
+        projection: Option<(String, Option<String>)>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a failed attempt; the entry is retried at `next_attempt_ms`.
+    async fn outbox_retry(&self, entry: &OutboxEntry, next_attempt_ms: u64, error: String) -> Result<(), StoreError>;
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// The projection bookkeeping for a resource id.
+    async fn projection(&self, id: &str) -> Result<Option<String>, StoreError>;
 }

@@ -25,7 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -37,7 +37,10 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use tokio::sync::oneshot;
 
-use super::{Counts, IndexHint, MutateFn, Mutation, Page, Query, Record, Store, StoreError};
+use super::{
+    Counts, IndexHint, MutateFn, Mutation, OutboxEntry, OutboxStats, Page, Query, Record, SideEffects, SideEffectsFn,
+    Store, StoreError, now_ms,
+};
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
 
@@ -50,7 +53,7 @@ pub const MAX_BATCH: usize = 256;
 
 /// Bumped when the table layout changes; a file from a newer layout is refused
 /// rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long `open` waits for another process that holds the file (e.g. the
 /// previous server still shutting down) before giving up.
@@ -67,7 +70,26 @@ CREATE TABLE IF NOT EXISTS resources (
     doc               TEXT    NOT NULL,
     UNIQUE (kind, unique_name_lower)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS outbox (
+    kind            TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    generation      INTEGER NOT NULL,
+    enqueued_ms     INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error      TEXT,
+    PRIMARY KEY (kind, id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS projection (
+    id    TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+) STRICT;
 ";
+const OUTBOX_PUT_SQL: &str = "INSERT OR REPLACE INTO outbox (kind, id, generation, enqueued_ms, attempts, next_attempt_ms, last_error) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const OUTBOX_DELETE_SQL: &str = "DELETE FROM outbox WHERE kind = ?1 AND id = ?2";
+const PROJECTION_SET_SQL: &str = "INSERT OR REPLACE INTO projection (id, state) VALUES (?1, ?2)";
+const PROJECTION_CLEAR_SQL: &str = "DELETE FROM projection WHERE id = ?1";
 
 const INSERT_SQL: &str = "INSERT INTO resources (seq, id, kind, unique_name_lower, external_id, version, doc) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -226,6 +248,8 @@ struct State {
     groups: KindState,
     /// Member id → `seq`s of the groups listing it.
     members: HashMap<String, BTreeSet<u64>>,
+    outbox: HashMap<(ResourceKind, String), OutboxEntry>,
+    projection: HashMap<String, String>,
 }
 
 impl State {
@@ -289,6 +313,18 @@ impl State {
         match change {
             Change::Insert(kind, entry) | Change::Update(kind, entry) => self.put(kind, entry),
             Change::Delete(kind, id) => self.remove(kind, &id),
+            Change::OutboxPut(e) => {
+                self.outbox.insert((e.kind, e.id.clone()), e);
+            }
+            Change::OutboxDelete(kind, id) => {
+                self.outbox.remove(&(kind, id));
+            }
+            Change::Projection(id, Some(state)) => {
+                self.projection.insert(id, state);
+            }
+            Change::Projection(id, None) => {
+                self.projection.remove(&id);
+            }
         }
     }
 
@@ -364,6 +400,9 @@ enum Change {
     Insert(ResourceKind, Entry),
     Update(ResourceKind, Entry),
     Delete(ResourceKind, String),
+    OutboxPut(OutboxEntry),
+    OutboxDelete(ResourceKind, String),
+    Projection(String, Option<String>),
 }
 
 /// What the commands of the current batch changed so far, layered over the
@@ -374,6 +413,7 @@ struct Overlay {
     entries: HashMap<String, Option<(ResourceKind, Entry)>>,
     /// Unique names the batch claimed (`Some(id)`) or released (`None`).
     names: HashMap<(ResourceKind, String), Option<String>>,
+    outbox: HashMap<(ResourceKind, String), Option<OutboxEntry>>,
     changes: Vec<Change>,
 }
 
@@ -382,6 +422,21 @@ impl Overlay {
         let (kind, id) = match &change {
             Change::Insert(k, e) | Change::Update(k, e) => (*k, e.id()),
             Change::Delete(k, id) => (*k, id.as_str()),
+            Change::OutboxPut(e) => {
+                self.outbox.insert((e.kind, e.id.clone()), Some(e.clone()));
+                self.changes.push(change);
+                return;
+            }
+            Change::OutboxDelete(k, id) => {
+                self.outbox.insert((*k, id.clone()), None);
+                self.changes.push(change);
+                return;
+            }
+            // Nothing in a batch reads projection bookkeeping back.
+            Change::Projection(..) => {
+                self.changes.push(change);
+                return;
+            }
         };
         let old_name = View { base, overlay: &*self }.get(kind, id).map(|e| e.name_lower.clone());
         if let Some(old) = old_name {
@@ -395,6 +450,7 @@ impl Overlay {
             Change::Delete(_, id) => {
                 self.entries.insert(id.clone(), None);
             }
+            Change::OutboxPut(_) | Change::OutboxDelete(..) | Change::Projection(..) => {}
         }
         self.changes.push(change);
     }
@@ -454,11 +510,108 @@ impl<'a> View<'a> {
             .collect()
     }
 
+    fn outbox_get(&self, kind: ResourceKind, id: &str) -> Option<&'a OutboxEntry> {
+        let key = (kind, id.to_owned());
+        match self.overlay.outbox.get(&key) {
+            Some(e) => e.as_ref(),
+            None => self.base.outbox.get(&key),
+        }
+    }
+
     fn plan(&self, op: Op, next_seq: &mut u64) -> Result<Plan, StoreError> {
         match op {
-            Op::Create { kind, doc } => self.plan_create(kind, doc, next_seq),
+            Op::Create { kind, doc, side } => {
+                let mut plan = self.plan_create(kind, doc, next_seq)?;
+                self.side_changes(side, &mut plan.changes);
+                Ok(plan)
+            }
             Op::Update { kind, id, mutate } => self.plan_update(kind, &id, mutate),
-            Op::Delete { kind, id } => self.plan_delete(kind, &id),
+            Op::Delete { kind, id, side } => {
+                let record = self.get(kind, &id).map(|e| e.doc.record()).transpose()?;
+                let mut plan = self.plan_delete(kind, &id)?;
+                if let (Some(side), Some(record)) = (side, record) {
+                    let effects = catch_unwind(AssertUnwindSafe(|| side(&record)))
+                        .map_err(|_| StoreError::Backend(format!("deleting {} {id} panicked", kind.name())))?;
+                    self.side_changes(effects, &mut plan.changes);
+                }
+                Ok(plan)
+            }
+            Op::Side(side) => {
+                let mut changes = Vec::new();
+                self.side_changes(side, &mut changes);
+                Ok(Plan { changes, reply: None })
+            }
+            Op::OutboxComplete { entry, projection, removed } => {
+                let mut changes = Vec::new();
+                let current = self.outbox_get(entry.kind, &entry.id);
+                let done = current.is_some_and(|c| c.generation == entry.generation);
+                if done {
+                    changes.push(Change::OutboxDelete(entry.kind, entry.id.clone()));
+                } else if let Some(c) = current {
+                    // A newer change arrived while this one was projected: keep
+                    // it, due now, without counting this attempt as a failure.
+                    changes.push(Change::OutboxPut(OutboxEntry {
+                        attempts: 0,
+                        next_attempt_ms: now_ms(),
+                        last_error: None,
+                        ..c.clone()
+                    }));
+                }
+                if let Some((id, state)) = projection {
+                    changes.push(Change::Projection(id, state));
+                }
+                removed.store(done, AtomicOrdering::Relaxed);
+                Ok(Plan { changes, reply: None })
+            }
+            Op::OutboxRetry { entry, next_attempt_ms, error } => {
+                let changes = match self.outbox_get(entry.kind, &entry.id) {
+                    Some(c) => vec![Change::OutboxPut(OutboxEntry {
+                        attempts: c.attempts.saturating_add(1),
+                        next_attempt_ms: if c.generation == entry.generation {
+                            next_attempt_ms
+                        } else {
+                            c.next_attempt_ms
+                        },
+                        last_error: Some(error),
+                        ..c.clone()
+                    })],
+                    None => Vec::new(),
+                };
+                Ok(Plan { changes, reply: None })
+            }
+        }
+    }
+
+    /// The changes that carry out `side`, as seen from this view.
+    fn side_changes(&self, side: SideEffects, changes: &mut Vec<Change>) {
+        let now = now_ms();
+        let mut seen = HashSet::new();
+        for (kind, id) in side.enqueue {
+            if !seen.insert((kind, id.clone())) {
+                continue;
+            }
+            let entry = match self.outbox_get(kind, &id) {
+                Some(cur) => OutboxEntry {
+                    generation: cur.generation + 1,
+                    // An entry backing off after failures keeps its schedule, so
+                    // a stream of changes cannot turn backoff into a hot loop.
+                    next_attempt_ms: if cur.attempts == 0 { cur.next_attempt_ms.min(now) } else { cur.next_attempt_ms },
+                    ..cur.clone()
+                },
+                None => OutboxEntry {
+                    kind,
+                    id,
+                    generation: 1,
+                    enqueued_ms: now,
+                    attempts: 0,
+                    next_attempt_ms: now,
+                    last_error: None,
+                },
+            };
+            changes.push(Change::OutboxPut(entry));
+        }
+        for (id, state) in side.projection {
+            changes.push(Change::Projection(id, state));
         }
     }
 
@@ -491,11 +644,20 @@ impl<'a> View<'a> {
         // write) down with it.
         let mutation = catch_unwind(AssertUnwindSafe(|| mutate(&record, version)))
             .map_err(|_| StoreError::Backend(format!("updating {} {id} panicked", kind.name())))??;
+        let mut mutation = mutation;
+        let mut side = SideEffects::default();
+        while let Mutation::WithSideEffects(inner, more) = mutation {
+            side.enqueue.extend(more.enqueue);
+            side.projection.extend(more.projection);
+            mutation = *inner;
+        }
         let mut doc = match mutation {
-            Mutation::Unchanged => {
-                return Ok(Plan { reply: Some(record), changes: Vec::new() });
-            }
             Mutation::Replace(doc) => doc,
+            Mutation::Unchanged | Mutation::WithSideEffects(..) => {
+                let mut changes = Vec::new();
+                self.side_changes(side, &mut changes);
+                return Ok(Plan { reply: Some(record), changes });
+            }
         };
         // `id` is read-only (RFC 7643 §3.1), so the stored one wins over whatever
         // the new document says.
@@ -506,7 +668,9 @@ impl<'a> View<'a> {
         self.check_members(kind, &doc)?;
         let entry = Entry::new(kind, id, version, current.seq, &doc)?;
         let reply = Record { id: id.to_owned(), version, doc: Arc::new(doc) };
-        Ok(Plan { reply: Some(reply), changes: vec![Change::Update(kind, entry)] })
+        let mut changes = vec![Change::Update(kind, entry)];
+        self.side_changes(side, &mut changes);
+        Ok(Plan { reply: Some(reply), changes })
     }
 
     fn plan_delete(&self, kind: ResourceKind, id: &str) -> Result<Plan, StoreError> {
@@ -614,9 +778,12 @@ fn stamp_meta(doc: &mut Value, version: u64, now: Option<&str>) {
 // The writer thread
 
 enum Op {
-    Create { kind: ResourceKind, doc: Value },
+    Create { kind: ResourceKind, doc: Value, side: SideEffects },
     Update { kind: ResourceKind, id: String, mutate: MutateFn },
-    Delete { kind: ResourceKind, id: String },
+    Delete { kind: ResourceKind, id: String, side: Option<SideEffectsFn> },
+    Side(SideEffects),
+    OutboxComplete { entry: OutboxEntry, projection: Option<(String, Option<String>)>, removed: Arc<AtomicBool> },
+    OutboxRetry { entry: OutboxEntry, next_attempt_ms: u64, error: String },
 }
 
 type Reply = oneshot::Sender<Result<Option<Record>, StoreError>>;
@@ -801,6 +968,40 @@ impl Writer {
                     .map_err(|err| sql_error(*kind, id, "deleting", &err))?;
                 expect_one_row(n, *kind, id)?;
             }
+            Change::OutboxPut(e) => {
+                self.conn
+                    .prepare_cached(OUTBOX_PUT_SQL)
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            e.kind.name(),
+                            e.id,
+                            to_sql_int(e.generation),
+                            to_sql_int(e.enqueued_ms),
+                            i64::from(e.attempts),
+                            to_sql_int(e.next_attempt_ms),
+                            e.last_error
+                        ])
+                    })
+                    .map_err(|err| backend("writing the outbox", &err))?;
+            }
+            Change::OutboxDelete(kind, id) => {
+                self.conn
+                    .prepare_cached(OUTBOX_DELETE_SQL)
+                    .and_then(|mut st| st.execute(params![kind.name(), id]))
+                    .map_err(|err| backend("writing the outbox", &err))?;
+            }
+            Change::Projection(id, Some(state)) => {
+                self.conn
+                    .prepare_cached(PROJECTION_SET_SQL)
+                    .and_then(|mut st| st.execute(params![id, state]))
+                    .map_err(|err| backend("writing projection state", &err))?;
+            }
+            Change::Projection(id, None) => {
+                self.conn
+                    .prepare_cached(PROJECTION_CLEAR_SQL)
+                    .and_then(|mut st| st.execute(params![id]))
+                    .map_err(|err| backend("writing projection state", &err))?;
+            }
         }
         Ok(())
     }
@@ -940,7 +1141,44 @@ fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> {
         max_seq = max_seq.max(seq);
         state.put(kind, Entry::with_text(kind, &id, version, seq, &doc, text.into()));
     }
+    load_outbox(conn, &mut state)?;
     Ok((state, max_seq + 1))
+}
+
+fn load_outbox(conn: &Connection, state: &mut State) -> Result<(), StoreError> {
+    let ctx = |e: rusqlite::Error| backend("loading the outbox", &e);
+    let mut stmt = conn
+        .prepare("SELECT kind, id, generation, enqueued_ms, attempts, next_attempt_ms, last_error FROM outbox")
+        .map_err(ctx)?;
+    let mut rows = stmt.query([]).map_err(ctx)?;
+    while let Some(row) = rows.next().map_err(ctx)? {
+        let kind: String = row.get(0).map_err(ctx)?;
+        let kind = match kind.as_str() {
+            "User" => ResourceKind::User,
+            "Group" => ResourceKind::Group,
+            _ => return Err(StoreError::Backend(format!("outbox entry of unknown kind {kind}"))),
+        };
+        let int = |i: usize| -> Result<u64, StoreError> {
+            let v: i64 = row.get(i).map_err(ctx)?;
+            Ok(u64::try_from(v).unwrap_or_default())
+        };
+        let e = OutboxEntry {
+            kind,
+            id: row.get(1).map_err(ctx)?,
+            generation: int(2)?,
+            enqueued_ms: int(3)?,
+            attempts: u32::try_from(int(4)?).unwrap_or(u32::MAX),
+            next_attempt_ms: int(5)?,
+            last_error: row.get(6).map_err(ctx)?,
+        };
+        state.outbox.insert((kind, e.id.clone()), e);
+    }
+    let mut stmt = conn.prepare("SELECT id, state FROM projection").map_err(ctx)?;
+    let mut rows = stmt.query([]).map_err(ctx)?;
+    while let Some(row) = rows.next().map_err(ctx)? {
+        state.projection.insert(row.get(0).map_err(ctx)?, row.get(1).map_err(ctx)?);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1038,7 +1276,60 @@ impl Drop for SqliteStore {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create(&self, kind: ResourceKind, doc: Value) -> Result<Record, StoreError> {
-        self.submit_for_record(Op::Create { kind, doc }).await
+        self.submit_for_record(Op::Create { kind, doc, side: SideEffects::default() }).await
+    }
+
+    async fn create_with(&self, kind: ResourceKind, doc: Value, side: SideEffects) -> Result<Record, StoreError> {
+        self.submit_for_record(Op::Create { kind, doc, side }).await
+    }
+
+    async fn delete_with(&self, kind: ResourceKind, id: &str, side: SideEffectsFn) -> Result<(), StoreError> {
+        self.submit(Op::Delete { kind, id: id.to_owned(), side: Some(side) }).await.map(|_| ())
+    }
+
+    async fn apply_side_effects(&self, side: SideEffects) -> Result<(), StoreError> {
+        if side.is_empty() {
+            return Ok(());
+        }
+        self.submit(Op::Side(side)).await.map(|_| ())
+    }
+
+    async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let st = self.state.read();
+        let mut due: Vec<OutboxEntry> = st.outbox.values().filter(|e| e.next_attempt_ms <= now_ms).cloned().collect();
+        due.sort_by_key(|e| (e.next_attempt_ms, e.enqueued_ms));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn outbox_complete(
+        &self,
+        entry: &OutboxEntry,
+        projection: Option<(String, Option<String>)>,
+    ) -> Result<bool, StoreError> {
+        let removed = Arc::new(AtomicBool::new(false));
+        self.submit(Op::OutboxComplete { entry: entry.clone(), projection, removed: Arc::clone(&removed) }).await?;
+        Ok(removed.load(AtomicOrdering::Relaxed))
+    }
+
+    async fn outbox_retry(&self, entry: &OutboxEntry, next_attempt_ms: u64, error: String) -> Result<(), StoreError> {
+        self.submit(Op::OutboxRetry { entry: entry.clone(), next_attempt_ms, error }).await.map(|_| ())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let st = self.state.read();
+        let oldest = st.outbox.values().min_by_key(|e| e.enqueued_ms);
+        let last_failed = st.outbox.values().filter(|e| e.last_error.is_some()).max_by_key(|e| e.next_attempt_ms);
+        Ok(OutboxStats {
+            pending: st.outbox.len(),
+            failing: st.outbox.values().filter(|e| e.attempts > 0).count(),
+            oldest_enqueued_ms: oldest.map(|e| e.enqueued_ms),
+            last_error: last_failed.and_then(|e| e.last_error.clone()),
+        })
+    }
+
+    async fn projection(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state.read().projection.get(id).cloned())
     }
 
     async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError> {
@@ -1051,7 +1342,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, kind: ResourceKind, id: &str) -> Result<(), StoreError> {
-        self.submit(Op::Delete { kind, id: id.to_owned() }).await.map(|_| ())
+        self.submit(Op::Delete { kind, id: id.to_owned(), side: None }).await.map(|_| ())
     }
 
     async fn query(&self, query: Query<'_>) -> Result<Page, StoreError> {
@@ -1208,6 +1499,79 @@ mod tests {
         });
         entered_rx.await.expect("the writer ran the blocking closure");
         (handle, release_tx)
+    }
+
+    #[tokio::test]
+    async fn outbox_entries_ride_with_writes_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let side =
+            SideEffects { enqueue: vec![(USER, "u1".into())], projection: vec![("u1".into(), Some("p1".into()))] };
+        store.create_with(USER, user("u1", "a"), side).await.unwrap();
+        let due = store.outbox_due(now_ms() + 1, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].generation, due[0].attempts), (1, 0));
+        assert_eq!(store.projection("u1").await.unwrap().as_deref(), Some("p1"));
+
+        // A failed write adds no outbox entry.
+        let dup = store
+            .create_with(
+                USER,
+                user("u2", "A"),
+                SideEffects { enqueue: vec![(USER, "u2".into())], ..Default::default() },
+            )
+            .await;
+        assert!(dup.is_err());
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+
+        // A change enqueued while the entry is being projected keeps it.
+        let read = due[0].clone();
+        store
+            .update(
+                USER,
+                "u1",
+                Box::new(|_, _| {
+                    Ok(Mutation::WithSideEffects(
+                        Box::new(Mutation::Unchanged),
+                        SideEffects { enqueue: vec![(USER, "u1".into())], ..Default::default() },
+                    ))
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(!store.outbox_complete(&read, None).await.unwrap(), "a newer generation waits");
+        let again = store.outbox_due(now_ms() + 1, 10).await.unwrap();
+        assert_eq!(again[0].generation, 2);
+
+        // Failures back off and are reported.
+        store.outbox_retry(&again[0], now_ms() + 60_000, "ZITADEL unavailable".into()).await.unwrap();
+        assert!(store.outbox_due(now_ms() + 1, 10).await.unwrap().is_empty());
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.failing, stats.last_error.as_deref()), (1, 1, Some("ZITADEL unavailable")));
+        drop(store);
+
+        let store = open(dir.path());
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.failing), (1, 1), "the outbox is durable");
+        let pending = store.outbox_due(u64::MAX, 10).await.unwrap();
+        assert!(store.outbox_complete(&pending[0], Some(("u1".into(), None))).await.unwrap());
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+        assert_eq!(store.projection("u1").await.unwrap(), None);
+
+        // Deleting computes side effects from the record it deletes.
+        store
+            .delete_with(
+                USER,
+                "u1",
+                Box::new(|rec| SideEffects { enqueue: vec![(USER, rec.id.clone())], ..Default::default() }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_due(u64::MAX, 10).await.unwrap()[0].id, "u1");
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+        assert!(store.get(USER, "u1").await.unwrap().is_none());
     }
 
     #[tokio::test]
