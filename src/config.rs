@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub durability: Option<DurabilityConfig>,
     /// Largest request body accepted, default 1 MiB.
     pub max_body_bytes: Option<usize>,
+    /// Project users into ZITADEL; without it the server is standalone.
+    pub zitadel: Option<crate::zitadel::config::ZitadelConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -74,6 +76,12 @@ impl ServeConfig {
         }
         if self.max_body_bytes == Some(0) {
             return Err(ConfigError::Invalid { key: "maxBodyBytes", why: "must be greater than 0".into() });
+        }
+        if let Some(z) = &self.zitadel {
+            let problems = z.problems();
+            if !problems.is_empty() {
+                return Err(ConfigError::Invalid { key: "zitadel", why: format!("\n  - {}", problems.join("\n  - ")) });
+            }
         }
         Ok(())
     }

@@ -431,7 +431,8 @@ impl ResolvedAttr {
 /// `attr.sub` into (None, "attr.sub"). URNs contain dots ("2.0"), so the split
 /// is at the last colon, which attribute names never contain.
 pub fn split_urn(path: &str) -> (Option<&str>, &str) {
-    if path.len() > 4 && path[..4].eq_ignore_ascii_case("urn:") {
+    // `get`, not `[..4]`: byte 4 may fall inside a multi-byte character.
+    if path.len() > 4 && path.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
         match path.rfind(':') {
             Some(i) => (Some(&path[..i]), &path[i + 1..]),
             None => (None, path),
@@ -520,6 +521,17 @@ mod tests {
         assert!(resolve_path(ResourceKind::User, "nonsense").is_none());
         assert!(resolve_path(ResourceKind::Group, "userName").is_none());
         assert!(resolve_path(ResourceKind::User, "name.nonsense").is_none());
+    }
+
+    #[test]
+    fn non_ascii_names_do_not_panic() {
+        // Found by fuzzing (fuzz/fuzz_targets/filter.rs): slicing at byte 4
+        // inside a multi-byte character panicked.
+        for path in ["urn\u{e9}:userName", "\u{fffd}\u{fffd}\u{fffd}ame", "ur\u{1f600}", "\u{e9}\u{e9}\u{e9}"] {
+            assert_eq!(split_urn(path), (None, path));
+            assert!(resolve_path(ResourceKind::User, path).is_none(), "{path}");
+        }
+        assert!(crate::scim::filter::Filter::parse(ResourceKind::User, "urn\u{e9}:x eq \"y\"").is_err());
     }
 
     #[test]

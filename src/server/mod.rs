@@ -19,7 +19,9 @@ use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, Dura
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
 use crate::store::sqlite::{Durability, SqliteStore};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, now_ms};
+use crate::zitadel::config::ZitadelConfig;
+use crate::zitadel::projector::Projector;
 
 pub mod auth;
 pub mod http;
@@ -36,6 +38,8 @@ pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Set when ZITADEL is configured: user writes go through it.
+    pub projector: Option<Arc<Projector>>,
     pub base_url: String,
     pub max_body: usize,
     pub keys: Arc<KeyRing>,
@@ -54,6 +58,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("the server stopped: {0}")]
     Io(#[from] std::io::Error),
+    #[error("zitadel: {0}")]
+    Zitadel(#[from] crate::zitadel::error::ZitadelError),
 }
 
 /// Effective settings: the config file with flags applied.
@@ -68,6 +74,7 @@ pub struct Settings {
     pub max_body: usize,
     /// A plaintext key from the environment (SCIM_TOKEN), for local use.
     pub env_token: Option<String>,
+    pub zitadel: Option<ZitadelConfig>,
 }
 
 impl Settings {
@@ -81,6 +88,7 @@ impl Settings {
             durability: c.durability.unwrap_or_default(),
             max_body: c.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
             env_token: env_token.filter(|t| !t.is_empty()),
+            zitadel: c.zitadel,
         }
     }
 }
@@ -209,20 +217,38 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route(
             "/readyz",
             get(|State(st): State<Arc<AppState>>| async move {
-                match st.store.counts().await {
-                    Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}\n")).into_response(),
+                if let Err(e) = st.store.counts().await {
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}\n")).into_response();
                 }
+                if let Some(p) = &st.projector {
+                    let h = p.health();
+                    if !h.reachable {
+                        let why = h.last_error.unwrap_or_else(|| "not checked yet".into());
+                        return (StatusCode::SERVICE_UNAVAILABLE, format!("ZITADEL not reachable: {why}\n")).into_response();
+                    }
+                }
+                (StatusCode::OK, "ready\n").into_response()
             }),
         )
         .route(
             "/metrics",
             get(|State(st): State<Arc<AppState>>| async move {
                 let counts = st.store.counts().await.unwrap_or_default();
-                let extra = format!(
+                let mut extra = format!(
                     "# HELP scim_resources Resources in the store.\n# TYPE scim_resources gauge\nscim_resources{{kind=\"User\"}} {}\nscim_resources{{kind=\"Group\"}} {}\n",
                     counts.users, counts.groups
                 );
+                if let Some(p) = &st.projector {
+                    let o = st.store.outbox_stats().await.unwrap_or_default();
+                    let age = o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+                    extra.push_str(&format!(
+                        "# HELP scim_projection_pending Users waiting to be projected into ZITADEL.\n# TYPE scim_projection_pending gauge\nscim_projection_pending {}\n# HELP scim_projection_failing Pending projections that failed at least once.\n# TYPE scim_projection_failing gauge\nscim_projection_failing {}\n# HELP scim_projection_oldest_pending_seconds Age of the oldest pending projection.\n# TYPE scim_projection_oldest_pending_seconds gauge\nscim_projection_oldest_pending_seconds {age}\n# HELP scim_zitadel_requests ZITADEL API requests made.\n# TYPE scim_zitadel_requests counter\nscim_zitadel_requests_total {}\n# HELP scim_zitadel_reachable Whether ZITADEL answered the last check.\n# TYPE scim_zitadel_reachable gauge\nscim_zitadel_reachable {}\n",
+                        o.pending,
+                        o.failing,
+                        p.client().calls(),
+                        u8::from(p.health().reachable)
+                    ));
+                }
                 (
                     [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
                     st.metrics.encode(&extra),
@@ -245,7 +271,36 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
             .ok()
             .map(crate::scim::resource::timestamp)
     });
+    let ms_to_time = |ms: u64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .ok()
+            .map(crate::scim::resource::timestamp)
+    };
+    let (zitadel, projection) = match &st.projector {
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+        Some(p) => {
+            let h = p.health();
+            let o = st.store.outbox_stats().await.unwrap_or_default();
+            (
+                json!({
+                    "reachable": h.reachable,
+                    "lastError": h.last_error,
+                    "lastErrorTime": h.last_error_ms.and_then(ms_to_time),
+                    "lastSuccessTime": h.last_success_ms.and_then(ms_to_time),
+                    "requests": p.client().calls(),
+                }),
+                json!({
+                    "pendingOperations": o.pending,
+                    "failingOperations": o.failing,
+                    "oldestPendingAgeSeconds": o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) / 1000),
+                    "lastError": o.last_error,
+                }),
+            )
+        }
+    };
     axum::Json(json!({
+        "zitadel": zitadel,
+        "projection": projection,
         "users": counts.users,
         "groups": counts.groups,
         "requests": st.metrics.total(),
@@ -339,7 +394,16 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or_else(|| format!("http://{scim_addr}{BASE_PATH}"));
 
+    let projector = match &settings.zitadel {
+        Some(cfg) => {
+            let client = crate::zitadel::client::Client::new(cfg)?;
+            let store_dyn: Arc<dyn Store> = store.clone();
+            Some(Projector::new(client, cfg.clone(), store_dyn))
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
+        projector: projector.clone(),
         store: store.clone(),
         base_url: base_url.clone(),
         max_body: settings.max_body,
@@ -354,6 +418,22 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     }
     tracing::info!(%scim_addr, %admin_addr, data_dir = %settings.data_dir.display(), "scim server started");
 
+    if let Some(p) = &projector {
+        // Unreachable ZITADEL or rejected credentials are reported on
+        // /readyz and /status, not a crash loop.
+        let checker = Arc::clone(p);
+        tokio::spawn(async move {
+            loop {
+                let ok = checker.check().await;
+                if let Err(e) = &ok {
+                    tracing::warn!(error = %e, "ZITADEL check failed");
+                }
+                tokio::time::sleep(if ok.is_ok() { Duration::from_secs(60) } else { Duration::from_secs(5) }).await;
+            }
+        });
+        tokio::spawn(Arc::clone(p).run_outbox(shutdown_signal()));
+        println!("ZITADEL: {} (organisation {})", p.config().url, p.config().organization_id);
+    }
     let scim = axum::serve(scim_listener, scim_router(state.clone())).with_graceful_shutdown(shutdown_signal());
     let admin = axum::serve(admin_listener, admin_router(state)).with_graceful_shutdown(shutdown_signal());
     let (a, b) = tokio::join!(async { scim.await }, async { admin.await });

@@ -19,7 +19,7 @@ use crate::scim::resource::{
     Projection, attributes_of, build_document, created_of, etag, normalize, timestamp, with_location,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
-use crate::store::{Mutation, Query, Record};
+use crate::store::{MutateFn, Mutation, Query, Record};
 
 type St = State<Arc<AppState>>;
 
@@ -282,7 +282,17 @@ pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResul
     let t = now();
     let id = uuid::Uuid::new_v4().to_string();
     let doc = build_document(kind, &id, attrs, &t, &t, 1);
-    let rec = st.store.create(kind, doc).await.map_err(|e| e.into_scim())?;
+    let rec = match (&st.projector, kind) {
+        (Some(p), ResourceKind::User) => p.create_user(doc).await,
+        (Some(p), ResourceKind::Group) => {
+            let side = p.group_side_effects(None, Some(&doc));
+            let r = st.store.create_with(kind, doc, side.clone()).await;
+            p.after_group_write(&side);
+            r
+        }
+        (None, _) => st.store.create(kind, doc).await,
+    }
+    .map_err(|e| e.into_scim())?;
     let q = QueryParams::parse(parts.uri.query());
     st.resource_response(kind, StatusCode::CREATED, &rec, &q).await
 }
@@ -323,23 +333,54 @@ fn next_document(kind: ResourceKind, rec: &Record, attrs: Map<String, Value>, ve
     Mutation::Replace(build_document(kind, &rec.id, attrs, created_of(&rec.doc), &now(), version))
 }
 
+/// Runs an update through the projector when ZITADEL is configured.
+async fn update(st: &AppState, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Record, ScimError> {
+    match (&st.projector, kind) {
+        (Some(p), ResourceKind::User) => p.update_user(id, mutate).await,
+        (Some(p), ResourceKind::Group) => {
+            let proj = Arc::clone(p);
+            let enqueued = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = Arc::clone(&enqueued);
+            let r = st
+                .store
+                .update(
+                    kind,
+                    id,
+                    Box::new(move |rec, version| match mutate(rec, version)? {
+                        Mutation::Replace(doc) => {
+                            let side = proj.group_side_effects(Some(&rec.doc), Some(&doc));
+                            flag.store(!side.enqueue.is_empty(), std::sync::atomic::Ordering::Relaxed);
+                            Ok(Mutation::WithSideEffects(Box::new(Mutation::Replace(doc)), side))
+                        }
+                        other => Ok(other),
+                    }),
+                )
+                .await;
+            if enqueued.load(std::sync::atomic::Ordering::Relaxed) {
+                p.wake_outbox();
+            }
+            r
+        }
+        (None, _) => st.store.update(kind, id, mutate).await,
+    }
+    .map_err(|e| e.into_scim())
+}
+
 pub async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
     let tags = if_match(&parts.headers);
-    let rec = st
-        .store
-        .update(
-            kind,
-            id,
-            Box::new(move |rec, version| {
-                precondition(&tags, rec)?;
-                Ok(next_document(kind, rec, attrs, version))
-            }),
-        )
-        .await
-        .map_err(|e| e.into_scim())?;
+    let rec = update(
+        st,
+        kind,
+        id,
+        Box::new(move |rec, version| {
+            precondition(&tags, rec)?;
+            Ok(next_document(kind, rec, attrs, version))
+        }),
+    )
+    .await?;
     let q = QueryParams::parse(parts.uri.query());
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
@@ -349,20 +390,18 @@ pub async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) ->
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let ops = parse_patch(&input)?;
     let tags = if_match(&parts.headers);
-    let rec = st
-        .store
-        .update(
-            kind,
-            id,
-            Box::new(move |rec, version| {
-                precondition(&tags, rec)?;
-                let mut attrs = attributes_of(&rec.doc);
-                apply_patch(kind, &mut attrs, &ops)?;
-                Ok(next_document(kind, rec, attrs, version))
-            }),
-        )
-        .await
-        .map_err(|e| e.into_scim())?;
+    let rec = update(
+        st,
+        kind,
+        id,
+        Box::new(move |rec, version| {
+            precondition(&tags, rec)?;
+            let mut attrs = attributes_of(&rec.doc);
+            apply_patch(kind, &mut attrs, &ops)?;
+            Ok(next_document(kind, rec, attrs, version))
+        }),
+    )
+    .await?;
     let q = QueryParams::parse(parts.uri.query());
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
@@ -377,7 +416,20 @@ pub async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &Heade
             .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.name())))?;
         precondition(&Some(tags), &rec)?;
     }
-    st.store.delete(kind, id).await.map_err(|e| e.into_scim())?;
+    match (&st.projector, kind) {
+        (Some(p), ResourceKind::User) => p.delete_user(id).await,
+        (Some(p), ResourceKind::Group) => {
+            let proj = Arc::clone(p);
+            let r = st
+                .store
+                .delete_with(kind, id, Box::new(move |rec| proj.group_side_effects(Some(&rec.doc), None)))
+                .await;
+            p.wake_outbox();
+            r
+        }
+        (None, _) => st.store.delete(kind, id).await,
+    }
+    .map_err(|e| e.into_scim())?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -5,3 +5,4 @@ pub mod client;
 pub mod config;
 pub mod desired;
 pub mod error;
+pub mod projector;
