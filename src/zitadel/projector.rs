@@ -64,7 +64,7 @@ pub struct Projector {
 }
 
 enum Outcome {
-    Projected(ProjectedState),
+    Projected(Box<ProjectedState>),
     Deferred,
 }
 
@@ -164,7 +164,7 @@ impl Projector {
         match self.sync(d, last).await {
             Ok(state) => {
                 self.note(&Ok(()));
-                Ok(Outcome::Projected(state))
+                Ok(Outcome::Projected(Box::new(state)))
             }
             Err(e) if e.is_transient() || matches!(e.code(), Some(Code::Unauthenticated | Code::PermissionDenied)) => {
                 // Credentials and permissions are the operator's to fix, not the
@@ -640,9 +640,9 @@ fn rejection(e: &ZitadelError, d: &DesiredUser) -> ScimError {
             "ZITADEL refused userName '{}': '{domain}' is a verified domain of another ZITADEL organisation. Verify the domain in the customer's organisation, or map a userName with another domain in Entra",
             d.username
         )),
-        (Some(Code::AlreadyExists), "Errors.User.ExternalIDP.AlreadyExists") => ScimError::uniqueness(format!(
-            "another ZITADEL user is already linked to this Entra objectId (externalId) through the IdP; remove that link or user in ZITADEL first"
-        )),
+        (Some(Code::AlreadyExists), "Errors.User.ExternalIDP.AlreadyExists") => ScimError::uniqueness(
+            "another ZITADEL user is already linked to this Entra objectId (externalId) through the IdP; remove that link or user in ZITADEL first",
+        ),
         (Some(Code::AlreadyExists), _) => ScimError::uniqueness(format!(
             "ZITADEL already has a user named '{}' in another organisation (usernames are unique across the instance). Remove or rename that user in ZITADEL, or map a different userName in Entra",
             d.username
