@@ -22,6 +22,18 @@ struct Cli {
 enum Command {
     /// Run the SCIM server (standalone on the embedded store unless configured otherwise).
     Serve(ServeArgs),
+    /// Before the first provisioning cycle: which Entra users match existing ZITADEL users, which will be created, which conflict.
+    Preflight {
+        /// The serve config file (its zitadel section is used).
+        #[arg(long)]
+        config: PathBuf,
+        /// Entra users export: CSV with userPrincipalName, mail, objectId columns, or JSON.
+        #[arg(long)]
+        users: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage SCIM bearer keys.
     Key {
         #[command(subcommand)]
@@ -96,6 +108,39 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     rt.block_on(server::serve(settings)).map_err(|e| e.to_string())
 }
 
+fn preflight(config: &std::path::Path, users: &std::path::Path, json: bool) -> Result<(), String> {
+    use scim_operator::preflight;
+    let cfg = ServeConfig::load(config).map_err(|e| e.to_string())?;
+    cfg.validate().map_err(|e| e.to_string())?;
+    let z = cfg.zitadel.ok_or_else(|| {
+        format!("{} has no zitadel section; preflight checks a ZITADEL organisation", config.display())
+    })?;
+    let entra = preflight::read_export(users).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let results = rt.block_on(async {
+        let client = scim_operator::zitadel::client::Client::new(&z).map_err(|e| e.to_string())?;
+        let known = preflight::gather(&client, &z, &entra).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(preflight::classify(&entra, &known))
+    })?;
+    if json {
+        let out: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(u, v)| serde_json::json!({"userPrincipalName": u.user_principal_name, "mail": u.mail, "objectId": u.object_id, "verdict": v}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", preflight::render(&results));
+    }
+    let conflicts = results.iter().filter(|(_, v)| v.is_conflict()).count();
+    if conflicts > 0 {
+        return Err(format!("{conflicts} conflicts: resolve them in ZITADEL before the first provisioning cycle"));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -103,6 +148,7 @@ fn main() -> ExitCode {
             init_tracing();
             serve(args)
         }
+        Command::Preflight { config, users, json } => preflight(&config, &users, json),
         Command::Key { command: KeyCommand::Generate { name } } => {
             let token = auth::generate_token();
             println!("Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}");
