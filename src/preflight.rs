@@ -200,10 +200,9 @@ pub async fn gather(client: &Client, cfg: &ZitadelConfig, users: &[EntraUser]) -
         }
         if let Some((_, d)) = name.rsplit_once('@')
             && domains_seen.insert(d.to_string())
+            && let Some(org) = client.orgs_with_domain(d).await?.into_iter().find(|o| *o != cfg.organization_id)
         {
-            if let Some(org) = client.orgs_with_domain(d).await?.into_iter().find(|o| *o != cfg.organization_id) {
-                known.foreign_domains.insert(d.to_string(), org);
-            }
+            known.foreign_domains.insert(d.to_string(), org);
         }
         bar.inc(1);
     }
