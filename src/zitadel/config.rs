@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// Every field defaults, so a config missing several keys gets all of them
+/// named at once by `problems()` rather than the first by serde.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ZitadelConfig {
     /// API base, e.g. https://id.example.com (an in-cluster http:// URL works
     /// with `instanceHost`).
@@ -29,10 +31,12 @@ pub struct ZitadelConfig {
     pub max_requests_per_second: Option<f64>,
     /// Per-request timeout in seconds (default 10).
     pub timeout_seconds: Option<u64>,
+    /// Longest wait between retries of a failed projection (default 300).
+    pub max_retry_delay_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Credentials {
     /// A file holding a personal access token of the service user.
     pub pat_file: Option<PathBuf>,
@@ -100,6 +104,9 @@ impl ZitadelConfig {
             && !(r > 0.0 && r.is_finite())
         {
             p.push("zitadel.maxRequestsPerSecond must be a positive number".into());
+        }
+        if self.max_retry_delay_seconds == Some(0) {
+            p.push("zitadel.maxRetryDelaySeconds must be at least 1".into());
         }
         if self.timeout_seconds == Some(0) {
             p.push("zitadel.timeoutSeconds must be at least 1".into());

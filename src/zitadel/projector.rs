@@ -441,7 +441,8 @@ impl Projector {
                 }
             }
             Err(error) => {
-                let backoff = Duration::from_secs(1u64 << entry.attempts.min(8)).min(MAX_BACKOFF);
+                let cap = self.cfg.max_retry_delay_seconds.map(Duration::from_secs).unwrap_or(MAX_BACKOFF);
+                let backoff = Duration::from_secs(1u64 << entry.attempts.min(8)).min(cap);
                 let next = now_ms() + backoff.as_millis() as u64;
                 tracing::warn!(user = %id, attempts = entry.attempts + 1, %error, "projection failed; will retry");
                 if let Err(e) = self.store.outbox_retry(&entry, next, error).await {
