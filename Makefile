@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build run test unit conformance lint fmt bench fuzz venv clean
+.PHONY: all build run test unit conformance contract lint fmt bench bench-projection fuzz venv clean
 
 all: build
 
@@ -19,8 +19,8 @@ build:
 run: build
 	$(BIN) serve --data-dir $(DATA)
 
-## Every test: unit, integration (real binary on port 0), external conformance.
-test: unit conformance
+## Every test: unit, integration (real binary on port 0), external conformance, ZITADEL contract.
+test: unit conformance contract
 
 unit:
 	$(CARGO) test --locked --all-targets
@@ -33,9 +33,9 @@ fmt:
 	$(CARGO) fmt --all
 
 # The Python tools (scim2-tester, the benchmark peer) live in a venv made here.
-$(VENV)/.stamp: tests/conformance/requirements.txt bench/requirements.txt
+$(VENV)/.stamp: tests/conformance/requirements.txt bench/requirements.txt tests/contract/requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt -r bench/requirements.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt -r bench/requirements.txt -r tests/contract/requirements.txt
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -45,11 +45,21 @@ conformance: $(VENV)/.stamp
 	$(CARGO) build --locked --bin scim-operator
 	$(VPY) tests/conformance/run_conformance.py target/debug/scim-operator
 
+## The ZITADEL fake against the official ZITADEL Python SDK (zitadel-client).
+contract: $(VENV)/.stamp
+	$(CARGO) build --locked --example zitadel_fake
+	$(VPY) tests/contract/zitadel_sdk_contract.py target/debug/examples/zitadel_fake
+
 ## Throughput and latency vs the Python peer and a bare axum handler -> BENCHMARKS.md.
 bench: $(VENV)/.stamp
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) build --release --locked --bin scim-operator --example bare_handler
 	$(VPY) bench/run_bench.py --ours $(BIN) --bare target/release/examples/bare_handler
+
+## An initial Entra cycle (10k users, 200 groups) projected into the ZITADEL fake; prints Markdown.
+bench-projection:
+	$(CARGO) build --release --locked --bin scim-operator --example projection_bench
+	target/release/examples/projection_bench --server $(BIN)
 
 ## Fuzz the filter parser and the PATCH engine ($(FUZZ_SECONDS) s each).
 fuzz:

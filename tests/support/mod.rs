@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod zitadel_fake;
+
 pub const TOKEN: &str = "test-token-7f3a9c";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
