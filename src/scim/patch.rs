@@ -198,6 +198,11 @@ fn unwrap_single(def: &AttrDef, v: &Value) -> Value {
 fn apply_path(attrs: &mut Map<String, Value>, op: OpKind, path: &PatchPath, value: Option<&Value>) -> ScimResult<()> {
     let r = path.attr;
     let def = r.attr;
+    // Write-only attributes (`password`) are accepted and discarded, as on
+    // POST: users sign in through the IdP, and a stored secret would leak.
+    if def.mutability == Mutability::WriteOnly {
+        return Ok(());
+    }
     let name = r.display();
     match (&path.filter, r.sub) {
         (None, None) => {

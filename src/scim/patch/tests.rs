@@ -323,3 +323,13 @@ fn member_without_value_is_rejected() {
     .unwrap_err();
     assert_eq!(e.scim_type, Some(ScimType::InvalidValue));
 }
+
+#[test]
+fn passwords_are_accepted_and_never_stored() {
+    let a = user_patch(ops(json!([
+        {"op": "add", "path": "password", "value": "s3cret"},
+        {"op": "replace", "value": {"password": "s3cret2"}}
+    ])));
+    assert!(!a.contains_key("password"));
+    assert_eq!(a, alice());
+}
