@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build run test unit conformance contract lint fmt bench bench-projection fuzz venv clean
+.PHONY: all build run test unit conformance contract lint fmt crds bench bench-projection fuzz venv clean
 
 all: build
 
@@ -31,6 +31,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Regenerate the CRD into crds/ and the chart (tests fail on drift).
+crds:
+	$(CARGO) run --quiet --locked -- crd > crds/scimtenants.scim.unique.app.yaml
+	cp crds/scimtenants.scim.unique.app.yaml charts/scim-operator/crds/
 
 # The Python tools (scim2-tester, the benchmark peer) live in a venv made here.
 $(VENV)/.stamp: tests/conformance/requirements.txt bench/requirements.txt tests/contract/requirements.txt

@@ -34,6 +34,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the ScimTenant CustomResourceDefinition (YAML).
+    Crd,
+    /// Print every object the controller would apply for a ScimTenant (with placeholder key material).
+    Render {
+        /// The ScimTenant manifest (YAML).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The SCIM server image when the tenant names none.
+        #[arg(long, default_value = concat!("ghcr.io/unique-app/scim-operator:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// The ZITADEL API URL the server is configured with.
+        #[arg(long, default_value = "https://zitadel.example.com")]
+        zitadel_url: String,
+    },
     /// Manage SCIM bearer keys.
     Key {
         #[command(subcommand)]
@@ -141,6 +155,62 @@ fn preflight(config: &std::path::Path, users: &std::path::Path, json: bool) -> R
     Ok(())
 }
 
+fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<(), String> {
+    use scim_operator::operator::build::{self, CredentialRef, KeyMaterial, Settings};
+    use scim_operator::operator::crd::ScimTenant;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut tenant: ScimTenant =
+        serde_yaml::from_str(&text).map_err(|e| format!("{} is not a ScimTenant: {e}", file.display()))?;
+    if tenant.metadata.namespace.is_none() {
+        tenant.metadata.namespace = Some("default".into());
+    }
+    // Owner references need a uid; the API server assigns the real one.
+    tenant.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    let keys: Vec<KeyMaterial> = tenant
+        .spec
+        .keys
+        .iter()
+        .map(|k| KeyMaterial {
+            name: k.name.clone(),
+            token: format!("placeholder-{}", k.name),
+            created_at: "1970-01-01T00:00:00Z".into(),
+            expires_at: None,
+            expired: false,
+        })
+        .collect();
+    let cred = CredentialRef {
+        secret_name: build::credential_secret_name(&tenant),
+        key: "key.json".into(),
+        is_key_file: true,
+    };
+    let settings = Settings { image, zitadel_url, zitadel_instance_host: None };
+    let d = build::build(&tenant, &settings, &keys, &cred);
+    let mut docs: Vec<String> = Vec::new();
+    let mut push = |v: Result<String, serde_yaml::Error>| v.map(|y| docs.push(y)).map_err(|e| e.to_string());
+    for s in &d.key_secrets {
+        push(serde_yaml::to_string(&with_kind(s, "v1", "Secret")))?;
+    }
+    push(serde_yaml::to_string(&with_kind(&d.hash_secret, "v1", "Secret")))?;
+    push(serde_yaml::to_string(&with_kind(&d.config, "v1", "ConfigMap")))?;
+    push(serde_yaml::to_string(&with_kind(&d.pvc, "v1", "PersistentVolumeClaim")))?;
+    push(serde_yaml::to_string(&with_kind(&d.deployment, "apps/v1", "Deployment")))?;
+    push(serde_yaml::to_string(&with_kind(&d.service, "v1", "Service")))?;
+    if let Some(i) = &d.ingress {
+        push(serde_yaml::to_string(&with_kind(i, "networking.k8s.io/v1", "Ingress")))?;
+    }
+    print!("---\n{}", docs.join("---\n"));
+    Ok(())
+}
+
+fn with_kind<T: serde::Serialize>(obj: &T, api_version: &str, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("apiVersion".into(), api_version.into());
+        o.insert("kind".into(), kind.into());
+    }
+    v
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -149,6 +219,8 @@ fn main() -> ExitCode {
             serve(args)
         }
         Command::Preflight { config, users, json } => preflight(&config, &users, json),
+        Command::Crd => scim_operator::operator::crd::crd_yaml().map(|y| print!("{y}")).map_err(|e| e.to_string()),
+        Command::Render { file, image, zitadel_url } => render(&file, image, zitadel_url),
         Command::Key { command: KeyCommand::Generate { name } } => {
             let token = auth::generate_token();
             println!("Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}");

@@ -1,0 +1,5 @@
+//! The Kubernetes operator: the `ScimTenant` resource, pure builders of its
+//! children, and the status it reports.
+
+pub mod build;
+pub mod crd;

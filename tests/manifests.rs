@@ -1,0 +1,68 @@
+//! Generated and packaged manifests stay in step with the code: `crds/`
+//! equals `scim-operator crd`, the chart's CRD equals `crds/`, kustomize
+//! renders, and the sample renders to the objects the controller applies.
+
+use std::process::Command;
+
+fn bin(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_scim-operator")).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn crds_dir_matches_the_generated_crd() {
+    let generated = bin(&["crd"]);
+    assert_eq!(
+        read("crds/scimtenants.scim.unique.app.yaml"),
+        generated,
+        "crds/ is stale: run `make crds` (scim-operator crd > crds/scimtenants.scim.unique.app.yaml)"
+    );
+    assert_eq!(
+        read("charts/scim-operator/crds/scimtenants.scim.unique.app.yaml"),
+        generated,
+        "the chart's CRD is stale: run `make crds`"
+    );
+}
+
+#[test]
+fn kustomize_renders_offline() {
+    for dir in ["config/default", "config/samples"] {
+        let out = Command::new("kubectl")
+            .args(["kustomize", &format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"))])
+            .output()
+            .expect("kubectl is needed for this test (kubectl kustomize works offline)");
+        assert!(out.status.success(), "{dir}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn the_sample_renders_every_child() {
+    let y = bin(&["render", "-f", &format!("{}/config/samples/scimtenant.yaml", env!("CARGO_MANIFEST_DIR"))]);
+    let docs: Vec<serde_yaml::Value> = y
+        .split("\n---\n")
+        .map(|d| d.trim_start_matches("---\n"))
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<(&str, &str)> =
+        docs.iter().map(|d| (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Secret", "acme-scim-key-entra"),
+            ("Secret", "acme-scim-keys"),
+            ("ConfigMap", "acme-scim-config"),
+            ("PersistentVolumeClaim", "acme-scim-data"),
+            ("Deployment", "acme-scim"),
+            ("Service", "acme-scim"),
+            ("Ingress", "acme-scim"),
+        ]
+    );
+    assert!(y.contains("https://scim.acme.example.com/scim/v2"));
+}
