@@ -120,8 +120,7 @@ fuzz_target!(|data: &[u8]| {
             for (doc_kind, doc) in DOCS.iter() {
                 let m = filter.matches(doc);
                 let _ = filter.matches_element(doc);
-                if m
-                    && *doc_kind == kind
+                if m && *doc_kind == kind
                     && doc.get("meta").is_some()
                     && let Some(h) = &hint
                 {
