@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use scim_operator::config::ServeConfig;
+use scim_operator::config::{DurabilityConfig, ServeConfig};
 use scim_operator::server::{self, Settings, auth};
 
 #[derive(Parser)]
@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Externally visible SCIM base URL, e.g. https://scim.example.com/scim/v2.
     #[arg(long)]
     public_url: Option<String>,
+    /// full: fsync before acknowledging (default); process: survives kill -9, not power loss.
+    #[arg(long, value_parser = ["full", "process"])]
+    durability: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +115,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.public_url.is_some() {
         config.public_url = args.public_url;
+    }
+    match args.durability.as_deref() {
+        Some("full") => config.durability = Some(DurabilityConfig::Full),
+        Some("process") => config.durability = Some(DurabilityConfig::Process),
+        _ => {}
     }
     config.validate().map_err(|e| e.to_string())?;
     let settings = Settings::from_config(config, std::env::var("SCIM_TOKEN").ok());

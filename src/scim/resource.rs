@@ -410,6 +410,29 @@ fn retain_subs(value: &mut Value, keep: impl Fn(&str) -> bool) {
     }
 }
 
+/// The fast path of a read: the stored text with `groups` and
+/// `meta.location` spliced in, without parsing it. Stored documents are built
+/// by `build_document`, so `meta` is their last member and its object closes
+/// the document; anything else gets `None` and the caller parses.
+pub fn splice_response(text: &str, groups: Option<&Value>, location: &str) -> Option<String> {
+    let body = text.strip_suffix("}}")?;
+    // `"` inside string values is escaped, so this sequence only occurs as
+    // the top-level key (no other object holds a "meta" member).
+    let meta_at = body.rfind(",\"meta\":{")?;
+    let loc = serde_json::to_string(location).ok()?;
+    let mut out = String::with_capacity(text.len() + loc.len() + 64);
+    out.push_str(&body[..meta_at]);
+    if let Some(g) = groups {
+        out.push_str(",\"groups\":");
+        out.push_str(&serde_json::to_string(g).ok()?);
+    }
+    out.push_str(&body[meta_at..]);
+    out.push_str(",\"location\":");
+    out.push_str(&loc);
+    out.push_str("}}");
+    Some(out)
+}
+
 /// Adds `meta.location` for a response.
 pub fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Value {
     let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -502,6 +525,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a["members"], json!([{"value": "u1"}]));
+    }
+
+    #[test]
+    fn spliced_reads_equal_parsed_reads() {
+        let doc = build_document(
+            ResourceKind::User,
+            "id-1",
+            normalize(ResourceKind::User, &entra_create()).unwrap(),
+            "t",
+            "t",
+            3,
+        );
+        let text = serde_json::to_string(&doc).unwrap();
+        let groups = json!([{"value": "g1", "display": "Sales \"EMEA\""}]);
+        let fast: Value =
+            serde_json::from_str(&splice_response(&text, Some(&groups), "http://x/Users/id-1").unwrap()).unwrap();
+        let mut slow = doc.clone();
+        let meta = slow.as_object_mut().unwrap().shift_remove("meta").unwrap();
+        slow["groups"] = groups;
+        slow["meta"] = meta;
+        slow["meta"]["location"] = json!("http://x/Users/id-1");
+        assert_eq!(fast, slow);
+        assert_eq!(fast.as_object().unwrap().keys().last().unwrap(), "meta");
+        assert!(splice_response("{\"a\":1}", None, "l").is_none());
     }
 
     #[test]

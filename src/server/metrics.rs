@@ -11,15 +11,15 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub resource: String,
-    pub method: String,
-    pub status: String,
+    pub resource: &'static str,
+    pub method: &'static str,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
-    pub resource: String,
-    pub method: String,
+    pub resource: &'static str,
+    pub method: &'static str,
 }
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
@@ -65,17 +65,10 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, resource: &str, method: &str, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                resource: resource.to_string(),
-                method: method.to_string(),
-                status: status.to_string(),
-            })
-            .inc();
-        self.latency
-            .get_or_create(&LatencyLabels { resource: resource.to_string(), method: method.to_string() })
-            .observe(seconds);
+    /// Labels are static strings so the hot path allocates nothing.
+    pub fn record(&self, resource: &'static str, method: &'static str, status: u16, seconds: f64) {
+        self.requests.get_or_create(&RequestLabels { resource, method, status }).inc();
+        self.latency.get_or_create(&LatencyLabels { resource, method }).observe(seconds);
         self.total.fetch_add(1, Ordering::Relaxed);
         if status >= 400 {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -103,6 +96,20 @@ impl Metrics {
         out.push_str(extra);
         out.push_str("# EOF\n");
         out
+    }
+}
+
+/// The method label; anything unusual is "other", so a client cannot grow the
+/// label set.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    match *m {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        _ => "other",
     }
 }
 

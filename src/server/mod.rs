@@ -136,11 +136,11 @@ async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) 
 
 async fn record_metrics(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = metrics::method_label(req.method());
     let resource = metrics::resource_of(req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    st.metrics.record(resource, &method, status, started.elapsed().as_secs_f64());
+    st.metrics.record(resource, method, status, started.elapsed().as_secs_f64());
     tracing::debug!(%method, resource, status, "scim request");
     resp
 }

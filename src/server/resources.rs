@@ -297,7 +297,40 @@ pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResul
     st.resource_response(kind, StatusCode::CREATED, &rec, &q).await
 }
 
+/// GET of one resource with no projection: the stored text with `groups`
+/// and `location` spliced in. `None` when the slow path must answer.
+async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, projected: bool) -> ApiResult<Option<Response>> {
+    if projected {
+        return Ok(None);
+    }
+    let Some((version, text)) = st.store.get_text(kind, id).await.map_err(|e| e.into_scim())? else {
+        return Err(ScimError::not_found(format!("{} {id} not found", kind.name())).into());
+    };
+    let groups = if kind == ResourceKind::User {
+        let g = st.store.groups_of(id).await.map_err(|e| e.into_scim())?;
+        (!g.is_empty()).then(|| {
+            Value::Array(
+                g.into_iter()
+                    .map(|(gid, name)| json!({"value": gid, "$ref": format!("{}/Groups/{gid}", st.base_url), "display": name, "type": "direct"}))
+                    .collect(),
+            )
+        })
+    } else {
+        None
+    };
+    let location = format!("{}{}/{id}", st.base_url, kind.endpoint());
+    let Some(body) = crate::scim::resource::splice_response(&text, groups.as_ref(), &location) else { return Ok(None) };
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(super::http::SCIM_CONTENT_TYPE));
+    Ok(Some(with_etag(resp, version)))
+}
+
 pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+    let projected =
+        req.uri().query().is_some_and(|q| q.contains("ttributes")) || req.headers().contains_key(header::IF_NONE_MATCH);
+    if let Some(resp) = get_fast(st, kind, id, projected).await? {
+        return Ok(resp);
+    }
     let rec = st
         .store
         .get(kind, id)

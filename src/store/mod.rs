@@ -158,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError>;
 
+    /// The stored document as compact JSON text with its version, for reads
+    /// that return it unchanged (no parse, no copy of the tree).
+    async fn get_text(&self, kind: ResourceKind, id: &str) -> Result<Option<(u64, Arc<str>)>, StoreError>;
+
     /// Reads the current record and applies `mutate` atomically (no other write
     /// to the same resource in between). 404 if missing. The same uniqueness
     /// and membership rules as `create` apply to the new document.

@@ -1332,6 +1332,10 @@ impl Store for SqliteStore {
         Ok(self.state.read().projection.get(id).cloned())
     }
 
+    async fn get_text(&self, kind: ResourceKind, id: &str) -> Result<Option<(u64, Arc<str>)>, StoreError> {
+        Ok(self.state.read().kind(kind).get(id).map(|e| (e.doc.version, Arc::clone(&e.doc.text))))
+    }
+
     async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError> {
         let doc = self.state.read().kind(kind).get(id).map(|e| e.doc.clone());
         doc.as_ref().map(Doc::record).transpose()
