@@ -547,7 +547,7 @@ mod tests {
         slow["meta"] = meta;
         slow["meta"]["location"] = json!("http://x/Users/id-1");
         assert_eq!(fast, slow);
-        assert_eq!(fast.as_object().unwrap().keys().last().unwrap(), "meta");
+        assert_eq!(fast.as_object().unwrap().keys().next_back().unwrap(), "meta");
         assert!(splice_response("{\"a\":1}", None, "l").is_none());
     }
 
