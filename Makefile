@@ -55,11 +55,17 @@ contract: $(VENV)/.stamp
 	$(CARGO) build --locked --example zitadel_fake
 	$(VPY) tests/contract/zitadel_sdk_contract.py target/debug/examples/zitadel_fake
 
-## Throughput and latency vs the Python peer and a bare axum handler -> BENCHMARKS.md.
+## Throughput and latency vs the Python peer and a bare axum handler, then the same with
+## --durability process, then an Entra cycle projected into the ZITADEL fake -> BENCHMARKS.md.
 bench: $(VENV)/.stamp
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(CARGO) build --release --locked --bin scim-operator --example bare_handler
-	$(VPY) bench/run_bench.py --ours $(BIN) --bare target/release/examples/bare_handler
+	$(CARGO) build --release --locked --bin scim-operator --example bare_handler --example projection_bench
+	$(VPY) bench/run_bench.py --ours $(BIN) --bare target/release/examples/bare_handler --out BENCHMARKS.md
+	BENCH_OURS_ARGS="--durability process" $(VPY) bench/run_bench.py --ours $(BIN) \
+		--bare target/release/examples/bare_handler --out target/bench-process.md
+	{ printf '\n## The same run with `serve --durability process` (survives kill -9, not power loss)\n'; \
+	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
+	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
 
 ## An initial Entra cycle (10k users, 200 groups) projected into the ZITADEL fake; prints Markdown.
 bench-projection:
