@@ -215,7 +215,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "Command: `target/release/examples/projection_bench --server {}` (part of `make bench`), {} UTC, on the machine above.\n",
         a.server,
-        time::OffsetDateTime::now_utc().format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]")).unwrap_or_default()
+        time::OffsetDateTime::now_utc()
+            .format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]"))
+            .unwrap_or_default()
     );
     println!(
         "{} users, {} groups, {} memberships ({} per PATCH), {} of the groups mapped to a role; ZITADEL fake with {} ms latency per call; {} concurrent SCIM connections; rate limiter raised out of the way (`maxRequestsPerSecond: 100000`).\n",
