@@ -37,27 +37,35 @@ fn with_etag(mut resp: Response, version: u64) -> Response {
 }
 
 impl AppState {
-    /// A stored record as a client sees it: `groups` for users, `location`,
-    /// and the requested projection.
-    async fn render(&self, kind: ResourceKind, rec: &Record, projection: &Projection) -> ApiResult<Value> {
-        let mut doc = (*rec.doc).clone();
-        if kind == ResourceKind::User && !projection.excludes_top("groups") {
-            let groups = self.store.groups_of(&rec.id).await.map_err(|e| e.into_scim())?;
-            if !groups.is_empty() {
-                let list: Vec<Value> = groups
+    /// A user's computed `groups` attribute, `None` when it is in no group.
+    async fn groups_attribute(&self, user_id: &str) -> ApiResult<Option<Value>> {
+        let groups = self.store.groups_of(user_id).await.map_err(|e| e.into_scim())?;
+        Ok((!groups.is_empty()).then(|| {
+            Value::Array(
+                groups
                     .into_iter()
                     .map(|(id, name)| {
                         json!({"value": id, "$ref": format!("{}/Groups/{id}", self.base_url), "display": name, "type": "direct"})
                     })
-                    .collect();
-                if let Value::Object(o) = &mut doc {
-                    // Before meta, where a reader expects attributes.
-                    let meta = o.shift_remove("meta");
-                    o.insert("groups".into(), Value::Array(list));
-                    if let Some(m) = meta {
-                        o.insert("meta".into(), m);
-                    }
-                }
+                    .collect(),
+            )
+        }))
+    }
+
+    /// A stored record as a client sees it: `groups` for users, `location`,
+    /// and the requested projection.
+    async fn render(&self, kind: ResourceKind, rec: &Record, projection: &Projection) -> ApiResult<Value> {
+        let mut doc = (*rec.doc).clone();
+        if kind == ResourceKind::User
+            && !projection.excludes_top("groups")
+            && let Some(list) = self.groups_attribute(&rec.id).await?
+            && let Value::Object(o) = &mut doc
+        {
+            // Before meta, where a reader expects attributes.
+            let meta = o.shift_remove("meta");
+            o.insert("groups".into(), list);
+            if let Some(m) = meta {
+                o.insert("meta".into(), m);
             }
         }
         let doc = with_location(doc, &self.base_url, kind);
@@ -306,18 +314,7 @@ async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, projected: bool) 
     let Some((version, text)) = st.store.get_text(kind, id).await.map_err(|e| e.into_scim())? else {
         return Err(ScimError::not_found(format!("{} {id} not found", kind.name())).into());
     };
-    let groups = if kind == ResourceKind::User {
-        let g = st.store.groups_of(id).await.map_err(|e| e.into_scim())?;
-        (!g.is_empty()).then(|| {
-            Value::Array(
-                g.into_iter()
-                    .map(|(gid, name)| json!({"value": gid, "$ref": format!("{}/Groups/{gid}", st.base_url), "display": name, "type": "direct"}))
-                    .collect(),
-            )
-        })
-    } else {
-        None
-    };
+    let groups = if kind == ResourceKind::User { st.groups_attribute(id).await? } else { None };
     let location = format!("{}{}/{id}", st.base_url, kind.endpoint());
     let Some(body) = crate::scim::resource::splice_response(&text, groups.as_ref(), &location) else { return Ok(None) };
     let mut resp = Response::new(Body::from(body));
