@@ -338,3 +338,26 @@ async fn jwt_profile_auth_against_the_token_endpoint() {
     assert_eq!(fake.users().iter().filter(|u| !u.is_machine).count(), 3);
     assert_eq!(fake.tokens_issued(), 1, "the access token is cached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_and_failing_calls_are_retried_from_the_outbox() {
+    let fake = ZitadelFake::start().await;
+    seed(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&pat_config(dir.path(), &fake), None);
+    let c = server.client();
+    assert!(wait_until(Duration::from_secs(10), || async { server.admin_get("/readyz").await.0 == 200 }).await);
+    fake.rate_limit_next(1, 1);
+    let r = c.post("/Users", &entra_user("ivy@contoso.com", "i-1")).await;
+    assert_eq!(r.status, 201, "a 429 does not fail the request: {}", r.text);
+    fake.fail_next(1, 500);
+    let r2 = c.post("/Users", &entra_user("jack@contoso.com", "j-1")).await;
+    assert_eq!(r2.status, 201, "a 500 does not fail the request: {}", r2.text);
+    assert!(drained(&server).await);
+    for id in [&r.body["id"], &r2.body["id"]] {
+        let id = id.as_str().unwrap();
+        assert!(fake.user(id).is_some());
+        assert_eq!(roles_of(&fake, id), ["Chat.User"]);
+    }
+    assert_eq!(fake.users().iter().filter(|u| !u.is_machine).count(), 2, "no duplicates");
+}

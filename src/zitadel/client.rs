@@ -624,3 +624,23 @@ impl Client {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_spaces_requests_and_holds_them_after_a_429() {
+        let limiter = RateLimiter::new(10.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+        }
+        // The first starts at once, each next one 100 ms later.
+        assert!(start.elapsed() >= Duration::from_millis(390), "{:?}", start.elapsed());
+        limiter.pause(Duration::from_secs(3));
+        let before = tokio::time::Instant::now();
+        limiter.acquire().await;
+        assert!(before.elapsed() >= Duration::from_millis(2900), "Retry-After is honoured: {:?}", before.elapsed());
+    }
+}
