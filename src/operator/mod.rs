@@ -3,3 +3,5 @@
 
 pub mod build;
 pub mod crd;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,197 @@
+//! Status computation, pure: what the reconcile observed in, conditions out.
+//! kstatus semantics (`Ready`, `Reconciling`, `Stalled`) for Flux, Argo CD and
+//! `kubectl wait`, plus four detail conditions. `lastTransitionTime` moves only
+//! when a condition's status flips, so an unchanged world writes nothing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// One detail condition's observed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Ok {
+        reason: &'static str,
+        message: String,
+    },
+    /// Still converging: retried with backoff.
+    Pending {
+        reason: &'static str,
+        message: String,
+    },
+    /// Needs a human: not retried hot.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+    Unknown {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub generation: i64,
+    pub suspended: bool,
+    /// Problems from `validate`.
+    pub invalid: Option<String>,
+    pub keys: Check,
+    pub zitadel: Check,
+    pub server: Check,
+    pub provisioning: Check,
+}
+
+fn cond(t: &str, status: &str, reason: &str, message: &str, generation: i64, now: &Time) -> Condition {
+    Condition {
+        type_: t.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: Some(generation),
+        last_transition_time: now.clone(),
+    }
+}
+
+fn detail(t: &str, c: &Check, generation: i64, now: &Time) -> Condition {
+    match c {
+        Check::Ok { reason, message } => cond(t, "True", reason, message, generation, now),
+        Check::Pending { reason, message } | Check::Failed { reason, message } => {
+            cond(t, "False", reason, message, generation, now)
+        }
+        Check::Unknown { reason, message } => cond(t, "Unknown", reason, message, generation, now),
+    }
+}
+
+/// The conditions for `obs`, keeping each previous `lastTransitionTime` whose
+/// status did not change.
+pub fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Condition> {
+    let g = obs.generation;
+    let details = [
+        ("KeysReady", &obs.keys),
+        ("ZitadelBound", &obs.zitadel),
+        ("ServerAvailable", &obs.server),
+        ("ProvisioningHealthy", &obs.provisioning),
+    ];
+    let stalled = obs.invalid.as_ref().map(|m| ("InvalidSpec", m.clone())).or_else(|| {
+        details.iter().find_map(|(_, c)| match c {
+            Check::Failed { reason, message } => Some((*reason, message.clone())),
+            _ => None,
+        })
+    });
+    // Provisioning health informs, but does not gate readiness: a backlog is
+    // drained by the server itself.
+    let blocking = details[..3].iter().find_map(|(t, c)| match c {
+        Check::Ok { .. } => None,
+        Check::Pending { reason, message } | Check::Unknown { reason, message } => Some((*t, *reason, message.clone())),
+        Check::Failed { reason, message } => Some((*t, *reason, message.clone())),
+    });
+    let mut out = Vec::new();
+    let (ready, reconciling) = if obs.suspended {
+        (
+            cond("Ready", "False", "Suspended", "spec.suspend is true: nothing is reconciled", g, now),
+            cond("Reconciling", "False", "Suspended", "", g, now),
+        )
+    } else if let Some((reason, message)) = &stalled {
+        (cond("Ready", "False", reason, message, g, now), cond("Reconciling", "False", reason, "", g, now))
+    } else if let Some((t, reason, message)) = &blocking {
+        (
+            cond("Ready", "False", reason, &format!("{t}: {message}"), g, now),
+            cond("Reconciling", "True", reason, message, g, now),
+        )
+    } else {
+        (
+            cond("Ready", "True", "Ready", "keys, ZITADEL bindings and the SCIM server are ready", g, now),
+            cond("Reconciling", "False", "Ready", "", g, now),
+        )
+    };
+    out.push(ready);
+    out.push(reconciling);
+    out.push(match &stalled {
+        Some((reason, message)) => cond("Stalled", "True", reason, message, g, now),
+        None => cond("Stalled", "False", "Progressing", "", g, now),
+    });
+    for (t, c) in details {
+        out.push(detail(t, c, g, now));
+    }
+    for c in &mut out {
+        if let Some(p) = prev.iter().find(|p| p.type_ == c.type_)
+            && p.status == c.status
+        {
+            c.last_transition_time = p.last_transition_time.clone();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn ok(r: &'static str) -> Check {
+        Check::Ok { reason: r, message: String::new() }
+    }
+
+    fn all_ok() -> Observed {
+        Observed {
+            generation: 3,
+            suspended: false,
+            invalid: None,
+            keys: ok("KeysIssued"),
+            zitadel: ok("Bound"),
+            server: ok("Available"),
+            provisioning: ok("Healthy"),
+        }
+    }
+
+    fn get<'a>(c: &'a [Condition], ty: &str) -> &'a Condition {
+        c.iter().find(|x| x.type_ == ty).unwrap()
+    }
+
+    #[test]
+    fn ready_when_everything_is_and_transitions_only_move_on_flips() {
+        let c1 = conditions(&[], &all_ok(), &t(100));
+        assert_eq!(get(&c1, "Ready").status, "True");
+        assert_eq!(get(&c1, "Reconciling").status, "False");
+        assert_eq!(get(&c1, "Stalled").status, "False");
+        assert!(c1.iter().all(|c| c.observed_generation == Some(3)));
+        let c2 = conditions(&c1, &all_ok(), &t(200));
+        assert_eq!(c1, c2, "an unchanged world computes the same status");
+        let mut down = all_ok();
+        down.server = Check::Pending { reason: "MinimumReplicasUnavailable", message: "0/1 ready".into() };
+        let c3 = conditions(&c2, &down, &t(300));
+        assert_eq!(get(&c3, "Ready").status, "False");
+        assert_eq!(get(&c3, "Ready").last_transition_time, t(300));
+        assert_eq!(get(&c3, "Reconciling").status, "True");
+        assert_eq!(get(&c3, "KeysReady").last_transition_time, t(100));
+    }
+
+    #[test]
+    fn stalled_for_invalid_specs_and_rejected_credentials() {
+        let mut o = all_ok();
+        o.invalid = Some("spec.keys[0]: used twice".into());
+        let c = conditions(&[], &o, &t(1));
+        assert_eq!((get(&c, "Stalled").status.as_str(), get(&c, "Stalled").reason.as_str()), ("True", "InvalidSpec"));
+        assert_eq!(get(&c, "Reconciling").status, "False");
+        let mut o = all_ok();
+        o.zitadel =
+            Check::Failed { reason: "ZitadelUnauthorized", message: "the admin credential was rejected".into() };
+        let c = conditions(&[], &o, &t(1));
+        assert_eq!(get(&c, "Stalled").reason, "ZitadelUnauthorized");
+        assert_eq!(get(&c, "Ready").status, "False");
+    }
+
+    #[test]
+    fn provisioning_backlog_does_not_gate_ready_and_suspend_does() {
+        let mut o = all_ok();
+        o.provisioning = Check::Pending { reason: "ProjectionBacklog", message: "12 pending".into() };
+        let c = conditions(&[], &o, &t(1));
+        assert_eq!(get(&c, "Ready").status, "True");
+        assert_eq!(get(&c, "ProvisioningHealthy").status, "False");
+        let mut o = all_ok();
+        o.suspended = true;
+        assert_eq!(get(&conditions(&[], &o, &t(1)), "Ready").reason, "Suspended");
+    }
+}

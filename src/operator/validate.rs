@@ -1,0 +1,119 @@
+//! Spec validation the CRD's CEL rules cannot express. A failure is reported
+//! as `Stalled` with reason `InvalidSpec` and is not retried until the spec
+//! changes.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::crd::ScimTenantSpec;
+
+/// Parses `8760h`, `30m`, `90s`, `7d`, or combinations such as `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut saw_unit = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        saw_unit = true;
+    }
+    (num.is_empty() && saw_unit && total > 0).then(|| Duration::from_secs(total))
+}
+
+/// Every problem, each naming the field and the fix.
+pub fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
+    let mut p = Vec::new();
+    let z = &spec.zitadel;
+    for (field, v) in [
+        ("spec.zitadel.organizationId", &z.organization_id),
+        ("spec.zitadel.projectId", &z.project_id),
+        ("spec.zitadel.projectOrganizationId", &z.project_organization_id),
+    ] {
+        if v.trim().is_empty() {
+            p.push(format!("{field} is empty: copy the id from the ZITADEL console"));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, k) in spec.keys.iter().enumerate() {
+        if !names.insert(k.name.as_str()) {
+            p.push(format!("spec.keys[{i}]: the key name '{}' is used twice", k.name));
+        }
+        if let Some(e) = &k.expires_after
+            && parse_duration(e).is_none()
+        {
+            p.push(format!("spec.keys[{i}].expiresAfter '{e}' is not a duration like 8760h, 30d or 1h30m"));
+        }
+    }
+    let mut groups = HashSet::new();
+    for (i, g) in z.group_roles.iter().enumerate() {
+        if g.group.trim().is_empty() || g.roles.is_empty() {
+            p.push(format!("spec.zitadel.groupRoles[{i}] needs a group name and at least one role"));
+        }
+        if !groups.insert(g.group.to_lowercase()) {
+            p.push(format!("spec.zitadel.groupRoles lists the group '{}' twice: merge the entries", g.group));
+        }
+    }
+    if let Some(r) = spec.server.as_ref().and_then(|s| s.replicas)
+        && r != 1
+        && r != 0
+    {
+        p.push(format!("spec.server.replicas is {r}: the embedded store serves one replica (0 pauses the server)"));
+    }
+    if let Some(su) = &z.service_user
+        && su.managed == Some(false)
+        && su.existing_secret_ref.is_none()
+    {
+        p.push("spec.zitadel.serviceUser: with managed: false, set existingSecretRef to a Secret holding a PAT or machine key".into());
+    }
+    if p.is_empty() { Ok(()) } else { Err(p) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::ScimTenant;
+
+    fn spec(extra: &str) -> ScimTenantSpec {
+        let t: ScimTenant = serde_yaml::from_str(&format!(
+            "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {{name: a}}\nspec:\n  zitadel: {{organizationId: o, projectId: p, projectOrganizationId: q}}\n{extra}"
+        ))
+        .unwrap();
+        t.spec
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("8760h"), Some(Duration::from_secs(8760 * 3600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(30 * 86_400)));
+        for bad in ["", "h", "10", "10x", "0h", "-1h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn valid_and_invalid_specs() {
+        assert!(validate(&spec("  keys: [{name: entra, expiresAfter: 8760h}]\n")).is_ok());
+        let e = validate(&spec("  keys: [{name: a}, {name: a, expiresAfter: soon}]\n  server: {replicas: 3}\n"))
+            .unwrap_err();
+        let all = e.join("\n");
+        assert!(all.contains("used twice"), "{all}");
+        assert!(all.contains("expiresAfter 'soon'"), "{all}");
+        assert!(all.contains("replicas is 3"), "{all}");
+        let mut s = spec("");
+        s.zitadel.organization_id.clear();
+        assert!(validate(&s).unwrap_err()[0].contains("organizationId is empty"));
+    }
+}
