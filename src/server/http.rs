@@ -111,7 +111,13 @@ impl QueryParams {
 /// `If-Match` (RFC 7232 §3.1): `*` or a list of entity tags; weak comparison,
 /// as our tags are weak.
 pub fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
-    let v = headers.get(header::IF_MATCH)?.to_str().ok()?;
+    etag_list(headers, header::IF_MATCH)
+}
+
+/// The entity tags of a conditional header (`If-Match`, `If-None-Match`),
+/// without their weak prefix.
+pub fn etag_list(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> {
+    let v = headers.get(name)?.to_str().ok()?;
     Some(v.split(',').map(|t| t.trim().trim_start_matches("W/").to_string()).collect())
 }
 

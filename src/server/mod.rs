@@ -266,16 +266,12 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
             return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": e.to_string()}))).into_response();
         }
     };
-    let last = st.metrics.last_request_ms().and_then(|ms| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .ok()
-            .map(crate::scim::resource::timestamp)
-    });
     let ms_to_time = |ms: u64| {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
             .ok()
             .map(crate::scim::resource::timestamp)
     };
+    let last = st.metrics.last_request_ms().and_then(|ms| u64::try_from(ms).ok()).and_then(ms_to_time);
     let (zitadel, projection) = match &st.projector {
         None => (serde_json::Value::Null, serde_json::Value::Null),
         Some(p) => {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::AppState;
-use super::http::{ApiResult, QueryParams, etag_matches, if_match, read_json, scim_json};
+use super::http::{ApiResult, QueryParams, etag_list, etag_matches, if_match, read_json, scim_json};
 use crate::scim::discovery::{self, MAX_PAGE_SIZE};
 use crate::scim::error::ScimError;
 use crate::scim::filter::{Filter, sort_key_cmp};
@@ -295,7 +295,9 @@ pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResul
         (Some(p), ResourceKind::Group) => {
             let side = p.group_side_effects(None, Some(&doc));
             let r = st.store.create_with(kind, doc, side.clone()).await;
-            p.after_group_write(&side);
+            if !side.enqueue.is_empty() {
+                p.wake_outbox();
+            }
             r
         }
         (None, _) => st.store.create(kind, doc).await,
@@ -334,11 +336,10 @@ pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> A
         .await
         .map_err(|e| e.into_scim())?
         .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.name())))?;
-    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let tags: Vec<String> = inm.split(',').map(|t| t.trim().trim_start_matches("W/").to_string()).collect();
-        if etag_matches(&tags, &etag(rec.version)) {
-            return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), rec.version));
-        }
+    if let Some(tags) = etag_list(req.headers(), header::IF_NONE_MATCH)
+        && etag_matches(&tags, &etag(rec.version))
+    {
+        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), rec.version));
     }
     let q = QueryParams::parse(req.uri().query());
     st.resource_response(kind, StatusCode::OK, &rec, &q).await

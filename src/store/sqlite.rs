@@ -34,7 +34,6 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, params};
 use serde_json::Value;
 use time::OffsetDateTime;
-use time::macros::format_description;
 use tokio::sync::oneshot;
 
 use super::{
@@ -754,10 +753,9 @@ fn external_id(doc: &Value) -> Option<String> {
     doc.get("externalId").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// RFC 3339 UTC with milliseconds, the format `meta` timestamps use.
+/// RFC 3339 UTC with milliseconds, as the SCIM layer writes `meta` timestamps.
 fn now_rfc3339() -> Option<String> {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    OffsetDateTime::now_utc().format(&format).ok()
+    Some(crate::scim::resource::timestamp(OffsetDateTime::now_utc()))
 }
 
 /// Keeps `meta` in step with a version the store assigned by itself.

@@ -355,12 +355,6 @@ impl Projector {
         SideEffects { enqueue: ids.into_iter().map(|id| (ResourceKind::User, id)).collect(), ..Default::default() }
     }
 
-    pub fn after_group_write(&self, side: &SideEffects) {
-        if !side.enqueue.is_empty() {
-            self.kick();
-        }
-    }
-
     /// Tells the outbox worker new entries are waiting.
     pub fn wake_outbox(&self) {
         self.kick();
@@ -538,12 +532,7 @@ impl Projector {
                 (z.username != d.username).then_some(d.username.as_str()),
                 (z.profile != profile).then_some(&profile),
                 (z.email != d.email).then_some(d.email.as_str()),
-                match (&z.phone, &d.phone) {
-                    (a, b) if a == b => None,
-                    (_, Some(p)) => Some(Some(p.as_str())),
-                    (Some(_), None) => Some(None),
-                    (None, None) => None,
-                },
+                phone_change(&z.phone, &d.phone),
             )
             .await?;
         let have = self.client.list_metadata(&d.id).await?;
@@ -555,24 +544,19 @@ impl Projector {
             self.client.add_idp_link(&d.id, &link).await?;
         }
         if z.active() != d.active {
-            if d.active {
-                self.client.reactivate_user(&d.id).await?;
-            } else {
-                self.client.deactivate_user(&d.id).await?;
-            }
+            self.set_active(&d.id, d.active).await?;
         }
         Ok(())
+    }
+
+    async fn set_active(&self, id: &str, active: bool) -> Result<(), ZitadelError> {
+        if active { self.client.reactivate_user(id).await } else { self.client.deactivate_user(id).await }
     }
 
     /// Sends only what changed since `prev` was projected.
     async fn update_changed(&self, prev: &DesiredUser, d: &DesiredUser) -> Result<(), ZitadelError> {
         let profile = d.profile();
-        let phone = match (&prev.phone, &d.phone) {
-            (a, b) if a == b => None,
-            (_, Some(p)) => Some(Some(p.as_str())),
-            (Some(_), None) => Some(None),
-            (None, None) => None,
-        };
+        let phone = phone_change(&prev.phone, &d.phone);
         if prev.username != d.username || prev.profile() != profile || prev.email != d.email || phone.is_some() {
             self.client
                 .update_human_user(
@@ -609,13 +593,19 @@ impl Projector {
             }
         }
         if prev.active != d.active {
-            if d.active {
-                self.client.reactivate_user(&d.id).await?;
-            } else {
-                self.client.deactivate_user(&d.id).await?;
-            }
+            self.set_active(&d.id, d.active).await?;
         }
         Ok(())
+    }
+}
+
+/// The phone argument of `update_human_user`: `None` leaves it, `Some(None)` removes it.
+fn phone_change<'a>(from: &Option<String>, to: &'a Option<String>) -> Option<Option<&'a str>> {
+    match (from, to) {
+        (a, b) if a == b => None,
+        (_, Some(p)) => Some(Some(p.as_str())),
+        (Some(_), None) => Some(None),
+        (None, None) => None,
     }
 }
 
