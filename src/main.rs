@@ -48,6 +48,8 @@ enum Command {
         #[arg(long, default_value = "https://zitadel.example.com")]
         zitadel_url: String,
     },
+    /// Run the ScimTenant controller (in the cluster, or against the current kubeconfig).
+    Controller(ControllerArgs),
     /// Manage SCIM bearer keys.
     Key {
         #[command(subcommand)]
@@ -78,6 +80,48 @@ struct ServeArgs {
     /// full: fsync before acknowledging (default); process: survives kill -9, not power loss.
     #[arg(long, value_parser = ["full", "process"])]
     durability: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// ZITADEL API base URL, e.g. https://id.example.com.
+    #[arg(long, env = "ZITADEL_URL")]
+    zitadel_url: String,
+    /// Instance host to send when the URL is an in-cluster address.
+    #[arg(long, env = "ZITADEL_INSTANCE_HOST")]
+    zitadel_instance_host: Option<String>,
+    /// The operator's ZITADEL admin credential: a PAT or a machine key JSON (needs IAM_OWNER).
+    #[arg(long, env = "ZITADEL_CREDENTIAL_FILE")]
+    zitadel_credential_file: PathBuf,
+    /// Image of the SCIM server pods (normally the operator's own).
+    #[arg(long, env = "SCIM_SERVER_IMAGE")]
+    server_image: String,
+    /// Namespaces to watch, comma-separated; empty: all.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    watch_namespaces: Vec<String>,
+    /// Address of /metrics /healthz /readyz.
+    #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    admin_listen: String,
+    /// Take a Lease before reconciling (for more than one replica).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "scim-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease and in events.
+    #[arg(long, env = "POD_NAME", default_value = "scim-operator")]
+    identity: String,
+    /// How often ZITADEL bindings are checked for drift, e.g. 10m.
+    #[arg(long, env = "RESYNC", default_value = "10m")]
+    resync: String,
+    /// Most ZITADEL requests per second from the operator (ZITADEL Cloud bans above 50).
+    #[arg(long, env = "ZITADEL_MAX_REQUESTS_PER_SECOND", default_value_t = 40.0)]
+    zitadel_max_requests_per_second: f64,
+    /// Where a tenant server's /status is read; {service}, {namespace} and {name} are filled in.
+    #[arg(long, env = "STATUS_URL_TEMPLATE", default_value = "http://{service}.{namespace}.svc:9090/status")]
+    status_url_template: String,
 }
 
 #[derive(Subcommand)]
@@ -221,6 +265,39 @@ fn with_kind<T: serde::Serialize>(obj: &T, api_version: &str, kind: &str) -> ser
     v
 }
 
+fn controller(a: ControllerArgs) -> Result<(), String> {
+    use scim_operator::operator::{build, controller::ControllerConfig, leader::LeaseConfig, run, validate};
+    let resync = validate::parse_duration(&a.resync)
+        .ok_or_else(|| format!("--resync '{}' is not a duration like 10m or 1h", a.resync))?;
+    if !(a.zitadel_url.starts_with("https://") || a.zitadel_url.starts_with("http://")) {
+        return Err(format!("--zitadel-url '{}' must start with https:// (or http:// in-cluster)", a.zitadel_url));
+    }
+    let settings = build::Settings {
+        image: a.server_image,
+        zitadel_url: a.zitadel_url,
+        zitadel_instance_host: a.zitadel_instance_host.filter(|h| !h.is_empty()),
+    };
+    let mut config = ControllerConfig::new(settings, a.zitadel_credential_file);
+    config.watch_namespaces =
+        a.watch_namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    config.resync = resync;
+    config.status_url_template = a.status_url_template;
+    config.instance = a.identity.clone();
+    if a.zitadel_max_requests_per_second.is_nan() || a.zitadel_max_requests_per_second <= 0.0 {
+        return Err("--zitadel-max-requests-per-second must be above 0".into());
+    }
+    config.zitadel_rate = Some(a.zitadel_max_requests_per_second);
+    let lease = a.leader_election.then(|| LeaseConfig {
+        name: a.lease_name,
+        namespace: a.lease_namespace,
+        identity: a.identity,
+        duration: std::time::Duration::from_secs(15),
+        renew_every: std::time::Duration::from_secs(5),
+    });
+    let rt = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(run::run(run::RunOptions { config, lease }, &a.admin_listen)).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -231,6 +308,10 @@ fn main() -> ExitCode {
         Command::Preflight { config, users, json } => preflight(&config, &users, json),
         Command::Crd => scim_operator::operator::crd::crd_yaml().map(|y| print!("{y}")).map_err(|e| e.to_string()),
         Command::Render { file, image, zitadel_url } => render(&file, image, zitadel_url),
+        Command::Controller(args) => {
+            init_tracing();
+            controller(args)
+        }
         Command::Key { command: KeyCommand::Generate { name } } => {
             let token = auth::generate_token();
             println!("Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}");

@@ -202,6 +202,16 @@ fn secret(t: &ScimTenant, name: String, component: &str, data: BTreeMap<String, 
     }
 }
 
+/// The managed service user's key file, which the server mounts.
+pub fn credential_secret(t: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: meta(t, credential_secret_name(t), "zitadel-credential"),
+        type_: Some("Opaque".into()),
+        data: Some(data.clone()),
+        ..Default::default()
+    }
+}
+
 pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
     let name = server_name(t);
     let server = t.spec.server.clone().unwrap_or_default();
@@ -235,7 +245,15 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
     };
     let storage = server.storage.clone().unwrap_or_default();
     let pvc = PersistentVolumeClaim {
-        metadata: meta(t, pvc_name(t), "data"),
+        // No owner reference: deleting the tenant must not delete the store.
+        metadata: ObjectMeta {
+            owner_references: None,
+            annotations: Some(BTreeMap::from([(
+                "scim.unique.app/retained".to_string(),
+                "kept when the ScimTenant is deleted; delete it yourself to drop the data".to_string(),
+            )])),
+            ..meta(t, pvc_name(t), "data")
+        },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.storage_class_name.filter(|s| !s.is_empty()),

@@ -134,6 +134,27 @@ impl Credential {
             _ => Err(ZitadelError::Credentials("set exactly one of patFile and keyFile".into())),
         }
     }
+
+    /// A credential from its text: a machine key JSON, or else a PAT.
+    pub fn parse(text: &str) -> Result<Self, ZitadelError> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(ZitadelError::Credentials("the credential is empty".into()));
+        }
+        if t.starts_with('{') {
+            Ok(Credential::Key(Box::new(JwtSigner::from_key_file(t)?)))
+        } else {
+            Ok(Credential::Pat(t.to_string()))
+        }
+    }
+
+    /// The user a machine key belongs to (a PAT does not say).
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Credential::Pat(_) => None,
+            Credential::Key(k) => Some(&k.user_id),
+        }
+    }
 }
 
 /// A cached access token.

@@ -170,19 +170,33 @@ impl Client {
         body: &Value,
     ) -> Result<T, ZitadelError> {
         let name = format!("{service}/{method}");
+        let url = format!("{}/{name}", self.base);
+        self.exchange(&name, || self.http.post(&url).header("content-type", "application/json").body(body.to_string()))
+            .await
+    }
+
+    /// `GET {path}` on a REST endpoint (the v1 APIs without a Connect form).
+    pub async fn get_rest<T: DeserializeOwned>(&self, path: &str) -> Result<T, ZitadelError> {
+        let url = format!("{}{path}", self.base);
+        self.exchange(path, || self.http.get(&url)).await
+    }
+
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, ZitadelError> {
         let mut retried_auth = false;
         loop {
             self.limiter.acquire().await;
             let token = self.bearer(retried_auth).await?;
             self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let resp = self
-                .with_host(self.http.post(format!("{}/{name}", self.base)))
+                .with_host(request())
                 .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(body.to_string())
                 .send()
                 .await
-                .map_err(|e| ZitadelError::Transport { method: name.clone(), reason: e.to_string() })?;
+                .map_err(|e| ZitadelError::Transport { method: name.to_string(), reason: e.to_string() })?;
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
@@ -193,13 +207,13 @@ impl Client {
             let bytes = resp
                 .bytes()
                 .await
-                .map_err(|e| ZitadelError::Transport { method: name.clone(), reason: e.to_string() })?;
+                .map_err(|e| ZitadelError::Transport { method: name.to_string(), reason: e.to_string() })?;
             if (200..300).contains(&status) {
                 let bytes = if bytes.is_empty() { &b"{}"[..] } else { &bytes[..] };
                 return serde_json::from_slice(bytes)
-                    .map_err(|e| ZitadelError::Decode { method: name.clone(), reason: e.to_string() });
+                    .map_err(|e| ZitadelError::Decode { method: name.to_string(), reason: e.to_string() });
             }
-            let err = parse_error_body(&name, status, &bytes, retry_after);
+            let err = parse_error_body(name, status, &bytes, retry_after);
             if status == 429 {
                 self.limiter.pause(retry_after.unwrap_or(Duration::from_secs(1)));
             }

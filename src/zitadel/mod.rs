@@ -1,5 +1,6 @@
 //! ZITADEL: the client, and the projector that mirrors the SCIM store into it.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;

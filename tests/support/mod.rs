@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod kube_fake;
 pub mod zitadel_fake;
 
 pub const TOKEN: &str = "test-token-7f3a9c";

@@ -54,6 +54,8 @@ const USER_SVC: &str = "zitadel.user.v2.UserService/";
 const AUTHZ_SVC: &str = "zitadel.authorization.v2.AuthorizationService/";
 const PERM_SVC: &str = "zitadel.internal_permission.v2.InternalPermissionService/";
 const ORG_SVC: &str = "zitadel.org.v2.OrganizationService/";
+/// v1, REST only: `GET /auth/v1/users/me` tells a credential's owner.
+const AUTH_SVC: &str = "zitadel.auth.v1.AuthService/";
 
 /// The RPCs the fake serves, with the permission each needs.
 fn rpc(name: &str) -> Option<(Handler, Perm)> {
@@ -94,6 +96,7 @@ fn rpc(name: &str) -> Option<(Handler, Perm)> {
         (PERM_SVC, "ListAdministrators") => (authz::list_administrators, MemberRead),
         (ORG_SVC, "ListOrganizations") => (authz::list_organizations, Read),
         (ORG_SVC, "ListOrganizationDomains") => (authz::list_organization_domains, Read),
+        (AUTH_SVC, "GetMyUser") => (users::get_my_user, Authenticated),
         _ => return None,
     })
 }
@@ -120,6 +123,7 @@ fn rest_route(method: &Method, path: &str, body: Value) -> Option<(String, Value
         ("POST", ["v2", "users", id, "reactivate"]) => (rpc("ReactivateUser"), json!({"userId": id}), 200),
         ("POST", ["v2", "users", id, "metadata"]) => (rpc("SetUserMetadata"), with(body, "userId", id), 200),
         ("POST", ["v2", "users", id, "links"]) => (rpc("AddIDPLink"), with(body, "userId", id), 200),
+        ("GET", ["auth", "v1", "users", "me"]) => (format!("{AUTH_SVC}GetMyUser"), json!({}), 200),
         _ => return None,
     })
 }
@@ -674,7 +678,7 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let rest_like = path.starts_with("/v2/");
+    let rest_like = path.starts_with("/v2/") || path.starts_with("/auth/v1/");
     if down {
         return unavailable().into_response(rest_like);
     }

@@ -452,6 +452,8 @@ pub enum Perm {
     Owner,
     /// `iam.member.read`: not in IAM_USER_MANAGER.
     MemberRead,
+    /// Any active user about itself.
+    Authenticated,
 }
 
 pub fn allowed(roles: &[String], perm: Perm) -> bool {
@@ -464,5 +466,6 @@ pub fn allowed(roles: &[String], perm: Perm) -> bool {
         Perm::MemberRead => has("IAM_OWNER_VIEWER"),
         Perm::UserWrite => has("IAM_USER_MANAGER"),
         Perm::Owner => false,
+        Perm::Authenticated => true,
     }
 }

@@ -406,6 +406,17 @@ pub fn get_user_by_id(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     Ok(json!({"details": u.details(), "user": u.to_json()}))
 }
 
+/// v1 `GET /auth/v1/users/me`: `{"user": {"id", "userName", "state", "details": {"resourceOwner"}}}`.
+pub fn get_my_user(s: &mut State, ctx: &Ctx, _: &Value) -> ApiResult {
+    let u = s.user(&ctx.caller).ok_or_else(user_not_found)?;
+    Ok(json!({"user": {
+        "id": u.id,
+        "userName": u.username,
+        "state": u.state.to_string(),
+        "details": {"resourceOwner": u.org},
+    }}))
+}
+
 // --- ListUsers -----------------------------------------------------------------------
 
 const MAX_NESTING: usize = 20;

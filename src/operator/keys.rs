@@ -1,0 +1,190 @@
+//! SCIM key planning, pure: the spec's key entries, the key Secrets found and
+//! the clock in; the key material to publish and what happened to it out.
+//! A token is generated only when its Secret is missing or a rotation was
+//! asked for, never by an ordinary reconcile.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::build::KeyMaterial;
+use super::crd::KeySpec;
+use super::validate::parse_duration;
+
+/// Warn this long before a key expires, or a quarter of its lifetime if shorter.
+const WARN_AHEAD: Duration = Duration::from_secs(14 * 86_400);
+
+/// A key as stored in its Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FoundKey {
+    pub token: String,
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for FoundKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FoundKey").field("created_at", &self.created_at).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyPlan {
+    /// One per spec entry, in spec order.
+    pub keys: Vec<KeyMaterial>,
+    /// Names of keys given a new token in this pass (missing Secret).
+    pub generated: Vec<String>,
+    /// The key replaced because of the rotate annotation.
+    pub rotated: Option<String>,
+    /// The rotate annotation named no key in the spec.
+    pub rotate_unknown: Option<String>,
+    pub expired: Vec<String>,
+    /// Keys that expire within the warning window: (name, expiresAt).
+    pub expiring: Vec<(String, String)>,
+    /// Key names whose Secrets exist but that left the spec.
+    pub removed: Vec<String>,
+    /// When the plan changes by itself (a key enters its warning window or expires).
+    pub next_change: Option<OffsetDateTime>,
+}
+
+impl KeyPlan {
+    pub fn valid_keys(&self) -> usize {
+        self.keys.iter().filter(|k| !k.expired).count()
+    }
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0).unwrap_or(t).format(&Rfc3339).unwrap_or_default()
+}
+
+pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+/// Plans the keys. `generate` makes a new token.
+pub fn plan(
+    spec: &[KeySpec],
+    found: &BTreeMap<String, FoundKey>,
+    rotate: Option<&str>,
+    now: OffsetDateTime,
+    mut generate: impl FnMut() -> String,
+) -> KeyPlan {
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    let mut p = KeyPlan::default();
+    let rotate = rotate.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(r) = rotate
+        && !spec.iter().any(|k| k.name == r)
+    {
+        p.rotate_unknown = Some(r.to_string());
+    }
+    let soonest = |t: OffsetDateTime, p: &mut KeyPlan| {
+        if t > now && p.next_change.is_none_or(|n| t < n) {
+            p.next_change = Some(t);
+        }
+    };
+    for k in spec {
+        let (token, created) = match found.get(&k.name) {
+            Some(f) if rotate != Some(k.name.as_str()) => (f.token.clone(), f.created_at),
+            Some(_) => {
+                p.rotated = Some(k.name.clone());
+                (generate(), now)
+            }
+            None => {
+                p.generated.push(k.name.clone());
+                (generate(), now)
+            }
+        };
+        let lifetime = k.expires_after.as_deref().and_then(parse_duration);
+        let expires = lifetime.map(|l| created + l);
+        let expired = expires.is_some_and(|e| e <= now);
+        if let (Some(e), Some(l)) = (expires, lifetime) {
+            let warn_at = e - WARN_AHEAD.min(l / 4);
+            if expired {
+                p.expired.push(k.name.clone());
+            } else if warn_at <= now {
+                p.expiring.push((k.name.clone(), rfc3339(e)));
+            }
+            soonest(warn_at, &mut p);
+            soonest(e, &mut p);
+        }
+        p.keys.push(KeyMaterial {
+            name: k.name.clone(),
+            token,
+            created_at: rfc3339(created),
+            expires_at: expires.map(rfc3339),
+            expired,
+        });
+    }
+    p.removed = found.keys().filter(|n| !spec.iter().any(|k| &k.name == *n)).cloned().collect();
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+    }
+
+    fn spec(entries: &[(&str, Option<&str>)]) -> Vec<KeySpec> {
+        entries.iter().map(|(n, e)| KeySpec { name: n.to_string(), expires_after: e.map(str::to_string) }).collect()
+    }
+
+    fn counter() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("token-{n}")
+        }
+    }
+
+    #[test]
+    fn generates_only_missing_keys_and_keeps_existing_ones() {
+        let found = BTreeMap::from([("entra".to_string(), FoundKey { token: "kept".into(), created_at: at(0) })]);
+        let p = plan(&spec(&[("entra", None), ("second", None)]), &found, None, at(10), counter());
+        assert_eq!(p.keys[0].token, "kept");
+        assert_eq!(p.keys[0].created_at, rfc3339(at(0)));
+        assert_eq!(p.keys[1].token, "token-1");
+        assert_eq!(p.generated, ["second"]);
+        assert_eq!(p.rotated, None);
+        let again = plan(&spec(&[("entra", None)]), &found, None, at(20), counter());
+        assert!(again.generated.is_empty(), "a reconcile never regenerates");
+    }
+
+    #[test]
+    fn rotation_replaces_only_the_named_key_and_unknown_names_are_reported() {
+        let found = BTreeMap::from([
+            ("a".to_string(), FoundKey { token: "old-a".into(), created_at: at(0) }),
+            ("b".to_string(), FoundKey { token: "old-b".into(), created_at: at(0) }),
+        ]);
+        let p = plan(&spec(&[("a", None), ("b", None)]), &found, Some("b"), at(50), counter());
+        assert_eq!((p.keys[0].token.as_str(), p.keys[1].token.as_str()), ("old-a", "token-1"));
+        assert_eq!(p.keys[1].created_at, rfc3339(at(50)));
+        assert_eq!(p.rotated.as_deref(), Some("b"));
+        let p = plan(&spec(&[("a", None)]), &found, Some("zz"), at(50), counter());
+        assert_eq!(p.rotate_unknown.as_deref(), Some("zz"));
+        assert_eq!(p.removed, ["b"], "b left the spec: its Secret goes");
+    }
+
+    #[test]
+    fn expiry_warns_ahead_then_drops_the_key() {
+        let found = BTreeMap::from([("k".to_string(), FoundKey { token: "t".into(), created_at: at(0) })]);
+        let s = spec(&[("k", Some("100d"))]);
+        let day = 86_400;
+        let fresh = plan(&s, &found, None, at(10 * day), counter());
+        assert!(fresh.expiring.is_empty() && fresh.expired.is_empty());
+        assert_eq!(fresh.next_change, Some(at(86 * day)), "the warning starts 14 days ahead");
+        let warn = plan(&s, &found, None, at(90 * day), counter());
+        assert_eq!(warn.expiring, [("k".to_string(), rfc3339(at(100 * day)))]);
+        assert_eq!(warn.next_change, Some(at(100 * day)));
+        let gone = plan(&s, &found, None, at(100 * day), counter());
+        assert_eq!(gone.expired, ["k"]);
+        assert!(gone.keys[0].expired);
+        assert_eq!(gone.valid_keys(), 0);
+        // Short-lived keys warn a quarter of their lifetime ahead.
+        let short = plan(&spec(&[("k", Some("4h"))]), &found, None, at(0), counter());
+        assert_eq!(short.next_change, Some(at(3 * 3600)));
+    }
+}

@@ -1,0 +1,142 @@
+//! The controller's own metrics and its admin endpoints (`/metrics`,
+//! `/healthz`, `/readyz`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabel {
+    ready: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabel, Counter>,
+    errors: Family<ReasonLabel, Counter>,
+    duration: Histogram,
+    tenants: Family<ReadyLabel, Gauge>,
+    leader: Gauge,
+    /// Each tenant's last `Ready` status, to count tenants by readiness.
+    readiness: Mutex<HashMap<String, &'static str>>,
+    /// Caches synced (or standing by without leadership).
+    pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("scim_operator");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let errors = Family::<ReasonLabel, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let tenants = Family::<ReadyLabel, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciles by reason", errors.clone());
+        registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
+        registry.register("tenants", "ScimTenants by Ready condition", tenants.clone());
+        registry.register("leader", "1 while this replica holds the lease", leader.clone());
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            tenants,
+            leader,
+            readiness: Mutex::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn reconciled(&self, ok: bool, seconds: f64) {
+        self.reconciles.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn failed(&self, reason: &str) {
+        self.errors.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    /// `ready` is the Ready condition's status ("True", "False", "Unknown"), or None once the tenant is gone.
+    pub fn set_readiness(&self, tenant: &str, ready: Option<&str>) {
+        let mut m = self.readiness.lock();
+        match ready {
+            Some("True") => m.insert(tenant.to_string(), "true"),
+            Some("False") => m.insert(tenant.to_string(), "false"),
+            Some(_) => m.insert(tenant.to_string(), "unknown"),
+            None => m.remove(tenant),
+        };
+        for state in ["true", "false", "unknown"] {
+            let n = m.values().filter(|v| **v == state).count();
+            self.tenants.get_or_create(&ReadyLabel { ready: state }).set(n as i64);
+        }
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    let m = metrics.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    if m.ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
+                    }
+                }
+            }),
+        )
+}

@@ -1,0 +1,95 @@
+//! Provisioning health: the SCIM server's `/status` (admin port) read at
+//! most once a minute per tenant, turned into `status.provisioning` and the
+//! `ProvisioningHealthy` condition.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::crd::ProvisioningStatus;
+use super::status::Check;
+
+/// Pending work older than this means the projection is stuck, not busy.
+const BACKLOG_AGE_SECS: i64 = 300;
+
+/// `http://{service}.{namespace}.svc:9090/status` with the placeholders filled.
+pub fn status_url(template: &str, service: &str, namespace: &str, name: &str) -> String {
+    template.replace("{service}", service).replace("{namespace}", namespace).replace("{name}", name)
+}
+
+/// The server's `/status` body → what the tenant's status shows.
+pub fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
+    let int = |p: &str| v.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let pending = int("/projection/pendingOperations");
+    let failing = int("/projection/failingOperations");
+    let oldest = v.pointer("/projection/oldestPendingAgeSeconds").and_then(Value::as_i64);
+    let last_error = text("/projection/lastError").or_else(|| text("/zitadel/lastError"));
+    let p = ProvisioningStatus {
+        users: int("/users"),
+        groups: int("/groups"),
+        last_request_time: text("/lastRequestTime"),
+        failed_requests: int("/failedRequests"),
+        pending_operations: pending,
+        oldest_pending_age: oldest,
+        last_error: last_error.clone(),
+    };
+    let check = if v.pointer("/zitadel/reachable").and_then(Value::as_bool) == Some(false) {
+        Check::Pending {
+            reason: "ZitadelUnreachableFromServer",
+            message: format!(
+                "the SCIM server cannot reach ZITADEL; {pending} operations wait: {}",
+                last_error.unwrap_or_default()
+            ),
+        }
+    } else if failing > 0 {
+        Check::Pending {
+            reason: "ProjectionFailing",
+            message: format!("{failing} operations failed and are retried: {}", last_error.unwrap_or_default()),
+        }
+    } else if oldest.is_some_and(|a| a > BACKLOG_AGE_SECS) {
+        Check::Pending {
+            reason: "ProjectionBacklog",
+            message: format!("{pending} operations pending, the oldest for {}s", oldest.unwrap_or_default()),
+        }
+    } else {
+        Check::Ok { reason: "Healthy", message: format!("{} users and {} groups provisioned", p.users, p.groups) }
+    };
+    (p, check)
+}
+
+/// Reads the server's `/status`.
+pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let resp = http.get(url).timeout(Duration::from_secs(3)).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| format!("{url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn healthy_backlog_and_failing() {
+        let ok = json!({"users": 10, "groups": 2, "failedRequests": 1, "lastRequestTime": "2026-11-28T10:00:00Z",
+            "zitadel": {"reachable": true}, "projection": {"pendingOperations": 0, "failingOperations": 0}});
+        let (p, c) = interpret(&ok);
+        assert_eq!((p.users, p.groups, p.failed_requests), (10, 2, 1));
+        assert!(matches!(c, Check::Ok { .. }));
+        let stuck = json!({"zitadel": {"reachable": true},
+            "projection": {"pendingOperations": 7, "failingOperations": 0, "oldestPendingAgeSeconds": 900}});
+        assert!(matches!(interpret(&stuck).1, Check::Pending { reason: "ProjectionBacklog", .. }));
+        let failing = json!({"zitadel": {"reachable": true, "lastError": "x"},
+            "projection": {"pendingOperations": 1, "failingOperations": 1, "lastError": "403 denied"}});
+        let (p, c) = interpret(&failing);
+        assert_eq!(p.last_error.as_deref(), Some("403 denied"));
+        assert!(matches!(c, Check::Pending { reason: "ProjectionFailing", .. }));
+        assert_eq!(
+            status_url("http://{service}.{namespace}.svc:9090/status", "a-scim", "t", "a"),
+            "http://a-scim.t.svc:9090/status"
+        );
+    }
+}
