@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build run test unit conformance contract lint fmt crds bench bench-projection fuzz venv clean
+.PHONY: all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator fuzz venv clean
 
 all: build
 
@@ -59,13 +59,19 @@ contract: $(VENV)/.stamp
 ## --durability process, then an Entra cycle projected into the ZITADEL fake -> BENCHMARKS.md.
 bench: $(VENV)/.stamp
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(CARGO) build --release --locked --bin scim-operator --example bare_handler --example projection_bench
+	$(CARGO) build --release --locked --bin scim-operator --example bare_handler --example projection_bench --example operator_bench
 	$(VPY) bench/run_bench.py --ours $(BIN) --bare target/release/examples/bare_handler --out BENCHMARKS.md
 	BENCH_OURS_ARGS="--durability process" $(VPY) bench/run_bench.py --ours $(BIN) \
 		--bare target/release/examples/bare_handler --out target/bench-process.md
 	{ printf '\n## The same run with `serve --durability process` (survives kill -9, not power loss)\n'; \
 	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
 	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
+	target/release/examples/operator_bench --bin $(BIN) >> BENCHMARKS.md
+
+## 1,000 ScimTenants reconciled by the controller against the fakes; prints Markdown.
+bench-operator:
+	$(CARGO) build --release --locked --bin scim-operator --example operator_bench
+	target/release/examples/operator_bench --bin $(BIN)
 
 ## An initial Entra cycle (10k users, 200 groups) projected into the ZITADEL fake; prints Markdown.
 bench-projection:

@@ -28,6 +28,8 @@ pub struct Bound {
     /// A new key file to store (managed users only); its old keys are removed
     /// once the Secret holds the new one.
     pub new_key: Option<NewMachineKey>,
+    /// Keys of the user that no Secret holds (revoked once the Secret is written).
+    pub stale_keys: Vec<String>,
     /// Notes for events: (reason, message).
     pub events: Vec<(&'static str, String)>,
 }
@@ -69,7 +71,8 @@ pub fn service_username(namespace: &str, name: &str) -> String {
 
 /// Ensures the managed machine user, its roles and a working key.
 /// `known_id` is the id from the last status; `stored_key` the key file in the
-/// credential Secret, if any.
+/// credential Secret, if any. A user created in this pass has no roles and no
+/// keys to read back, which keeps a new tenant at four calls.
 pub async fn ensure_managed(
     admin: &Client,
     org: &str,
@@ -84,10 +87,10 @@ pub async fn ensure_managed(
         Some(id) => admin.get_user(id).await?.filter(|u| u.organization_id == org && !u.is_human).map(|u| u.id),
         None => None,
     };
-    let user_id = match existing {
-        Some(id) => id,
+    let (user_id, created) = match existing {
+        Some(id) => (id, false),
         None => match admin.find_user_in_org(org, &username).await? {
-            Some(id) => id,
+            Some(id) => (id, false),
             None => {
                 let id = admin
                     .create_machine_user(
@@ -99,34 +102,40 @@ pub async fn ensure_managed(
                     .await?;
                 let why = if known_id.is_some() { "was missing and is created again" } else { "created" };
                 b.events.push(("ServiceUserCreated", format!("ZITADEL machine user {username} ({id}) {why}")));
-                id
+                (id, true)
             }
         },
     };
-    ensure_roles(admin, &user_id, &mut b).await?;
+    let roles = if created { None } else { admin.instance_roles(&user_id).await? };
+    ensure_roles(admin, &user_id, roles, &mut b).await?;
     let stored = stored_key.and_then(key_file_ids).filter(|(_, uid)| *uid == user_id);
-    let keys = admin.list_machine_keys(&user_id).await?;
+    let keys = if created { Vec::new() } else { admin.list_machine_keys(&user_id).await? };
     if stored.as_ref().is_none_or(|(kid, _)| !keys.contains(kid)) {
         let k = admin.add_machine_key(&user_id).await?;
         b.events.push(("ServiceUserKeyIssued", format!("new machine key {} for {username}", k.key_id)));
         b.new_key = Some(k);
+        b.stale_keys = keys;
+    } else if let Some((kid, _)) = &stored {
+        b.stale_keys = keys.into_iter().filter(|k| k != kid).collect();
     }
     b.user_id = user_id;
     Ok(b)
 }
 
-/// Removes every key of the user but `keep` (after the Secret holds `keep`).
-pub async fn prune_keys(admin: &Client, user_id: &str, keep: &str) -> Result<(), ZitadelError> {
-    for k in admin.list_machine_keys(user_id).await? {
-        if k != keep {
-            admin.remove_machine_key(user_id, &k).await?;
-        }
+/// Revokes keys no Secret holds any more.
+pub async fn revoke_keys(admin: &Client, user_id: &str, keys: &[String]) -> Result<(), ZitadelError> {
+    for k in keys {
+        admin.remove_machine_key(user_id, k).await?;
     }
     Ok(())
 }
 
-async fn ensure_roles(admin: &Client, user_id: &str, b: &mut Bound) -> Result<(), ZitadelError> {
-    let have = admin.instance_roles(user_id).await?;
+async fn ensure_roles(
+    admin: &Client,
+    user_id: &str,
+    have: Option<Vec<String>>,
+    b: &mut Bound,
+) -> Result<(), ZitadelError> {
     let held = have.clone().unwrap_or_default();
     if SERVICE_ROLES.iter().all(|r| held.iter().any(|h| h == r)) {
         return Ok(());
@@ -162,7 +171,9 @@ pub async fn ensure_existing(admin: &Client, admin_cfg: &ZitadelConfig, credenti
         Err(e) => return Err(classify(&e, "the service user's credential")),
     };
     let mut b = Bound { user_id: user_id.clone(), ..Default::default() };
-    ensure_roles(admin, &user_id, &mut b).await.map_err(|e| classify(&e, "the operator's admin credential"))?;
+    let admin_err = |e: ZitadelError| classify(&e, "the operator's admin credential");
+    let roles = admin.instance_roles(&user_id).await.map_err(admin_err)?;
+    ensure_roles(admin, &user_id, roles, &mut b).await.map_err(admin_err)?;
     Ok(b)
 }
 

@@ -149,8 +149,7 @@ impl Stores {
 /// What is remembered per tenant between passes.
 #[derive(Default)]
 struct Memo {
-    /// Last successful ZITADEL binding: when, for which generation and key.
-    bound: Option<(Instant, i64, Option<String>, String)>,
+    bound: Option<BoundMemo>,
     provisioning: Option<(Instant, Option<ProvisioningStatus>, Check)>,
     failures: u32,
     /// The tenant resourceVersion whose rotate annotation was acted on.
@@ -417,9 +416,38 @@ struct BindOutcome {
     check: Check,
     cred: CredentialRef,
     user_id: Option<String>,
-    /// A new managed key: its Secret and the key to keep afterwards.
-    new_key: Option<(Secret, String)>,
+    /// A new managed key's Secret.
+    new_key: Option<Secret>,
+    /// Machine keys to revoke once the credential Secret is written.
+    stale_keys: Vec<String>,
     events: Vec<(&'static str, String)>,
+}
+
+impl BindOutcome {
+    fn not_bound(check: Check, cred: CredentialRef, prev_id: Option<String>) -> Self {
+        BindOutcome { check, cred, user_id: prev_id, new_key: None, stale_keys: vec![], events: vec![] }
+    }
+
+    fn bound(cred: CredentialRef, user: String) -> Self {
+        BindOutcome {
+            check: bound_ok(&user),
+            cred,
+            user_id: Some(user),
+            new_key: None,
+            stale_keys: vec![],
+            events: vec![],
+        }
+    }
+}
+
+/// The last successful binding of a tenant.
+#[derive(Clone)]
+struct BoundMemo {
+    at: Instant,
+    generation: i64,
+    /// What the binding was made for: the managed key id, or the existing Secret's resourceVersion.
+    credential: Option<String>,
+    user_id: String,
 }
 
 async fn bind(t: &ScimTenant, ctx: &Context, uid: &str, generation: i64) -> Result<BindOutcome, Error> {
@@ -427,12 +455,15 @@ async fn bind(t: &ScimTenant, ctx: &Context, uid: &str, generation: i64) -> Resu
     let ns = t.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let prev_id = t.status.as_ref().and_then(|s| s.service_user_id.clone());
     let su = t.spec.zitadel.service_user.clone().unwrap_or_default();
-    let fresh = |stamp: Option<String>| {
-        sh.memo
-            .lock()
-            .get(uid)
-            .and_then(|m| m.bound.clone())
-            .filter(|(at, g, s, _)| at.elapsed() < sh.cfg.resync && *g == generation && *s == stamp)
+    let remembered = sh.memo.lock().get(uid).and_then(|m| m.bound.clone());
+    let fresh = |credential: &Option<String>| {
+        remembered
+            .clone()
+            .filter(|m| m.at.elapsed() < sh.cfg.resync && m.generation == generation && m.credential == *credential)
+    };
+    let remember = |credential: Option<String>, user_id: &str| {
+        sh.memo.lock().entry(uid.into()).or_default().bound =
+            Some(BoundMemo { at: Instant::now(), generation, credential, user_id: user_id.to_string() });
     };
     if let Some(r) = su.existing_secret_ref {
         let api: Api<Secret> = Api::namespaced(sh.client.clone(), &ns);
@@ -443,75 +474,64 @@ async fn bind(t: &ScimTenant, ctx: &Context, uid: &str, generation: i64) -> Resu
             let check = Check::Failed {
                 reason: "CredentialSecretMissing",
                 message: format!(
-                    "Secret {}/{} has no key '{}' (spec.zitadel.serviceUser.existingSecretRef)",
-                    ns, r.name, r.key
+                    "Secret {ns}/{} has no key '{}' (spec.zitadel.serviceUser.existingSecretRef)",
+                    r.name, r.key
                 ),
             };
-            return Ok(BindOutcome { check, cred, user_id: prev_id, new_key: None, events: vec![] });
+            return Ok(BindOutcome::not_bound(check, cred, prev_id));
         };
-        let stamp = secret.and_then(|s| s.metadata.resource_version);
-        if let Some((_, _, _, user)) = fresh(stamp.clone()) {
-            return Ok(BindOutcome {
-                check: bound_ok(&user),
-                cred,
-                user_id: Some(user),
-                new_key: None,
-                events: vec![],
-            });
+        let version = secret.and_then(|s| s.metadata.resource_version);
+        if let Some(m) = fresh(&version) {
+            return Ok(BindOutcome::bound(cred, m.user_id));
         }
         let admin = match sh.admin() {
             Ok(a) => a,
-            Err(check) => return Ok(BindOutcome { check, cred, user_id: prev_id, new_key: None, events: vec![] }),
+            Err(check) => return Ok(BindOutcome::not_bound(check, cred, prev_id)),
         };
         return Ok(match binding::ensure_existing(&admin, &sh.cfg.admin_zitadel(), &text).await {
             Ok(b) => {
-                sh.memo.lock().entry(uid.into()).or_default().bound =
-                    Some((Instant::now(), generation, stamp, b.user_id.clone()));
-                BindOutcome {
-                    check: bound_ok(&b.user_id),
-                    cred,
-                    user_id: Some(b.user_id),
-                    new_key: None,
-                    events: b.events,
-                }
+                remember(version, &b.user_id);
+                BindOutcome { events: b.events, ..BindOutcome::bound(cred, b.user_id) }
             }
-            Err(check) => BindOutcome { check, cred, user_id: prev_id, new_key: None, events: vec![] },
+            Err(check) => BindOutcome::not_bound(check, cred, prev_id),
         });
     }
     // Managed: the operator's machine user with a key in `<tenant>-scim-zitadel`.
     let secret_name = build::credential_secret_name(t);
     let cred = CredentialRef { secret_name: secret_name.clone(), key: binding::KEY_FILE.into(), is_key_file: true };
-    let stored = secret_now(ctx, &ns, &secret_name).await?;
-    let stored_text = stored.as_ref().and_then(|s| binding::secret_text(s, binding::KEY_FILE));
-    let stored_key = stored_text.as_deref().and_then(binding::key_file_ids).map(|(k, _)| k);
-    if let Some((_, _, _, user)) = fresh(stored_key.clone()) {
-        return Ok(BindOutcome { check: bound_ok(&user), cred, user_id: Some(user), new_key: None, events: vec![] });
+    let key_in = |s: &Option<Secret>| {
+        let text = s.as_ref().and_then(|s| binding::secret_text(s, binding::KEY_FILE));
+        let key = text.as_deref().and_then(binding::key_file_ids).map(|(k, _)| k);
+        (text, key)
+    };
+    let (mut stored_text, mut stored_key) = key_in(&secret_now(ctx, &ns, &secret_name).await?);
+    if remembered.as_ref().is_some_and(|m| m.credential != stored_key) {
+        // Either someone changed the Secret or the cache has not seen our
+        // own write yet; only the API server can tell, and issuing a key on a
+        // stale view would revoke the one just stored.
+        let current = Api::<Secret>::namespaced(sh.client.clone(), &ns).get_opt(&secret_name).await?;
+        (stored_text, stored_key) = key_in(&current);
+    }
+    if let Some(m) = fresh(&stored_key) {
+        return Ok(BindOutcome::bound(cred, m.user_id));
     }
     let admin = match sh.admin() {
         Ok(a) => a,
-        Err(check) => return Ok(BindOutcome { check, cred, user_id: prev_id, new_key: None, events: vec![] }),
+        Err(check) => return Ok(BindOutcome::not_bound(check, cred, prev_id)),
     };
     let org = &t.spec.zitadel.project_organization_id;
     match binding::ensure_managed(&admin, org, &ns, &t.name_any(), prev_id.as_deref(), stored_text.as_deref()).await {
-        Ok(Bound { user_id, new_key, events }) => {
+        Ok(Bound { user_id, new_key, events, stale_keys }) => {
+            remember(new_key.as_ref().map(|k| k.key_id.clone()).or(stored_key), &user_id);
             let new_key = new_key.map(|k| {
                 let mut s = build::credential_secret(t, &binding::data(&[(binding::KEY_FILE, &k.key_file)]));
                 s.metadata.annotations =
                     Some(BTreeMap::from([("scim.unique.app/zitadel-key-id".to_string(), k.key_id.clone())]));
-                (s, k.key_id)
+                s
             });
-            let key_now = new_key.as_ref().map(|(_, k)| k.clone()).or(stored_key);
-            sh.memo.lock().entry(uid.into()).or_default().bound =
-                Some((Instant::now(), generation, key_now, user_id.clone()));
-            Ok(BindOutcome { check: bound_ok(&user_id), cred, user_id: Some(user_id), new_key, events })
+            Ok(BindOutcome { new_key, stale_keys, events, ..BindOutcome::bound(cred, user_id) })
         }
-        Err(e) => Ok(BindOutcome {
-            check: binding::classify(&e, "the operator's admin credential"),
-            cred,
-            user_id: prev_id,
-            new_key: None,
-            events: vec![],
-        }),
+        Err(e) => Ok(BindOutcome::not_bound(binding::classify(&e, "the operator's admin credential"), cred, prev_id)),
     }
 }
 
@@ -662,14 +682,15 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
         ensure(c, &ctx.stores.secrets, s).await?;
     }
     ensure(c, &ctx.stores.secrets, &desired.hash_secret).await?;
-    if let Some((secret, keep_key)) = &b.new_key {
+    if let Some(secret) = &b.new_key {
         ensure(c, &ctx.stores.secrets, secret).await?;
-        if let (Ok(admin), Some(user)) = (sh.admin(), &b.user_id)
-            && let Err(e) = binding::prune_keys(&admin, user, keep_key).await
-        {
-            // The next ZITADEL pass removes them; a stale key is harmless meanwhile.
-            tracing::warn!(tenant = %t.name_any(), error = %e, "cannot remove old machine keys");
-        }
+    }
+    if !b.stale_keys.is_empty()
+        && let (Ok(admin), Some(user)) = (sh.admin(), &b.user_id)
+        && let Err(e) = binding::revoke_keys(&admin, user, &b.stale_keys).await
+    {
+        // The next ZITADEL pass removes them; a stale key is harmless meanwhile.
+        tracing::warn!(tenant = %t.name_any(), error = %e, "cannot remove old machine keys");
     }
     ensure(c, &ctx.stores.configmaps, &desired.config).await?;
     ensure(c, &ctx.stores.pvcs, &desired.pvc).await?;
