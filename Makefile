@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator fuzz venv clean
+.PHONY: all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator manifests e2e fuzz venv clean
 
 all: build
 
@@ -36,6 +36,16 @@ fmt:
 crds:
 	$(CARGO) run --quiet --locked -- crd > crds/scimtenants.scim.unique.app.yaml
 	cp crds/scimtenants.scim.unique.app.yaml charts/scim-operator/crds/
+
+## The kustomize install (CRD, RBAC, controller) as one file: target/install.yaml.
+manifests:
+	mkdir -p target
+	kubectl kustomize config/default > target/install.yaml
+	@echo "wrote target/install.yaml"
+
+## End to end on a kind cluster (needs docker, kind, kubectl, helm): for CI elsewhere.
+e2e:
+	tests/e2e/kind.sh
 
 # The Python tools (scim2-tester, the benchmark peer) live in a venv made here.
 $(VENV)/.stamp: tests/conformance/requirements.txt bench/requirements.txt tests/contract/requirements.txt
@@ -66,12 +76,16 @@ bench: $(VENV)/.stamp
 	{ printf '\n## The same run with `serve --durability process` (survives kill -9, not power loss)\n'; \
 	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
 	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
-	target/release/examples/operator_bench --bin $(BIN) >> BENCHMARKS.md
+	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
 
-## 1,000 ScimTenants reconciled by the controller against the fakes; prints Markdown.
+## 1,000 ScimTenants reconciled by the controller against the fakes, at ZITADEL's default
+## rate limit and without it; prints Markdown.
 bench-operator:
-	$(CARGO) build --release --locked --bin scim-operator --example operator_bench
-	target/release/examples/operator_bench --bin $(BIN)
+	@$(CARGO) build --quiet --release --locked --bin scim-operator --example operator_bench
+	@printf '_Operator benchmarks: %s UTC on %s, %s cores; command `make bench-operator`._\n\n' \
+	  "$$(date -u '+%Y-%m-%d %H:%M')" "$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$$(nproc)"
+	@target/release/examples/operator_bench --bin $(BIN)
+	@target/release/examples/operator_bench --bin $(BIN) --zitadel-rps 1000
 
 ## An initial Entra cycle (10k users, 200 groups) projected into the ZITADEL fake; prints Markdown.
 bench-projection:

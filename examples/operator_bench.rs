@@ -31,6 +31,9 @@ struct Args {
     tenants: usize,
     #[arg(long, default_value_t = 60)]
     quiet_seconds: u64,
+    /// The operator's ZITADEL request rate (its default is 40/s, what ZITADEL Cloud allows).
+    #[arg(long, default_value_t = 40.0)]
+    zitadel_rps: f64,
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -107,6 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .env("SCIM_SERVER_IMAGE", "ghcr.io/unique-app/scim-operator:bench")
         .env("ADMIN_LISTEN", "127.0.0.1:0")
         .env("STATUS_URL_TEMPLATE", &status_url)
+        .env("ZITADEL_MAX_REQUESTS_PER_SECOND", args.zitadel_rps.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -130,7 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = child.kill();
     let _ = child.wait();
 
-    println!("## Operator: {} tenants against the fakes\n", args.tenants);
+    println!("## Operator: {} tenants against the fakes, ZITADEL at {} requests/s\n", args.tenants, args.zitadel_rps);
     println!(
         "The controller process (`scim-operator controller`, release build) against the in-process fake Kubernetes API and ZITADEL fake; tenants applied before it starts, spread over 20 namespaces.\n"
     );

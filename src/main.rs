@@ -1,5 +1,6 @@
 //! `scim-operator`: the SCIM server (`serve`) and its tools.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -245,6 +246,14 @@ fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<
         push(serde_yaml::to_string(&with_kind(s, "v1", "Secret")))?;
     }
     push(serde_yaml::to_string(&with_kind(&d.hash_secret, "v1", "Secret")))?;
+    if tenant.spec.zitadel.service_user.as_ref().is_none_or(|s| s.existing_secret_ref.is_none()) {
+        // The managed machine user's key, issued by ZITADEL at reconcile time.
+        let placeholder = BTreeMap::from([(
+            "key.json".to_string(),
+            k8s_openapi::ByteString(b"<machine key issued by ZITADEL when the tenant is reconciled>".to_vec()),
+        )]);
+        push(serde_yaml::to_string(&with_kind(&build::credential_secret(&tenant, &placeholder), "v1", "Secret")))?;
+    }
     push(serde_yaml::to_string(&with_kind(&d.config, "v1", "ConfigMap")))?;
     push(serde_yaml::to_string(&with_kind(&d.pvc, "v1", "PersistentVolumeClaim")))?;
     push(serde_yaml::to_string(&with_kind(&d.deployment, "apps/v1", "Deployment")))?;

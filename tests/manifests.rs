@@ -57,6 +57,7 @@ fn the_sample_renders_every_child() {
         [
             ("Secret", "acme-scim-key-entra"),
             ("Secret", "acme-scim-keys"),
+            ("Secret", "acme-scim-zitadel"),
             ("ConfigMap", "acme-scim-config"),
             ("PersistentVolumeClaim", "acme-scim-data"),
             ("Deployment", "acme-scim"),

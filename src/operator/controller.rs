@@ -40,6 +40,7 @@ use crate::zitadel::client::Client as Zitadel;
 use crate::zitadel::config::ZitadelConfig;
 
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=scim-operator";
+const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// Everything the controller is configured with.
 #[derive(Debug, Clone)]
@@ -909,6 +910,9 @@ async fn run_scope(
         .owns_stream(s4)
         .owns_stream(s5)
         .owns_stream(s6)
+        // ZITADEL's rate limit, not parallelism, bounds a large initial
+        // sync; many more in-flight passes would only hold memory.
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
