@@ -231,6 +231,7 @@ fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<
             created_at: "1970-01-01T00:00:00Z".into(),
             expires_at: None,
             expired: false,
+            rotated_for: None,
         })
         .collect();
     let cred = CredentialRef {
@@ -301,7 +302,7 @@ fn controller(a: ControllerArgs) -> Result<(), String> {
         namespace: a.lease_namespace,
         identity: a.identity,
         duration: std::time::Duration::from_secs(15),
-        renew_every: std::time::Duration::from_secs(5),
+        renew_every: std::time::Duration::from_secs(2),
     });
     let rt = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(run::run(run::RunOptions { config, lease }, &a.admin_listen)).map_err(|e| e.to_string())

@@ -175,7 +175,7 @@ impl Env {
     }
 
     fn machine_user(&self, name: &str) -> Option<support::zitadel_fake::FakeUser> {
-        let username = format!("scim-{NS}-{name}");
+        let username = format!("scim-{NS}.{name}");
         self.zitadel.users().into_iter().find(|u| u.username == username && u.is_machine)
     }
 
@@ -543,9 +543,18 @@ async fn invalid_specs_stall_once_and_existing_credentials_are_verified() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(env.kube.writes_since(mark).iter().all(|w| !w.changed), "an invalid spec is not retried");
 
+    // A key Secret that exists but is not the tenant's is never overwritten.
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NS);
+    let mut imported = Secret::default();
+    imported.metadata.name = Some("imp-scim-key-entra".into());
+    imported.data = Some(BTreeMap::from([("token".to_string(), k8s_openapi::ByteString(b"their-token".to_vec()))]));
+    secrets.create(&PostParams::default(), &imported).await.unwrap();
+    env.apply("imp", spec(json!([{"name": "entra"}]))).await;
+    env.wait_condition("imp", "Stalled", "True", Some("SecretConflict")).await;
+    assert_eq!(env.secret_text("imp-scim-key-entra", "token").await.as_deref(), Some("their-token"));
+
     // existingSecretRef: a user-provided PAT is checked and its user gets the roles.
     env.zitadel.add_service_user_with_pat("360000000000000001", IAM_ORG, "tenant-pat-1", &[]);
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NS);
     let mut s = Secret::default();
     s.metadata.name = Some("own-cred".into());
     s.data = Some(BTreeMap::from([("pat".to_string(), k8s_openapi::ByteString(b"tenant-pat-1".to_vec()))]));
@@ -599,7 +608,9 @@ async fn one_replica_leads_and_a_standby_takes_over() {
         name: "scim-operator".into(),
         namespace: "operators".into(),
         identity: id.into(),
-        duration: Duration::from_secs(3),
+        // Long enough that a loaded machine never lets a's lease lapse; the
+        // failover below is quick anyway because a releases the lease.
+        duration: Duration::from_secs(15),
         renew_every: Duration::from_millis(500),
     };
     let c = env.config();

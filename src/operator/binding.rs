@@ -64,9 +64,29 @@ pub fn classify(e: &ZitadelError, whose: &str) -> Check {
     }
 }
 
-/// The machine user's username: unique per tenant, readable in the console.
+/// The machine user's username: unique per tenant (a namespace has no dot,
+/// so `ns.name` cannot collide), readable in the console.
 pub fn service_username(namespace: &str, name: &str) -> String {
-    format!("scim-{namespace}-{name}")
+    format!("scim-{namespace}.{name}")
+}
+
+/// The tenant's managed machine user, if it exists: by the id last recorded
+/// (only if it still is that user) or by its username.
+pub async fn find_managed(
+    admin: &Client,
+    org: &str,
+    username: &str,
+    known_id: Option<&str>,
+) -> Result<Option<String>, ZitadelError> {
+    if let Some(id) = known_id
+        && let Some(u) = admin.get_user(id).await?
+        && u.organization_id == org
+        && !u.is_human
+        && u.username.eq_ignore_ascii_case(username)
+    {
+        return Ok(Some(u.id));
+    }
+    admin.find_user_in_org(org, username).await
 }
 
 /// Ensures the managed machine user, its roles and a working key.
@@ -83,28 +103,21 @@ pub async fn ensure_managed(
 ) -> Result<Bound, ZitadelError> {
     let mut b = Bound::default();
     let username = service_username(namespace, name);
-    let existing = match known_id {
-        Some(id) => admin.get_user(id).await?.filter(|u| u.organization_id == org && !u.is_human).map(|u| u.id),
-        None => None,
-    };
-    let (user_id, created) = match existing {
+    let (user_id, created) = match find_managed(admin, org, &username, known_id).await? {
         Some(id) => (id, false),
-        None => match admin.find_user_in_org(org, &username).await? {
-            Some(id) => (id, false),
-            None => {
-                let id = admin
-                    .create_machine_user(
-                        org,
-                        &username,
-                        &format!("SCIM {namespace}/{name}"),
-                        "Writes users provisioned by Entra ID over SCIM (managed by scim-operator)",
-                    )
-                    .await?;
-                let why = if known_id.is_some() { "was missing and is created again" } else { "created" };
-                b.events.push(("ServiceUserCreated", format!("ZITADEL machine user {username} ({id}) {why}")));
-                (id, true)
-            }
-        },
+        None => {
+            let id = admin
+                .create_machine_user(
+                    org,
+                    &username,
+                    &format!("SCIM {namespace}/{name}"),
+                    "Writes users provisioned by Entra ID over SCIM (managed by scim-operator)",
+                )
+                .await?;
+            let why = if known_id.is_some() { "was missing and is created again" } else { "created" };
+            b.events.push(("ServiceUserCreated", format!("ZITADEL machine user {username} ({id}) {why}")));
+            (id, true)
+        }
     };
     let roles = if created { None } else { admin.instance_roles(&user_id).await? };
     ensure_roles(admin, &user_id, roles, &mut b).await?;

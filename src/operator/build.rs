@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use super::crd::ScimTenant;
 
 pub const MANAGER: &str = "scim-operator";
+/// On a key Secret: the tenant resourceVersion whose rotate annotation was served.
+pub const ROTATED_FOR: &str = "scim.unique.app/rotated-for";
 const SCIM_PORT: i32 = 8080;
 const ADMIN_PORT: i32 = 9090;
 const RUN_AS: i64 = 65532;
@@ -40,7 +42,7 @@ pub struct Settings {
 }
 
 /// One SCIM key as the controller found or generated it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeyMaterial {
     pub name: String,
     pub token: String,
@@ -49,6 +51,20 @@ pub struct KeyMaterial {
     pub expires_at: Option<String>,
     /// Expired keys keep their Secret (for the admin to see) but leave the hash file.
     pub expired: bool,
+    /// The tenant resourceVersion whose rotate annotation produced this token,
+    /// so a restart between rotating and removing the annotation does not rotate twice.
+    pub rotated_for: Option<String>,
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyMaterial {
@@ -232,6 +248,9 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
             if let Some(e) = &k.expires_at {
                 ann.insert("scim.unique.app/expires-at".into(), e.clone());
             }
+            if let Some(r) = &k.rotated_for {
+                ann.insert(ROTATED_FOR.into(), r.clone());
+            }
             sec.metadata.annotations = Some(ann);
             sec
         })
@@ -280,7 +299,8 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
     let mount = |n: &str, path: &str| VolumeMount {
         name: n.into(),
         mount_path: path.into(),
-        read_only: Some(path != "/data" && path != "/tmp"),
+        // `false` is omitted by the API server (omitempty), so only `true` is sent.
+        read_only: (path != "/data" && path != "/tmp").then_some(true),
         ..Default::default()
     };
     let config_hash = hex::encode(Sha256::digest(config_text.as_bytes()))[..16].to_string();
@@ -475,6 +495,7 @@ mod tests {
             created_at: "2026-11-28T00:00:00Z".into(),
             expires_at: None,
             expired,
+            rotated_for: None,
         }
     }
 

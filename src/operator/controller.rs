@@ -41,6 +41,12 @@ use crate::zitadel::config::ZitadelConfig;
 
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=scim-operator";
 const RECONCILE_CONCURRENCY: u16 = 32;
+/// `scim.unique.app/skip-zitadel-cleanup=true`: delete the tenant without
+/// touching ZITADEL (when ZITADEL is gone for good).
+pub const SKIP_CLEANUP_ANNOTATION: &str = "scim.unique.app/skip-zitadel-cleanup";
+/// Child caches that never sync (a missing RBAC grant, usually) fail the pass
+/// instead of holding it.
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything the controller is configured with.
 #[derive(Debug, Clone)]
@@ -101,8 +107,10 @@ pub enum Error {
     Encode { what: String, source: serde_json::Error },
     #[error("the object has no {0}")]
     MissingField(&'static str),
-    #[error("ZITADEL binding pending: {0}")]
-    Pending(String),
+    #[error(
+        "the caches of Secrets, ConfigMaps, PVCs, Deployments, Services and Ingresses did not sync within a minute: check the operator's RBAC"
+    )]
+    CachesNotSynced,
 }
 
 impl Error {
@@ -118,7 +126,7 @@ impl Error {
             },
             Error::Cleanup(_) => "ZitadelCleanup",
             Error::Encode { .. } | Error::MissingField(_) => "Internal",
-            Error::Pending(_) => "ZitadelUnavailable",
+            Error::CachesNotSynced => "CachesNotSynced",
         }
     }
 }
@@ -309,10 +317,7 @@ fn owned_by(obj: &impl Resource, uid: &str) -> bool {
     obj.meta().owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.uid == uid))
 }
 
-fn found_key(s: &Secret, uid: &str, now: OffsetDateTime) -> Option<FoundKey> {
-    if !owned_by(s, uid) {
-        return None;
-    }
+fn found_key(s: &Secret, now: OffsetDateTime) -> Option<FoundKey> {
     let token = binding::secret_text(s, "token").filter(|t| !t.is_empty())?;
     let created_at = s
         .annotations()
@@ -322,39 +327,59 @@ fn found_key(s: &Secret, uid: &str, now: OffsetDateTime) -> Option<FoundKey> {
             s.meta().creation_timestamp.as_ref().and_then(|c| OffsetDateTime::from_unix_timestamp(c.0.as_second()).ok())
         })
         .unwrap_or(now);
-    Some(FoundKey { token, created_at })
+    let rotated_for = s.annotations().get(build::ROTATED_FOR).cloned();
+    Some(FoundKey { token, created_at, rotated_for })
+}
+
+/// Key Secrets of the tenant, and the names of spec keys whose Secret exists
+/// but belongs to something else (never overwritten).
+struct FoundKeys {
+    keys: BTreeMap<String, FoundKey>,
+    conflicts: Vec<String>,
 }
 
 /// The key Secrets of this tenant, by key name: every one in the cache, and
 /// each key of the spec the cache lacks, read directly.
-async fn found_keys(
-    ctx: &Context,
-    t: &ScimTenant,
-    uid: &str,
-    now: OffsetDateTime,
-) -> Result<BTreeMap<String, FoundKey>, Error> {
+async fn found_keys(ctx: &Context, t: &ScimTenant, uid: &str, now: OffsetDateTime) -> Result<FoundKeys, Error> {
     let ns = t.namespace().unwrap_or_default();
     let prefix = format!("{}-scim-key-", t.name_any());
-    let mut found: BTreeMap<String, FoundKey> = ctx
+    let mut keys: BTreeMap<String, FoundKey> = ctx
         .stores
         .secrets
         .state()
         .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-        .filter_map(|s| Some((s.name_any().strip_prefix(&prefix)?.to_string(), found_key(&s, uid, now)?)))
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && owned_by(s.as_ref(), uid))
+        .filter_map(|s| Some((s.name_any().strip_prefix(&prefix)?.to_string(), found_key(&s, now)?)))
         .collect();
+    let mut conflicts = Vec::new();
     for k in &t.spec.keys {
-        if !found.contains_key(&k.name)
-            && let Some(s) = secret_now(ctx, &ns, &build::key_secret_name(t, &k.name)).await?
-            && let Some(f) = found_key(&s, uid, now)
-        {
-            found.insert(k.name.clone(), f);
+        if keys.contains_key(&k.name) {
+            continue;
+        }
+        match secret_now(ctx, &ns, &build::key_secret_name(t, &k.name)).await? {
+            Some(s) if !owned_by(&s, uid) => conflicts.push(k.name.clone()),
+            Some(s) => {
+                if let Some(f) = found_key(&s, now) {
+                    keys.insert(k.name.clone(), f);
+                }
+            }
+            None => {}
         }
     }
-    Ok(found)
+    Ok(FoundKeys { keys, conflicts })
 }
 
-fn keys_check(t: &ScimTenant, plan: &KeyPlan) -> Check {
+fn keys_check(t: &ScimTenant, plan: &KeyPlan, conflicts: &[String]) -> Check {
+    if !conflicts.is_empty() {
+        let names: Vec<String> = conflicts.iter().map(|k| build::key_secret_name(t, k)).collect();
+        return Check::Failed {
+            reason: "SecretConflict",
+            message: format!(
+                "Secret(s) {} exist but are not owned by this ScimTenant: rename the key or delete the Secret",
+                names.join(", ")
+            ),
+        };
+    }
     if t.spec.keys.is_empty() {
         return Check::Failed {
             reason: "NoKeys",
@@ -490,7 +515,22 @@ async fn bind(t: &ScimTenant, ctx: &Context, uid: &str, generation: i64) -> Resu
             Err(check) => return Ok(BindOutcome::not_bound(check, cred, prev_id)),
         };
         return Ok(match binding::ensure_existing(&admin, &sh.cfg.admin_zitadel(), &text).await {
-            Ok(b) => {
+            Ok(mut b) => {
+                // A tenant switched from a managed user to its own credential
+                // leaves no privileged machine user behind.
+                let org = &t.spec.zitadel.project_organization_id;
+                let managed = binding::service_username(&ns, &t.name_any());
+                match admin.find_user_in_org(org, &managed).await {
+                    Ok(Some(id)) if id != b.user_id => match admin.delete_user(&id).await {
+                        Ok(()) => b.events.push((
+                            "ServiceUserDeleted",
+                            format!("the managed machine user {managed} ({id}) is no longer used and was removed"),
+                        )),
+                        Err(e) => tracing::warn!(error = %e, "cannot remove the unused managed machine user"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot look for an unused managed machine user"),
+                }
                 remember(version, &b.user_id);
                 BindOutcome { events: b.events, ..BindOutcome::bound(cred, b.user_id) }
             }
@@ -615,9 +655,28 @@ async fn write_status(ctx: &Context, t: &ScimTenant, new: ScimTenantStatus) -> R
     Ok(())
 }
 
+/// A write to the API server failed: say so in status (when that changes
+/// it), then let the error policy retry with backoff.
+async fn fail_status(
+    ctx: &Context,
+    t: &ScimTenant,
+    mut obs: Observed,
+    keep: impl Fn(ScimTenantStatus, &Observed) -> ScimTenantStatus,
+    e: Error,
+) -> Result<Action, Error> {
+    obs.server = Check::Pending { reason: "ApplyFailed", message: e.to_string() };
+    let prev = t.status.clone().unwrap_or_default();
+    if let Err(w) = write_status(ctx, t, keep(prev, &obs)).await {
+        tracing::debug!(error = %w, "cannot record the failure in status");
+    }
+    Err(e)
+}
+
 async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
     let sh = ctx.shared.clone();
-    ctx.stores.ready().await;
+    if tokio::time::timeout(CACHE_SYNC_TIMEOUT, ctx.stores.ready()).await.is_err() {
+        return Err(Error::CachesNotSynced);
+    }
     let ns = t.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let uid = t.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let generation = t.metadata.generation.unwrap_or(0);
@@ -661,30 +720,31 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
 
     // Keys.
     let found = found_keys(ctx, &t, &uid, now).await?;
-    // The annotation asks once: a pass that still sees it on the same
-    // resourceVersion (the cache lagging our removal) must not rotate again.
-    let rv = t.resource_version();
-    let rotate = t
-        .annotations()
-        .get(ROTATE_ANNOTATION)
-        .cloned()
-        .filter(|_| sh.memo.lock().get(&uid).is_none_or(|m| m.rotated_at.is_none() || m.rotated_at != rv));
-    let plan = keys::plan(&t.spec.keys, &found, rotate.as_deref(), now, crate::server::auth::generate_token);
-    obs.keys = keys_check(&t, &plan);
+    // The annotation asks once per tenant resourceVersion: the key Secret
+    // records the version it served (surviving restarts), and the memo
+    // covers a cache that still shows the annotation after we removed it.
+    let rv = t.resource_version().unwrap_or_default();
+    let rotate_key = t.annotations().get(ROTATE_ANNOTATION).cloned();
+    let already = sh.memo.lock().get(&uid).is_some_and(|m| m.rotated_at.as_deref() == Some(rv.as_str()));
+    let rotate = rotate_key.as_deref().filter(|_| !already).map(|key| keys::Rotate { key, tenant_version: &rv });
+    // Keys whose Secret belongs to someone else are left out, never overwritten.
+    let spec_keys: Vec<_> = t.spec.keys.iter().filter(|k| !found.conflicts.contains(&k.name)).cloned().collect();
+    let plan = keys::plan(&spec_keys, &found.keys, rotate, now, crate::server::auth::generate_token);
+    obs.keys = keys_check(&t, &plan, &found.conflicts);
 
     // ZITADEL.
     let b = bind(&t, ctx, &uid, generation).await?;
     obs.zitadel = b.check.clone();
 
-    // Children.
-    let desired = build::build(&t, &sh.cfg.settings, &plan.keys, &b.cred);
+    // The new machine key is stored first, so a later failure cannot make
+    // the next pass issue yet another one; only then are older keys revoked.
     let c = &sh.client;
-    for s in &desired.key_secrets {
-        ensure(c, &ctx.stores.secrets, s).await?;
-    }
-    ensure(c, &ctx.stores.secrets, &desired.hash_secret).await?;
-    if let Some(secret) = &b.new_key {
-        ensure(c, &ctx.stores.secrets, secret).await?;
+    let stored_key = match &b.new_key {
+        Some(secret) => ensure(c, &ctx.stores.secrets, secret).await.map(|_| ()),
+        None => Ok(()),
+    };
+    if let Err(e) = stored_key {
+        return fail_status(ctx, &t, obs, keep, e).await;
     }
     if !b.stale_keys.is_empty()
         && let (Ok(admin), Some(user)) = (sh.admin(), &b.user_id)
@@ -693,18 +753,33 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
         // The next ZITADEL pass removes them; a stale key is harmless meanwhile.
         tracing::warn!(tenant = %t.name_any(), error = %e, "cannot remove old machine keys");
     }
-    ensure(c, &ctx.stores.configmaps, &desired.config).await?;
-    ensure(c, &ctx.stores.pvcs, &desired.pvc).await?;
-    let dep = ensure(c, &ctx.stores.deployments, &desired.deployment).await?;
-    ensure(c, &ctx.stores.services, &desired.service).await?;
-    match &desired.ingress {
-        Some(i) => {
-            ensure(c, &ctx.stores.ingresses, i).await?;
+
+    // Children.
+    let desired = build::build(&t, &sh.cfg.settings, &plan.keys, &b.cred);
+    let applied = async {
+        for s in &desired.key_secrets {
+            ensure(c, &ctx.stores.secrets, s).await?;
         }
-        None => {
-            delete_if_present(c, &ctx.stores.ingresses, &ns, &build::server_name(&t)).await?;
+        ensure(c, &ctx.stores.secrets, &desired.hash_secret).await?;
+        ensure(c, &ctx.stores.configmaps, &desired.config).await?;
+        ensure(c, &ctx.stores.pvcs, &desired.pvc).await?;
+        let dep = ensure(c, &ctx.stores.deployments, &desired.deployment).await?;
+        ensure(c, &ctx.stores.services, &desired.service).await?;
+        match &desired.ingress {
+            Some(i) => {
+                ensure(c, &ctx.stores.ingresses, i).await?;
+            }
+            None => {
+                delete_if_present(c, &ctx.stores.ingresses, &ns, &build::server_name(&t)).await?;
+            }
         }
+        Ok::<_, Error>(dep)
     }
+    .await;
+    let dep = match applied {
+        Ok(d) => d,
+        Err(e) => return fail_status(ctx, &t, obs, keep, e).await,
+    };
     for gone in &plan.removed {
         if delete_if_present(c, &ctx.stores.secrets, &ns, &build::key_secret_name(&t, gone)).await? {
             sh.event(
@@ -724,7 +799,7 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
         };
         sh.event(&t, prev.keys.iter().any(|k| &k.name == name), "KeyCreated", format!("key {name}: {why}")).await;
     }
-    if rotate.is_some() {
+    if rotate_key.is_some() && !already {
         if let Some(r) = &plan.rotated {
             sh.event(
                 &t,
@@ -738,10 +813,10 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
             sh.event(&t, true, "RotateUnknownKey", format!("{ROTATE_ANNOTATION}={r} names no entry of spec.keys"))
                 .await;
         }
+        sh.memo.lock().entry(uid.clone()).or_default().rotated_at = Some(rv.clone());
         let api: Api<ScimTenant> = Api::namespaced(c.clone(), &ns);
         let patch = json!({"metadata": {"annotations": {ROTATE_ANNOTATION: null}}});
         api.patch(&t.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        sh.memo.lock().entry(uid.clone()).or_default().rotated_at = rv.clone();
     }
     for (reason, note) in &b.events {
         sh.event(&t, false, reason, note.clone()).await;
@@ -798,23 +873,35 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
 
 async fn cleanup(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
     let sh = &ctx.shared;
-    let managed = t.spec.zitadel.service_user.as_ref().is_none_or(|s| s.existing_secret_ref.is_none());
     let bound_id = t.status.as_ref().and_then(|s| s.service_user_id.clone());
-    if managed && (bound_id.is_some() || validate(&t.spec).is_ok()) {
+    let skip = t.annotations().get(SKIP_CLEANUP_ANNOTATION).is_some_and(|v| v == "true");
+    let org = &t.spec.zitadel.project_organization_id;
+    if skip {
+        sh.event(
+            &t,
+            true,
+            "CleanupSkipped",
+            format!("{SKIP_CLEANUP_ANNOTATION}=true: the ZITADEL machine user is left in place"),
+        )
+        .await;
+    } else if !org.trim().is_empty() {
         let admin = sh.admin().map_err(|c| Error::Cleanup(format!("{c:?}")))?;
-        let ns = t.namespace().unwrap_or_default();
-        let org = &t.spec.zitadel.project_organization_id;
-        let id = match bound_id {
-            Some(id) => Some(id),
-            None => admin
-                .find_user_in_org(org, &binding::service_username(&ns, &t.name_any()))
-                .await
-                .map_err(|e| Error::Cleanup(e.to_string()))?,
-        };
+        let username = binding::service_username(&t.namespace().unwrap_or_default(), &t.name_any());
+        // Only the user this tenant manages, found by its username: never a
+        // user an existingSecretRef named.
+        let id = binding::find_managed(&admin, org, &username, bound_id.as_deref())
+            .await
+            .map_err(|e| Error::Cleanup(e.to_string()))?;
         if let Some(id) = id {
             // Deleting the user removes its keys with it; provisioned end users stay.
             admin.delete_user(&id).await.map_err(|e| Error::Cleanup(e.to_string()))?;
-            sh.event(&t, false, "ServiceUserDeleted", format!("ZITADEL machine user {id} and its keys removed")).await;
+            sh.event(
+                &t,
+                false,
+                "ServiceUserDeleted",
+                format!("ZITADEL machine user {username} ({id}) and its keys removed"),
+            )
+            .await;
         }
     }
     if let Some(uid) = t.uid() {

@@ -13,25 +13,76 @@ pub const APPLIED_HASH: &str = "scim.unique.app/applied-hash";
 /// True when `live` holds every field of `desired` with the same value.
 /// Fields the API server or other managers add are ignored.
 pub fn covers(live: &Value, desired: &Value) -> bool {
+    covers_in(None, live, desired)
+}
+
+/// `parent` is the key holding these values: the API server rewrites
+/// quantities under `requests`/`limits` to canonical form (`1024Mi` → `1Gi`).
+fn covers_in(parent: Option<&str>, live: &Value, desired: &Value) -> bool {
     match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
-            Some(lv) => covers(lv, dv),
-            None => dv.is_null() || is_empty(dv),
-        }),
-        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| covers(lv, dv)),
+        (Value::Object(d), Value::Object(l)) => {
+            let quantities = matches!(parent, Some("requests" | "limits" | "capacity"));
+            d.iter().all(|(k, dv)| match l.get(k) {
+                Some(lv) if quantities && same_quantity(lv, dv) => true,
+                Some(lv) => covers_in(Some(k), lv, dv),
+                None => is_empty(dv),
+            })
+        }
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| covers_in(parent, lv, dv))
+        }
         (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
-        (d, Value::Null) => d.is_null() || is_empty(d),
+        (d, Value::Null) => is_empty(d),
         (d, l) => d == l,
     }
 }
 
-/// The API server drops empty maps and lists on the way in.
+/// The API server drops zero values of `omitempty` fields: null, false, 0,
+/// "", and empty maps and lists.
 fn is_empty(v: &Value) -> bool {
     match v {
-        Value::Object(o) => o.values().all(|v| v.is_null() || is_empty(v)),
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Object(o) => o.values().all(is_empty),
         Value::Array(a) => a.is_empty(),
+    }
+}
+
+fn same_quantity(a: &Value, b: &Value) -> bool {
+    match (a.as_str().and_then(quantity), b.as_str().and_then(quantity)) {
+        (Some(x), Some(y)) => (x - y).abs() <= x.abs().max(y.abs()) * 1e-9,
         _ => false,
     }
+}
+
+/// A Kubernetes quantity's value (`500m`, `1Gi`, `2e3`), if it is one.
+fn quantity(s: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let s = s.trim();
+    for (suffix, factor) in SUFFIXES {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| v * factor);
+        }
+    }
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 /// The hash recorded on an object for `desired` (computed without the hash annotation itself).
@@ -81,7 +132,15 @@ mod tests {
         let mut extra_port = live.clone();
         extra_port["spec"]["ports"] = json!([{"port": 80}, {"port": 81}]);
         assert!(!covers(&extra_port, &desired), "lists are compared whole");
-        assert!(covers(&json!({"a": 1}), &json!({"a": 1, "b": {}, "c": []})), "empty values are dropped by the server");
+        assert!(
+            covers(&json!({"a": 1}), &json!({"a": 1, "b": {}, "c": [], "readOnly": false})),
+            "empty values are dropped by the server"
+        );
+        let res = |mem: &str| json!({"resources": {"limits": {"memory": mem}}});
+        assert!(covers(&res("1Gi"), &res("1024Mi")), "quantities are compared by value");
+        assert!(covers(&res("500m"), &res("0.5")));
+        assert!(!covers(&res("1Gi"), &res("1000Mi")));
+        assert!(!covers(&json!({"name": "1k"}), &json!({"name": "1000"})), "only quantities are");
     }
 
     #[test]

@@ -21,6 +21,8 @@ const WARN_AHEAD: Duration = Duration::from_secs(14 * 86_400);
 pub struct FoundKey {
     pub token: String,
     pub created_at: OffsetDateTime,
+    /// The tenant resourceVersion whose rotate annotation produced it.
+    pub rotated_for: Option<String>,
 }
 
 impl std::fmt::Debug for FoundKey {
@@ -62,17 +64,26 @@ pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
 
+/// A rotation request: the key named by the annotation, and the tenant's
+/// resourceVersion (a request is served once per version).
+#[derive(Debug, Clone, Copy)]
+pub struct Rotate<'a> {
+    pub key: &'a str,
+    pub tenant_version: &'a str,
+}
+
 /// Plans the keys. `generate` makes a new token.
 pub fn plan(
     spec: &[KeySpec],
     found: &BTreeMap<String, FoundKey>,
-    rotate: Option<&str>,
+    rotate: Option<Rotate<'_>>,
     now: OffsetDateTime,
     mut generate: impl FnMut() -> String,
 ) -> KeyPlan {
     let now = now.replace_nanosecond(0).unwrap_or(now);
     let mut p = KeyPlan::default();
-    let rotate = rotate.map(str::trim).filter(|r| !r.is_empty());
+    let version = rotate.map(|r| r.tenant_version.to_string());
+    let rotate = rotate.map(|r| r.key.trim()).filter(|r| !r.is_empty());
     if let Some(r) = rotate
         && !spec.iter().any(|k| k.name == r)
     {
@@ -84,22 +95,26 @@ pub fn plan(
         }
     };
     for k in spec {
-        let (token, created) = match found.get(&k.name) {
-            Some(f) if rotate != Some(k.name.as_str()) => (f.token.clone(), f.created_at),
+        let (token, created, rotated_for) = match found.get(&k.name) {
+            Some(f) if rotate != Some(k.name.as_str()) || f.rotated_for == version => {
+                (f.token.clone(), f.created_at, f.rotated_for.clone())
+            }
             Some(_) => {
                 p.rotated = Some(k.name.clone());
-                (generate(), now)
+                (generate(), now, version.clone())
             }
             None => {
                 p.generated.push(k.name.clone());
-                (generate(), now)
+                (generate(), now, None)
             }
         };
         let lifetime = k.expires_after.as_deref().and_then(parse_duration);
-        let expires = lifetime.map(|l| created + l);
+        // Far-future values (a hand-edited created-at, a huge expiresAfter) mean "never".
+        let expires = lifetime.and_then(|l| time::Duration::try_from(l).ok()).and_then(|l| created.checked_add(l));
         let expired = expires.is_some_and(|e| e <= now);
         if let (Some(e), Some(l)) = (expires, lifetime) {
-            let warn_at = e - WARN_AHEAD.min(l / 4);
+            let warn_at =
+                e.checked_sub(time::Duration::try_from(WARN_AHEAD.min(l / 4)).unwrap_or_default()).unwrap_or(e);
             if expired {
                 p.expired.push(k.name.clone());
             } else if warn_at <= now {
@@ -114,6 +129,7 @@ pub fn plan(
             created_at: rfc3339(created),
             expires_at: expires.map(rfc3339),
             expired,
+            rotated_for,
         });
     }
     p.removed = found.keys().filter(|n| !spec.iter().any(|k| &k.name == *n)).cloned().collect();
@@ -142,7 +158,10 @@ mod tests {
 
     #[test]
     fn generates_only_missing_keys_and_keeps_existing_ones() {
-        let found = BTreeMap::from([("entra".to_string(), FoundKey { token: "kept".into(), created_at: at(0) })]);
+        let found = BTreeMap::from([(
+            "entra".to_string(),
+            FoundKey { token: "kept".into(), created_at: at(0), rotated_for: None },
+        )]);
         let p = plan(&spec(&[("entra", None), ("second", None)]), &found, None, at(10), counter());
         assert_eq!(p.keys[0].token, "kept");
         assert_eq!(p.keys[0].created_at, rfc3339(at(0)));
@@ -156,21 +175,31 @@ mod tests {
     #[test]
     fn rotation_replaces_only_the_named_key_and_unknown_names_are_reported() {
         let found = BTreeMap::from([
-            ("a".to_string(), FoundKey { token: "old-a".into(), created_at: at(0) }),
-            ("b".to_string(), FoundKey { token: "old-b".into(), created_at: at(0) }),
+            ("a".to_string(), FoundKey { token: "old-a".into(), created_at: at(0), rotated_for: None }),
+            ("b".to_string(), FoundKey { token: "old-b".into(), created_at: at(0), rotated_for: None }),
         ]);
-        let p = plan(&spec(&[("a", None), ("b", None)]), &found, Some("b"), at(50), counter());
+        let rot = |key| Some(Rotate { key, tenant_version: "7" });
+        let p = plan(&spec(&[("a", None), ("b", None)]), &found, rot("b"), at(50), counter());
         assert_eq!((p.keys[0].token.as_str(), p.keys[1].token.as_str()), ("old-a", "token-1"));
         assert_eq!(p.keys[1].created_at, rfc3339(at(50)));
         assert_eq!(p.rotated.as_deref(), Some("b"));
-        let p = plan(&spec(&[("a", None)]), &found, Some("zz"), at(50), counter());
+        // The same request seen again (a restart before the annotation was removed) is served already.
+        let mut after = found.clone();
+        after.insert(
+            "b".into(),
+            FoundKey { token: "token-1".into(), created_at: at(50), rotated_for: Some("7".into()) },
+        );
+        let again = plan(&spec(&[("a", None), ("b", None)]), &after, rot("b"), at(60), counter());
+        assert_eq!((again.keys[1].token.as_str(), again.rotated.as_deref()), ("token-1", None));
+        let p = plan(&spec(&[("a", None)]), &found, rot("zz"), at(50), counter());
         assert_eq!(p.rotate_unknown.as_deref(), Some("zz"));
         assert_eq!(p.removed, ["b"], "b left the spec: its Secret goes");
     }
 
     #[test]
     fn expiry_warns_ahead_then_drops_the_key() {
-        let found = BTreeMap::from([("k".to_string(), FoundKey { token: "t".into(), created_at: at(0) })]);
+        let found =
+            BTreeMap::from([("k".to_string(), FoundKey { token: "t".into(), created_at: at(0), rotated_for: None })]);
         let s = spec(&[("k", Some("100d"))]);
         let day = 86_400;
         let fresh = plan(&s, &found, None, at(10 * day), counter());
@@ -186,5 +215,16 @@ mod tests {
         // Short-lived keys warn a quarter of their lifetime ahead.
         let short = plan(&spec(&[("k", Some("4h"))]), &found, None, at(0), counter());
         assert_eq!(short.next_change, Some(at(3 * 3600)));
+        // Values past the calendar do not panic: the key never expires.
+        let far = BTreeMap::from([(
+            "k".to_string(),
+            FoundKey {
+                token: "t".into(),
+                created_at: OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT),
+                rotated_for: None,
+            },
+        )]);
+        let p = plan(&spec(&[("k", Some("100000000d"))]), &far, None, at(0), counter());
+        assert!(!p.keys[0].expired && p.keys[0].expires_at.is_none());
     }
 }

@@ -72,10 +72,18 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
     }
 }
 
+/// One attempt, bounded in time: a hung request must not outlive the lease.
+async fn attempt(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, String> {
+    match tokio::time::timeout(cfg.renew_every, try_acquire(api, cfg)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", cfg.renew_every)),
+    }
+}
+
 /// Waits until we hold the lease.
 pub async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig) {
     loop {
-        match try_acquire(api, cfg).await {
+        match attempt(api, cfg).await {
             Ok(true) => return,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read or take the lease"),
@@ -84,21 +92,23 @@ pub async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig) {
     }
 }
 
-/// Renews the lease until it is lost (another holder, or no renewal for a
-/// whole lease duration); returns then.
+/// Renews the lease until it is lost; returns then. We give up after two
+/// thirds of the lease duration without a renewal, counted from the start of
+/// the last successful attempt (the renewTime we wrote is no later), so we
+/// stop before a standby may take over.
 pub async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) {
-    let mut last_renewal = tokio::time::Instant::now();
+    let give_up_after = cfg.duration * 2 / 3;
+    let mut renewed_at = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(cfg.renew_every).await;
-        match try_acquire(api, cfg).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
+        let started = tokio::time::Instant::now();
+        match attempt(api, cfg).await {
+            Ok(true) => renewed_at = started,
             Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot renew the lease");
-                if last_renewal.elapsed() >= cfg.duration {
-                    return;
-                }
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
+        }
+        if renewed_at.elapsed() >= give_up_after {
+            return;
         }
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use super::crd::ScimTenantSpec;
 
+const MAX_KEY_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Parses `8760h`, `30m`, `90s`, `7d`, or combinations such as `1h30m`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0u64;
@@ -50,10 +52,14 @@ pub fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
         if !names.insert(k.name.as_str()) {
             p.push(format!("spec.keys[{i}]: the key name '{}' is used twice", k.name));
         }
-        if let Some(e) = &k.expires_after
-            && parse_duration(e).is_none()
-        {
-            p.push(format!("spec.keys[{i}].expiresAfter '{e}' is not a duration like 8760h, 30d or 1h30m"));
+        if let Some(e) = &k.expires_after {
+            match parse_duration(e) {
+                None => p.push(format!("spec.keys[{i}].expiresAfter '{e}' is not a duration like 8760h, 30d or 1h30m")),
+                Some(d) if d > MAX_KEY_LIFETIME => p.push(format!(
+                    "spec.keys[{i}].expiresAfter '{e}' is longer than 100 years: leave it out for a key that does not expire"
+                )),
+                Some(_) => {}
+            }
         }
     }
     let mut groups = HashSet::new();
@@ -106,12 +112,15 @@ mod tests {
     #[test]
     fn valid_and_invalid_specs() {
         assert!(validate(&spec("  keys: [{name: entra, expiresAfter: 8760h}]\n")).is_ok());
-        let e = validate(&spec("  keys: [{name: a}, {name: a, expiresAfter: soon}]\n  server: {replicas: 3}\n"))
+        let e = validate(&spec(
+            "  keys: [{name: a}, {name: a, expiresAfter: soon}, {name: b, expiresAfter: 100000000d}]\n  server: {replicas: 3}\n",
+        ))
             .unwrap_err();
         let all = e.join("\n");
         assert!(all.contains("used twice"), "{all}");
         assert!(all.contains("expiresAfter 'soon'"), "{all}");
         assert!(all.contains("replicas is 3"), "{all}");
+        assert!(all.contains("longer than 100 years"), "{all}");
         let mut s = spec("");
         s.zitadel.organization_id.clear();
         assert!(validate(&s).unwrap_err()[0].contains("organizationId is empty"));

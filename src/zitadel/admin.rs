@@ -81,7 +81,7 @@ impl Client {
             .call(
                 USER_SERVICE,
                 "ListKeys",
-                &json!({"pagination": {"limit": 100}, "filters": [{"userIdFilter": {"id": user_id}}]}),
+                &json!({"pagination": {"limit": 1000}, "filters": [{"userIdFilter": {"id": user_id}}]}),
             )
             .await?;
         Ok(v.get("result")
