@@ -674,3 +674,21 @@ async fn a_hundred_tenants_become_ready_then_a_minute_passes_without_a_write() {
     // Periodic passes did run (status polls every second, ZITADEL every 2 s): silence is not idleness.
     assert!(after >= before + 100, "only {} reconciles in 60 s", after - before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespaces_limits_the_controller_to_those_namespaces() {
+    let mut env = Env::new().await;
+    let mut c = env.config();
+    c.watch_namespaces = vec![NS.to_string()];
+    env.start_controller(c, None).await;
+    env.apply("acme", spec(json!([{"name": "entra"}]))).await;
+    let elsewhere: Api<ScimTenant> = Api::namespaced(env.client.clone(), "other");
+    let body = json!({"apiVersion": "scim.unique.app/v1alpha1", "kind": "ScimTenant",
+        "metadata": {"name": "stray", "namespace": "other"}, "spec": spec(json!([{"name": "entra"}]))});
+    elsewhere.patch("stray", &PatchParams::apply("kubectl").force(), &Patch::Apply(&body)).await.unwrap();
+    env.wait_condition("acme", "Ready", "True", None).await;
+    // acme being Ready shows the controller ran well past the stray tenant's creation.
+    let stray = elsewhere.get("stray").await.unwrap();
+    assert!(stray.status.is_none() && stray.metadata.finalizers.is_none(), "a namespace not watched is not touched");
+    assert!(env.kube.get("v1", "secrets", Some("other"), "stray-scim-key-entra").is_none());
+}
