@@ -42,7 +42,9 @@ pub struct ScimTenantSpec {
     pub suspend: bool,
     pub zitadel: ZitadelSpec,
     /// SCIM bearer keys for Entra's "Secret token". Several may be valid at once.
+    // Bounds keep the CEL rules' estimated cost within the API server's budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub keys: Vec<KeySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSpec>,
@@ -53,6 +55,7 @@ pub struct ScimTenantSpec {
 pub struct ZitadelSpec {
     /// The customer organisation users are created in.
     #[x_kube(validation = Rule::new("self == oldSelf").message("organizationId is immutable: create a new ScimTenant for another organisation"))]
+    #[schemars(length(max = 64))]
     pub organization_id: String,
     /// The product project whose roles users get.
     pub project_id: String,
@@ -102,6 +105,7 @@ pub struct SecretKeyRef {
 pub struct KeySpec {
     /// Lowercase letters, digits and '-'; part of the Secret's name.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$')").message("key names are 1-32 lowercase letters, digits or '-'"))]
+    #[schemars(length(min = 1, max = 32))]
     pub name: String,
     /// How long a key is valid after it is created, e.g. 8760h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +219,9 @@ mod tests {
             "x-kubernetes-validations",
             "status: {}",
             "x-kubernetes-list-type: map",
+            // Without bounds the API server estimates the CEL rules' cost as unbounded and rejects the CRD.
+            "maxLength: 32",
+            "maxItems: 16",
         ] {
             assert!(y.contains(want), "{want} missing in\n{y}");
         }

@@ -47,6 +47,9 @@ pub fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
             p.push(format!("{field} is empty: copy the id from the ZITADEL console"));
         }
     }
+    if spec.keys.len() > 16 {
+        p.push(format!("spec.keys has {} entries; at most 16 keys can be valid at once", spec.keys.len()));
+    }
     let mut names = HashSet::new();
     for (i, k) in spec.keys.iter().enumerate() {
         if !names.insert(k.name.as_str()) {
