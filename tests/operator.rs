@@ -112,7 +112,8 @@ impl Env {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let client = self.client.clone();
+        // Its own identity in the fake's access log (see the RBAC test).
+        let client = self.kube.client_as("controller");
         let task = tokio::spawn(async move {
             let r = run_with(client, listener, RunOptions { config, lease }, async move {
                 let _ = rx.await;
@@ -691,4 +692,81 @@ async fn watch_namespaces_limits_the_controller_to_those_namespaces() {
     let stray = elsewhere.get("stray").await.unwrap();
     assert!(stray.status.is_none() && stray.metadata.finalizers.is_none(), "a namespace not watched is not touched");
     assert!(env.kube.get("v1", "secrets", Some("other"), "stray-scim-key-entra").is_none());
+}
+
+/// (apiGroup, resource, verb) triples a Role or ClusterRole file grants.
+fn granted(path: &str) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let role: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+    };
+    let mut out = Vec::new();
+    for rule in role["rules"].as_sequence().unwrap() {
+        for g in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                for v in strings(&rule["verbs"]) {
+                    out.push((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_rbac_allows_every_request_the_controller_makes() {
+    let mut env = Env::new().await;
+    let lease = LeaseConfig {
+        name: "scim-operator".into(),
+        namespace: "operators".into(),
+        identity: "a".into(),
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_millis(300),
+    };
+    let c = env.config();
+    env.start_controller(c, Some(lease)).await;
+    // A life that touches every kind of child: ingress, keys added, rotated and removed, deletion.
+    let mut s = spec(json!([{"name": "entra"}, {"name": "next"}]));
+    s["server"] = json!({"ingress": {"host": "scim.acme.example.com"}});
+    env.apply("acme", s).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    let patch = json!({"metadata": {"annotations": {"scim.unique.app/rotate": "next"}}});
+    env.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.wait_event("Normal", "KeyRotated").await;
+    env.apply("acme", spec(json!([{"name": "next"}]))).await;
+    assert!(
+        wait_until(WAIT, || async {
+            env.kube.get("networking.k8s.io/v1", "ingresses", Some(NS), "acme-scim").is_none()
+        })
+        .await
+    );
+    env.tenants().delete("acme", &DeleteParams::default()).await.unwrap();
+    assert!(wait_until(WAIT, || async { env.tenant("acme").await.is_none() }).await);
+
+    let cluster = granted("config/rbac/role.yaml");
+    let leader = granted("config/rbac/leader_election_role.yaml");
+    let mut seen: Vec<_> = env.kube.access().into_iter().filter(|a| a.user == "controller").collect();
+    seen.sort();
+    seen.dedup();
+    assert!(seen.iter().any(|a| a.resource == "leases"), "leader election ran: {seen:?}");
+    for a in &seen {
+        let want = (a.group.clone(), a.resource.clone(), a.verb.clone());
+        let ok = if a.resource == "leases" {
+            a.namespace.as_deref() == Some("operators") && leader.contains(&want)
+        } else {
+            cluster.contains(&want)
+        };
+        assert!(ok, "the shipped RBAC does not allow {a:?}");
+    }
+    // Every verb the ClusterRole grants on children is one the controller needs.
+    // And nothing more: every grant is used, except what only a real API
+    // server asks for (the fake creates by apply under `patch`; setting
+    // blockOwnerDeletion needs `update` on the owner's finalizers).
+    let unused: Vec<_> = cluster
+        .iter()
+        .filter(|(g, r, v)| !seen.iter().any(|a| &a.group == g && &a.resource == r && &a.verb == v))
+        .filter(|(_, r, v)| v != "create" && !(r == "scimtenants/finalizers" && v == "update"))
+        .collect();
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
 }

@@ -19,15 +19,15 @@ use serde_yaml::Value;
 /// `scim-operator.rules` must grant exactly this. Compare it with what the
 /// controller is observed doing (e.g. the fake API server's request log).
 pub const CONTROLLER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
-    ("scim.unique.app", "scimtenants", &["get", "list", "watch", "patch", "update"]),
-    ("scim.unique.app", "scimtenants/status", &["get", "patch", "update"]),
+    ("scim.unique.app", "scimtenants", &["list", "watch", "patch"]),
+    ("scim.unique.app", "scimtenants/status", &["patch"]),
     ("scim.unique.app", "scimtenants/finalizers", &["update"]),
-    ("", "secrets", &["get", "list", "watch", "create", "patch", "update", "delete"]),
-    ("", "configmaps", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "services", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "persistentvolumeclaims", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("apps", "deployments", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("networking.k8s.io", "ingresses", &["get", "list", "watch", "create", "patch", "delete"]),
+    ("", "secrets", &["get", "list", "watch", "create", "patch", "delete"]),
+    ("", "configmaps", &["list", "watch", "create", "patch"]),
+    ("", "services", &["list", "watch", "create", "patch"]),
+    ("", "persistentvolumeclaims", &["list", "watch", "create", "patch"]),
+    ("apps", "deployments", &["list", "watch", "create", "patch"]),
+    ("networking.k8s.io", "ingresses", &["list", "watch", "create", "patch", "delete"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 

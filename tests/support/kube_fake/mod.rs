@@ -47,6 +47,22 @@ pub struct Write {
     pub status: u16,
 }
 
+/// One request as an authorizer sees it: who, which verb, on what.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Access {
+    /// From the `x-fake-user` header (see `client_as`); empty for `client()`.
+    pub user: String,
+    /// get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    /// API group, "" for core.
+    pub group: String,
+    /// `plural` or `plural/subresource`.
+    pub resource: String,
+    pub namespace: Option<String>,
+}
+
+const USER_HEADER: &str = "x-fake-user";
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Watch events kept for resuming watches; older resourceVersions get 410 Expired.
@@ -64,6 +80,7 @@ impl Default for Options {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    access: Mutex<Vec<Access>>,
     open_watches: AtomicUsize,
     bookmark_interval: Duration,
 }
@@ -82,6 +99,7 @@ impl KubeFake {
     pub async fn start_with(opts: Options) -> KubeFake {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(opts.history, opts.deployments_ready)),
+            access: Mutex::new(Vec::new()),
             open_watches: AtomicUsize::new(0),
             bookmark_interval: opts.bookmark_interval,
         });
@@ -104,10 +122,27 @@ impl KubeFake {
     }
 
     pub fn client(&self) -> kube::Client {
+        self.client_as("")
+    }
+
+    /// A client whose requests are logged under `user` in `access()`, to
+    /// check what a component does against the RBAC it ships with.
+    pub fn client_as(&self, user: &str) -> kube::Client {
         let uri = self.url().parse().expect("kube fake URL");
         let mut config = kube::Config::new(uri);
         config.default_namespace = "default".into();
+        if !user.is_empty() {
+            config.headers.push((
+                axum::http::HeaderName::from_static(USER_HEADER),
+                axum::http::HeaderValue::from_str(user).expect("a header-safe user name"),
+            ));
+        }
         kube::Client::try_from(config).expect("kube client for the fake")
+    }
+
+    /// Every request with a route, in order (reads included).
+    pub fn access(&self) -> Vec<Access> {
+        self.shared.access.lock().clone()
     }
 
     pub fn writes(&self) -> Vec<Write> {
@@ -182,6 +217,26 @@ struct Route {
     ns: Option<String>,
     name: Option<String>,
     sub: Option<String>,
+}
+
+/// The verb an authorizer would check for this request.
+fn access_of(user: String, method: &Method, r: &Route, query: &HashMap<String, String>) -> Access {
+    let verb = match (method.as_str(), r.name.is_some()) {
+        ("GET", _) if is_true(query.get("watch")) => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        (other, _) => other,
+    };
+    let resource = match &r.sub {
+        Some(sub) => format!("{}/{sub}", r.gvr.plural),
+        None => r.gvr.plural.clone(),
+    };
+    Access { user, verb: verb.into(), group: r.gvr.group.clone(), resource, namespace: r.ns.clone() }
 }
 
 fn parse_route(path: &str) -> Option<Route> {
@@ -287,12 +342,16 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("as=PartialObjectMetadata"));
+    let user = req.headers().get(USER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let body = match axum::body::to_bytes(req.into_body(), 64 << 20).await {
         Ok(b) => b,
         Err(e) => return error_response(&ApiError::bad_request(format!("reading the request body: {e}"))),
     };
     let mutating = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let route = parse_route(&path);
+    if let Some(r) = &route {
+        shared.access.lock().push(access_of(user, &method, r, &query));
+    }
 
     {
         let mut st = shared.state.lock();
