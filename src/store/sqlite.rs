@@ -158,9 +158,11 @@ struct Entry {
     /// Creation order; never changes on update.
     seq: u64,
     /// The unique name as stored (`groups_of` returns it).
-    name: String,
-    name_lower: String,
-    external_id: Option<String>,
+    name: Arc<str>,
+    /// The same allocation as `name` when the name is already lowercase
+    /// (the usual case): the indexes below share these strings.
+    name_lower: Arc<str>,
+    external_id: Option<Arc<str>>,
     /// Member ids of a group (empty for users).
     members: Vec<String>,
 }
@@ -172,7 +174,10 @@ impl Entry {
 
     /// `text` must be `doc` serialised.
     fn with_text(kind: ResourceKind, id: &str, version: u64, seq: u64, doc: &Value, text: Arc<str>) -> Self {
-        let name = doc.get(kind.unique_name_attr()).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name_str = doc.get(kind.unique_name_attr()).and_then(Value::as_str).unwrap_or_default();
+        let name: Arc<str> = name_str.into();
+        let lower = name_str.to_lowercase();
+        let name_lower = if lower == name_str { name.clone() } else { lower.into() };
         let members = match kind {
             ResourceKind::Group => member_ids(doc).map(str::to_owned).collect(),
             ResourceKind::User => Vec::new(),
@@ -180,9 +185,9 @@ impl Entry {
         Entry {
             doc: Doc { id: id.into(), version, text },
             seq,
-            name_lower: name.to_lowercase(),
             name,
-            external_id: external_id(doc),
+            name_lower,
+            external_id: external_id(doc).map(Arc::from),
             members,
         }
     }
@@ -194,12 +199,55 @@ impl Entry {
 
 /// Resources of one kind. Everything is keyed by `seq` so that iteration in
 /// creation order needs no extra lookups.
+/// The seqs sharing one externalId: almost always exactly one, kept inline.
+#[derive(Debug)]
+enum Seqs {
+    One(u64),
+    Many(BTreeSet<u64>),
+}
+
+impl Seqs {
+    fn insert(&mut self, seq: u64) {
+        match self {
+            Seqs::One(s) if *s == seq => {}
+            Seqs::One(s) => *self = Seqs::Many(BTreeSet::from([*s, seq])),
+            Seqs::Many(set) => {
+                set.insert(seq);
+            }
+        }
+    }
+
+    /// False once empty.
+    fn remove(&mut self, seq: u64) -> bool {
+        match self {
+            Seqs::One(s) => *s != seq,
+            Seqs::Many(set) => {
+                set.remove(&seq);
+                if let (1, Some(&only)) = (set.len(), set.first()) {
+                    *self = Seqs::One(only);
+                }
+                !matches!(self, Seqs::Many(set) if set.is_empty())
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let (one, many) = match self {
+            Seqs::One(s) => (Some(*s), None),
+            Seqs::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+/// Index keys share the entry's `Arc<str>`s instead of copying them: with
+/// 10k users that is several MB.
 #[derive(Debug, Default)]
 struct KindState {
     by_seq: BTreeMap<u64, Entry>,
-    by_id: HashMap<String, u64>,
-    by_name: HashMap<String, u64>,
-    by_external: HashMap<String, BTreeSet<u64>>,
+    by_id: HashMap<Arc<str>, u64>,
+    by_name: HashMap<Arc<str>, u64>,
+    by_external: HashMap<Arc<str>, Seqs>,
 }
 
 impl KindState {
@@ -214,10 +262,15 @@ impl KindState {
     fn insert(&mut self, entry: Entry) -> Option<Entry> {
         let old = self.remove(entry.id());
         let seq = entry.seq;
-        self.by_id.insert(entry.id().to_owned(), seq);
+        self.by_id.insert(entry.doc.id.clone(), seq);
         self.by_name.insert(entry.name_lower.clone(), seq);
         if let Some(ext) = &entry.external_id {
-            self.by_external.entry(ext.clone()).or_default().insert(seq);
+            match self.by_external.get_mut(ext) {
+                Some(seqs) => seqs.insert(seq),
+                None => {
+                    self.by_external.insert(ext.clone(), Seqs::One(seq));
+                }
+            }
         }
         self.by_seq.insert(seq, entry);
         old
@@ -230,12 +283,10 @@ impl KindState {
             self.by_name.remove(&entry.name_lower);
         }
         if let Some(ext) = &entry.external_id
-            && let Some(set) = self.by_external.get_mut(ext)
+            && let Some(seqs) = self.by_external.get_mut(ext)
+            && !seqs.remove(seq)
         {
-            set.remove(&seq);
-            if set.is_empty() {
-                self.by_external.remove(ext);
-            }
+            self.by_external.remove(ext);
         }
         Some(entry)
     }
@@ -335,9 +386,9 @@ impl State {
             // Lowercasing again is idempotent and keeps the index sound even if a
             // caller forgot to.
             Some(IndexHint::UniqueName(name)) => Box::new(ks.by_name(&name.to_lowercase()).into_iter()),
-            Some(IndexHint::ExternalId(ext)) => {
-                Box::new(ks.by_external.get(ext).into_iter().flatten().filter_map(|seq| ks.by_seq.get(seq)))
-            }
+            Some(IndexHint::ExternalId(ext)) => Box::new(
+                ks.by_external.get(ext.as_str()).into_iter().flat_map(Seqs::iter).filter_map(|seq| ks.by_seq.get(&seq)),
+            ),
         }
     }
 
@@ -345,7 +396,10 @@ impl State {
         let Some(seqs) = self.members.get(member_id) else {
             return Vec::new();
         };
-        seqs.iter().filter_map(|seq| self.groups.by_seq.get(seq)).map(|g| (g.id().to_owned(), g.name.clone())).collect()
+        seqs.iter()
+            .filter_map(|seq| self.groups.by_seq.get(seq))
+            .map(|g| (g.id().to_owned(), g.name.to_string()))
+            .collect()
     }
 }
 
@@ -437,13 +491,13 @@ impl Overlay {
                 return;
             }
         };
-        let old_name = View { base, overlay: &*self }.get(kind, id).map(|e| e.name_lower.clone());
+        let old_name = View { base, overlay: &*self }.get(kind, id).map(|e| e.name_lower.to_string());
         if let Some(old) = old_name {
             self.names.insert((kind, old), None);
         }
         match &change {
             Change::Insert(k, e) | Change::Update(k, e) => {
-                self.names.insert((*k, e.name_lower.clone()), Some(e.id().to_owned()));
+                self.names.insert((*k, e.name_lower.to_string()), Some(e.id().to_owned()));
                 self.entries.insert(e.id().to_owned(), Some((*k, e.clone())));
             }
             Change::Delete(_, id) => {
@@ -1096,6 +1150,10 @@ fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError
     // on disk after a checkpoint.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(|e| backend("setting the WAL size limit", &e))?;
+    // Reads are served from memory, so the page cache only helps writes find
+    // the B-tree pages they touch; 512 KiB holds the interior pages of a
+    // large directory, and the OS caches the rest.
+    conn.pragma_update(None, "cache_size", -512).map_err(|e| backend("setting the page cache size", &e))?;
 
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
