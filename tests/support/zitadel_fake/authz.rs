@@ -443,7 +443,8 @@ fn admin_matches(s: &State, f: &Value, a: &Admin, depth: usize) -> ApiResult<boo
     Err(err(Code::InvalidArgument, "FAKE-filter", "Errors.Query.InvalidRequest", "unknown or empty filter"))
 }
 
-fn timestamp_cmp(x: &Value, actual: OffsetDateTime) -> ApiResult<bool> {
+/// A `{timestamp, method}` filter (TIMESTAMP_FILTER_METHOD_*) applied to `actual`.
+pub fn timestamp_cmp(x: &Value, actual: OffsetDateTime) -> ApiResult<bool> {
     let t = timestamp(x, "timestamp")?.ok_or_else(|| invalid("timestamp"))?;
     let m = enum_name(
         x,

@@ -329,65 +329,25 @@ impl ZitadelFake {
 
     /// A human user, as if created earlier (e.g. before the SCIM bridge existed).
     pub fn add_human(&self, org: &str, user_id: &str, username: &str, email: &str) {
-        let now = OffsetDateTime::now_utc();
-        self.with(|s| {
-            users::insert_user(
-                s,
-                User {
-                    id: user_id.into(),
-                    org: org.into(),
-                    username: username.into(),
-                    kind: Kind::Human {
-                        profile: Profile {
-                            given_name: "Existing".into(),
-                            family_name: "User".into(),
-                            display_name: "Existing User".into(),
-                            ..Profile::default()
-                        },
-                        email: email.into(),
-                        email_verified: true,
-                        phone: String::new(),
-                        phone_verified: false,
-                        password_set: false,
-                    },
-                    state: ACTIVE,
-                    metadata: BTreeMap::new(),
-                    links: Vec::new(),
-                    keys: Vec::new(),
-                    pats: Vec::new(),
-                    created: now,
-                    changed: now,
-                    sequence: 1,
-                    written: Instant::now() - Duration::from_secs(3600),
-                    deleted: None,
-                    order: 0,
-                },
-            )
-        })
+        let kind = Kind::Human {
+            profile: Profile {
+                given_name: "Existing".into(),
+                family_name: "User".into(),
+                display_name: "Existing User".into(),
+                ..Profile::default()
+            },
+            email: email.into(),
+            email_verified: true,
+            phone: String::new(),
+            phone_verified: false,
+            password_set: false,
+        };
+        self.with(|s| users::insert_user(s, User::new(user_id.into(), org.into(), username.into(), kind, long_ago())))
     }
 
     fn add_machine(s: &mut State, user_id: &str, org: &str, instance_roles: &[&str]) {
-        let now = OffsetDateTime::now_utc();
-        users::insert_user(
-            s,
-            User {
-                id: user_id.into(),
-                org: org.into(),
-                username: user_id.into(),
-                kind: Kind::Machine { name: user_id.into(), description: "seeded by the fake".into() },
-                state: ACTIVE,
-                metadata: BTreeMap::new(),
-                links: Vec::new(),
-                keys: Vec::new(),
-                pats: Vec::new(),
-                created: now,
-                changed: now,
-                sequence: 1,
-                written: Instant::now() - Duration::from_secs(3600),
-                deleted: None,
-                order: 0,
-            },
-        );
+        let kind = Kind::Machine { name: user_id.into(), description: "seeded by the fake".into() };
+        users::insert_user(s, User::new(user_id.into(), org.into(), user_id.into(), kind, long_ago()));
         set_roles(s, user_id, instance_roles);
     }
 
@@ -564,6 +524,12 @@ impl ZitadelFake {
     }
 }
 
+/// Seeded data is written long before any test lists it, so the list lag
+/// never hides it.
+fn long_ago() -> Instant {
+    Instant::now() - Duration::from_secs(3600)
+}
+
 fn set_roles(s: &mut State, user_id: &str, roles: &[&str]) {
     s.admins.retain(|a| !(a.user_id == user_id && a.resource == Resource::Instance));
     if !roles.is_empty() {
@@ -574,7 +540,7 @@ fn set_roles(s: &mut State, user_id: &str, roles: &[&str]) {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             created: now,
             changed: now,
-            written: Instant::now() - Duration::from_secs(3600),
+            written: long_ago(),
         });
     }
 }

@@ -129,6 +129,29 @@ pub const ACTIVE: &str = "USER_STATE_ACTIVE";
 pub const INACTIVE: &str = "USER_STATE_INACTIVE";
 
 impl User {
+    /// A new active user with nothing attached; `written` is when lagging
+    /// lists start to show it (seeded users: long ago).
+    pub fn new(id: String, org: String, username: String, kind: Kind, written: Instant) -> User {
+        let now = OffsetDateTime::now_utc();
+        User {
+            id,
+            org,
+            username,
+            kind,
+            state: ACTIVE,
+            metadata: BTreeMap::new(),
+            links: Vec::new(),
+            keys: Vec::new(),
+            pats: Vec::new(),
+            created: now,
+            changed: now,
+            sequence: 1,
+            written,
+            deleted: None,
+            order: 0,
+        }
+    }
+
     pub fn is_machine(&self) -> bool {
         matches!(self.kind, Kind::Machine { .. })
     }

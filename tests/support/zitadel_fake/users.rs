@@ -1,7 +1,6 @@
 //! `zitadel.user.v2.UserService` (reference §3.1; shapes checked against the
 //! `zitadel-client` 4.1.9 SDK models).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -287,28 +286,18 @@ fn create_human(s: &mut State, n: NewHuman) -> ApiResult<(String, Option<String>
             ));
         }
     }
-    let now = OffsetDateTime::now_utc();
-    let user = User {
-        id: id.clone(),
-        org: n.org,
+    let mut user = User::new(
+        id.clone(),
+        n.org,
         username,
-        kind: Kind::Human { profile, email, email_verified, phone, phone_verified, password_set },
-        // v2-created users are ACTIVE at once (reference §3.1).
-        state: ACTIVE,
-        metadata: metadata
-            .into_iter()
-            .map(|(k, v)| (k, MetaEntry { value: v, created: now, changed: now }))
-            .collect::<BTreeMap<_, _>>(),
-        links,
-        keys: Vec::new(),
-        pats: Vec::new(),
-        created: now,
-        changed: now,
-        sequence: 1,
-        written: Instant::now(),
-        deleted: None,
-        order: 0,
-    };
+        Kind::Human { profile, email, email_verified, phone, phone_verified, password_set },
+        Instant::now(),
+    );
+    // v2-created users are ACTIVE at once (reference §3.1).
+    let now = user.created;
+    user.metadata =
+        metadata.into_iter().map(|(k, v)| (k, MetaEntry { value: v, created: now, changed: now })).collect();
+    user.links = links;
     insert_user(s, user);
     Ok((id, email_code, phone_code))
 }
@@ -371,27 +360,10 @@ pub fn create_user(s: &mut State, ctx: &Ctx, req: &Value) -> ApiResult {
             // A machine user without a username gets its id as username.
             let username = username.filter(|u| !u.is_empty()).unwrap_or_else(|| id.clone());
             check_username(s, &username, &org, None)?;
-            let now = OffsetDateTime::now_utc();
-            insert_user(
-                s,
-                User {
-                    id: id.clone(),
-                    org,
-                    username,
-                    kind: Kind::Machine { name, description: string(m, "description")? },
-                    state: ACTIVE,
-                    metadata: BTreeMap::new(),
-                    links: Vec::new(),
-                    keys: Vec::new(),
-                    pats: Vec::new(),
-                    created: now,
-                    changed: now,
-                    sequence: 1,
-                    written: Instant::now(),
-                    deleted: None,
-                    order: 0,
-                },
-            );
+            let kind = Kind::Machine { name, description: string(m, "description")? };
+            let user = User::new(id.clone(), org, username, kind, Instant::now());
+            let now = user.created;
+            insert_user(s, user);
             Ok(json!({"id": id, "creationDate": ts(now)}))
         }
         _ => {
@@ -832,36 +804,26 @@ pub fn update_user(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     Ok(prune(json!({"changeDate": ts(u.changed), "emailCode": codes.0, "phoneCode": codes.1})))
 }
 
-pub fn deactivate_user(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
+/// Moves an active user to inactive or back; the other way round is the
+/// FailedPrecondition ZITADEL answers.
+fn set_user_state(s: &mut State, req: &Value, to: &'static str, already: (&str, &str, &str)) -> ApiResult {
     let id = required_user_id(req)?;
     let u = s.user_mut(&id).ok_or_else(user_not_found)?;
-    if u.state == INACTIVE {
-        return Err(err(
-            Code::FailedPrecondition,
-            "FAKE-inactive",
-            "Errors.User.AlreadyInactive",
-            "User is already deactivated",
-        ));
+    if (u.state == INACTIVE) == (to == INACTIVE) {
+        let (id, key, message) = already;
+        return Err(err(Code::FailedPrecondition, id, key, message));
     }
-    u.state = INACTIVE;
+    u.state = to;
     u.touch();
     Ok(json!({"details": u.details()}))
 }
 
+pub fn deactivate_user(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
+    set_user_state(s, req, INACTIVE, ("FAKE-inactive", "Errors.User.AlreadyInactive", "User is already deactivated"))
+}
+
 pub fn reactivate_user(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
-    let id = required_user_id(req)?;
-    let u = s.user_mut(&id).ok_or_else(user_not_found)?;
-    if u.state != INACTIVE {
-        return Err(err(
-            Code::FailedPrecondition,
-            "FAKE-notinactive",
-            "Errors.User.NotInactive",
-            "User is not deactivated",
-        ));
-    }
-    u.state = ACTIVE;
-    u.touch();
-    Ok(json!({"details": u.details()}))
+    set_user_state(s, req, ACTIVE, ("FAKE-notinactive", "Errors.User.NotInactive", "User is not deactivated"))
 }
 
 /// RemovePhone: `{userId}` → `{details}`; an unknown user is NotFound
@@ -1092,26 +1054,7 @@ fn id_filter(f: &Value, name: &str) -> ApiResult<Option<String>> {
 }
 
 fn timestamp_filter(f: &Value, name: &str, actual: OffsetDateTime) -> ApiResult<Option<bool>> {
-    let Some(x) = field(f, name) else { return Ok(None) };
-    let t = timestamp(x, "timestamp")?.ok_or_else(|| invalid("timestamp"))?;
-    let m = enum_name(
-        x,
-        "method",
-        &[
-            "TIMESTAMP_FILTER_METHOD_EQUALS",
-            "TIMESTAMP_FILTER_METHOD_AFTER",
-            "TIMESTAMP_FILTER_METHOD_AFTER_OR_EQUALS",
-            "TIMESTAMP_FILTER_METHOD_BEFORE",
-            "TIMESTAMP_FILTER_METHOD_BEFORE_OR_EQUALS",
-        ],
-    )?;
-    Ok(Some(match m.trim_start_matches("TIMESTAMP_FILTER_METHOD_") {
-        "AFTER" => actual > t,
-        "AFTER_OR_EQUALS" => actual >= t,
-        "BEFORE" => actual < t,
-        "BEFORE_OR_EQUALS" => actual <= t,
-        _ => actual == t,
-    }))
+    field(f, name).map(|x| super::authz::timestamp_cmp(x, actual)).transpose()
 }
 
 /// ListKeys: `{pagination, sortingColumn, filters:[{userIdFilter|keyIdFilter|
