@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use super::crd::ScimTenant;
 
 pub const MANAGER: &str = "scim-operator";
+/// On a key Secret: when its token was generated (expiry counts from here).
+pub const CREATED_AT: &str = "scim.unique.app/created-at";
 /// On a key Secret: the tenant resourceVersion whose rotate annotation was served.
 pub const ROTATED_FOR: &str = "scim.unique.app/rotated-for";
 const SCIM_PORT: i32 = 8080;
@@ -242,7 +244,7 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
             );
             let mut ann = BTreeMap::from([
                 ("scim.unique.app/key-name".to_string(), k.name.clone()),
-                ("scim.unique.app/created-at".to_string(), k.created_at.clone()),
+                (CREATED_AT.to_string(), k.created_at.clone()),
                 ("scim.unique.app/fingerprint".to_string(), k.fingerprint()),
             ]);
             if let Some(e) = &k.expires_at {

@@ -321,7 +321,7 @@ fn found_key(s: &Secret, now: OffsetDateTime) -> Option<FoundKey> {
     let token = binding::secret_text(s, "token").filter(|t| !t.is_empty())?;
     let created_at = s
         .annotations()
-        .get("scim.unique.app/created-at")
+        .get(build::CREATED_AT)
         .and_then(|c| keys::parse_rfc3339(c))
         .or_else(|| {
             s.meta().creation_timestamp.as_ref().and_then(|c| OffsetDateTime::from_unix_timestamp(c.0.as_second()).ok())
@@ -615,15 +615,6 @@ async fn provisioning_check(
     (p, c)
 }
 
-fn reason_of(c: &Check) -> &'static str {
-    match c {
-        Check::Ok { reason, .. }
-        | Check::Pending { reason, .. }
-        | Check::Failed { reason, .. }
-        | Check::Unknown { reason, .. } => reason,
-    }
-}
-
 async fn write_status(ctx: &Context, t: &ScimTenant, new: ScimTenantStatus) -> Result<(), Error> {
     let prev = t.status.clone().unwrap_or_default();
     let name = t.name_any();
@@ -864,7 +855,7 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
     if pending || failed {
         // Not converged: retry with backoff (a rejected credential needs a human, so the backoff grows to its maximum).
         let d = sh.backoff(&uid);
-        tracing::info!(tenant = %format!("{ns}/{}", t.name_any()), zitadel = reason_of(&obs.zitadel), server = reason_of(&obs.server), retry_in = ?d, "not ready yet");
+        tracing::info!(tenant = %format!("{ns}/{}", t.name_any()), zitadel = obs.zitadel.reason(), server = obs.server.reason(), retry_in = ?d, "not ready yet");
         return Ok(Action::requeue(d.min(next)));
     }
     sh.succeeded(&uid);

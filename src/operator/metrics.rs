@@ -88,10 +88,17 @@ impl Metrics {
     /// `ready` is the Ready condition's status ("True", "False", "Unknown"), or None once the tenant is gone.
     pub fn set_readiness(&self, tenant: &str, ready: Option<&str>) {
         let mut m = self.readiness.lock();
-        match ready {
-            Some("True") => m.insert(tenant.to_string(), "true"),
-            Some("False") => m.insert(tenant.to_string(), "false"),
-            Some(_) => m.insert(tenant.to_string(), "unknown"),
+        let state = ready.map(|r| match r {
+            "True" => "true",
+            "False" => "false",
+            _ => "unknown",
+        });
+        if m.get(tenant).copied() == state {
+            // Every pass reports; only a change needs the counts redone.
+            return;
+        }
+        match state {
+            Some(s) => m.insert(tenant.to_string(), s),
             None => m.remove(tenant),
         };
         for state in ["true", "false", "unknown"] {

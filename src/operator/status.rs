@@ -28,6 +28,26 @@ pub enum Check {
     },
 }
 
+impl Check {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Check::Ok { reason, .. }
+            | Check::Pending { reason, .. }
+            | Check::Failed { reason, .. }
+            | Check::Unknown { reason, .. } => reason,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Check::Ok { message, .. }
+            | Check::Pending { message, .. }
+            | Check::Failed { message, .. }
+            | Check::Unknown { message, .. } => message,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub generation: i64,
@@ -79,11 +99,10 @@ pub fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Conditi
     });
     // Provisioning health informs, but does not gate readiness: a backlog is
     // drained by the server itself.
-    let blocking = details[..3].iter().find_map(|(t, c)| match c {
-        Check::Ok { .. } => None,
-        Check::Pending { reason, message } | Check::Unknown { reason, message } => Some((*t, *reason, message.clone())),
-        Check::Failed { reason, message } => Some((*t, *reason, message.clone())),
-    });
+    let blocking = details[..3]
+        .iter()
+        .find(|(_, c)| !matches!(c, Check::Ok { .. }))
+        .map(|(t, c)| (*t, c.reason(), c.message().to_string()));
     let mut out = Vec::new();
     let (ready, reconciling) = if obs.suspended {
         (
