@@ -339,14 +339,17 @@ async fn keys_are_added_removed_rotated_and_expire() {
     env.wait_event("Normal", "KeyRotated").await;
 
     // Expiry: a short-lived key is warned about, then dropped from the hash file.
-    env.apply("acme", spec(json!([{"name": "next"}, {"name": "brief", "expiresAfter": "3s"}]))).await;
+    // 12 s: warned from 9 s (a quarter of its life ahead), dropped at 12 s.
+    env.apply("acme", spec(json!([{"name": "next"}, {"name": "brief", "expiresAfter": "12s"}]))).await;
+    env.wait_condition("acme", "KeysReady", "True", Some("KeyExpiringSoon")).await;
+    env.wait_event("Warning", "KeyExpiringSoon").await;
     env.wait_condition("acme", "KeysReady", "True", Some("KeyExpired")).await;
     let brief = env.secret_text("acme-scim-key-brief", "token").await.unwrap();
     let file = env.secret_text("acme-scim-keys", "keys.yaml").await.unwrap();
     assert!(!file.contains(&sha(&brief)) && file.contains(&sha(&rotated)), "{file}");
     env.wait_event("Warning", "KeyExpired").await;
     // With only expired keys left, the tenant needs a human.
-    env.apply("acme", spec(json!([{"name": "brief", "expiresAfter": "3s"}]))).await;
+    env.apply("acme", spec(json!([{"name": "brief", "expiresAfter": "12s"}]))).await;
     env.wait_condition("acme", "Stalled", "True", Some("KeysExpired")).await;
 }
 
