@@ -12,6 +12,8 @@ use serde_json::Value;
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
 
+mod checkpoint;
+mod packed;
 pub mod sqlite;
 
 /// One stored resource: the complete SCIM document as returned to clients
@@ -159,8 +161,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, kind: ResourceKind, id: &str) -> Result<Option<Record>, StoreError>;
 
     /// The stored document as compact JSON text with its version, for reads
-    /// that return it unchanged (no parse, no copy of the tree).
-    async fn get_text(&self, kind: ResourceKind, id: &str) -> Result<Option<(u64, Arc<str>)>, StoreError>;
+    /// that return it unchanged (no parse, no tree).
+    async fn get_text(&self, kind: ResourceKind, id: &str) -> Result<Option<(u64, String)>, StoreError>;
 
     /// Reads the current record and applies `mutate` atomically (no other write
     /// to the same resource in between). 404 if missing. The same uniqueness

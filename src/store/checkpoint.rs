@@ -1,0 +1,158 @@
+//! WAL checkpoints off the commit path.
+//!
+//! SQLite's automatic checkpoint runs inside the COMMIT that crosses the
+//! threshold: that writer copies every page of the WAL back into the database
+//! and fsyncs it, and every client queued behind it waits (the p99 of durable
+//! writes was that stall). Here the writer only notices the WAL has grown and
+//! nudges a thread with its own connection, which copies the bulk with a
+//! PASSIVE checkpoint while commits go on. The WAL can only start over from
+//! its beginning once every frame is copied, and under steady writes the
+//! thread never quite catches up; so when what is left is a small tail, the
+//! writer copies that itself between two batches, and its next transaction
+//! restarts the WAL.
+
+use std::cell::Cell;
+use std::ffi::c_int;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use rusqlite::hooks::Wal;
+
+use super::StoreError;
+use super::sqlite::{Durability, backend, set_synchronous};
+
+/// WAL size (pages) at which the checkpointer is nudged: SQLite's default
+/// auto-checkpoint size.
+pub const NUDGE_PAGES: i32 = 1000;
+
+/// WAL size (pages) at which the writer checkpoints by itself because the
+/// checkpointer has not kept up (or is gone): about 40 MB of WAL.
+pub const FALLBACK_PAGES: i32 = 10 * NUDGE_PAGES;
+
+/// Frames the checkpoint thread may leave for the writer to copy: a pause
+/// of well under a millisecond between two batches.
+pub const TAIL_PAGES: i64 = 64;
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread's connection;
+    /// each store's writer is its own thread, so stores never share it.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// Installed as the writer connection's WAL hook (which also switches off
+/// SQLite's automatic checkpoint on that connection).
+fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// Makes `conn` (the writer's) report its WAL size instead of checkpointing
+/// inside COMMIT.
+pub fn watch_wal(conn: &Connection) {
+    conn.wal_hook(Some(note_wal_pages));
+}
+
+/// Pages in the WAL after the last commit on the calling thread.
+fn wal_pages() -> i32 {
+    WAL_PAGES.with(Cell::get)
+}
+
+/// What the checkpoint thread copied: frames (counted from the start of the
+/// WAL) in the WAL generation it was asked about.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    generation: u64,
+    copied: i64,
+}
+
+/// Owned by the writer thread.
+pub struct Checkpointer {
+    nudge: Option<mpsc::SyncSender<u64>>,
+    progress: Arc<Mutex<Option<Progress>>>,
+    handle: Option<JoinHandle<()>>,
+    /// Bumped whenever the WAL was seen to start over, so a report about the
+    /// previous WAL is never taken for the current one.
+    generation: u64,
+    last_pages: i32,
+}
+
+impl Checkpointer {
+    pub fn start(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| backend("opening the checkpoint connection", &e))?;
+        conn.busy_timeout(super::sqlite::BUSY_TIMEOUT).map_err(|e| backend("setting the busy timeout", &e))?;
+        // The checkpoint fsyncs the WAL before copying and the database after,
+        // as the writer's setting asks.
+        set_synchronous(&conn, durability)?;
+        // A nudge that arrives while a checkpoint runs is kept (capacity 1),
+        // any further one is redundant.
+        let (tx, rx) = mpsc::sync_channel::<u64>(1);
+        let progress = Arc::new(Mutex::new(None));
+        let report = Arc::clone(&progress);
+        let handle = std::thread::Builder::new()
+            .name("scim-store-checkpoint".to_owned())
+            .spawn(move || run(&conn, &rx, &report))
+            .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
+        Ok(Self { nudge: Some(tx), progress, handle: Some(handle), generation: 0, last_pages: 0 })
+    }
+
+    /// Called by the writer after each commit, once the replies are out.
+    pub fn after_commit(&mut self, conn: &Connection) {
+        let pages = wal_pages();
+        if pages < self.last_pages {
+            self.generation += 1;
+        }
+        self.last_pages = pages;
+        if pages < NUDGE_PAGES {
+            return;
+        }
+        let copied = (*self.progress.lock()).filter(|p| p.generation == self.generation).map(|p| p.copied);
+        let tail_left = copied.is_some_and(|c| i64::from(pages) - c <= TAIL_PAGES);
+        if !tail_left && pages < FALLBACK_PAGES {
+            if let Some(tx) = &self.nudge {
+                let _ = tx.try_send(self.generation);
+            }
+            return;
+        }
+        if !tail_left {
+            tracing::warn!(pages, "the WAL outgrew the checkpoint thread; checkpointing on the writer");
+        }
+        match passive_checkpoint(conn) {
+            Ok((_, wal, copied)) if wal == copied => *self.progress.lock() = None,
+            Ok(_) => {}
+            Err(e) => tracing::error!("store checkpoint failed: {e}"),
+        }
+    }
+}
+
+/// `(busy, frames in the WAL, frames copied)`. PASSIVE never waits for
+/// another connection: it copies what was committed when it started.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.nudge.take());
+        if let Some(handle) = self.handle.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the store checkpoint thread panicked");
+        }
+    }
+}
+
+fn run(conn: &Connection, rx: &mpsc::Receiver<u64>, report: &Mutex<Option<Progress>>) {
+    while let Ok(generation) = rx.recv() {
+        match passive_checkpoint(conn) {
+            Ok((busy, wal, copied)) => {
+                tracing::debug!(busy, wal, copied, "store checkpoint");
+                *report.lock() = Some(Progress { generation, copied });
+            }
+            Err(e) => tracing::warn!("store checkpoint failed (the writer falls back to its own): {e}"),
+        }
+    }
+    tracing::debug!("store checkpoint thread stopped");
+}
