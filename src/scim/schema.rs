@@ -341,7 +341,7 @@ pub static COMMON_ATTRIBUTES: [AttrDef; 3] = [
 
 static USER_EXTENSIONS: [(&str, &[AttrDef]); 1] = [(ENTERPRISE_USER_SCHEMA, &ENTERPRISE_ATTRIBUTES)];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceKind {
     User,
     Group,
