@@ -280,13 +280,33 @@ pub fn build_document(
 
 /// The writable attributes of a stored document (everything but `schemas`,
 /// `id`, `meta` and read-only attributes).
+/// Members of a stored document that are not client attributes.
+const SERVER_MEMBERS: [&str; 4] = ["schemas", "id", "meta", "groups"];
+
 pub fn attributes_of(doc: &Value) -> Map<String, Value> {
     let mut m = doc.as_object().cloned().unwrap_or_default();
-    m.remove("schemas");
-    m.remove("id");
-    m.remove("meta");
-    m.remove("groups");
+    for k in SERVER_MEMBERS {
+        m.remove(k);
+    }
     m
+}
+
+/// `attrs == attributes_of(doc)` without copying the document (a PATCH
+/// compares every time to decide whether anything changed). Order does not
+/// matter, as for map equality.
+pub fn same_attributes(attrs: &Map<String, Value>, doc: &Value) -> bool {
+    let Some(obj) = doc.as_object() else { return attrs.is_empty() };
+    let mut n = 0;
+    for (k, v) in obj {
+        if SERVER_MEMBERS.contains(&k.as_str()) {
+            continue;
+        }
+        n += 1;
+        if attrs.get(k) != Some(v) {
+            return false;
+        }
+    }
+    n == attrs.len()
 }
 
 pub fn created_of(doc: &Value) -> &str {
@@ -445,6 +465,28 @@ pub fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_attributes_agrees_with_comparing_copies() {
+        let doc = json!({"schemas": ["s"], "id": "1", "userName": "a", "active": true,
+            "meta": {"version": "W/\"1\""}, "groups": []});
+        let attrs = attributes_of(&doc);
+        assert!(same_attributes(&attrs, &doc));
+        let mut reordered = Map::new();
+        reordered.insert("active".into(), json!(true));
+        reordered.insert("userName".into(), json!("a"));
+        assert!(same_attributes(&reordered, &doc));
+        let mut changed = attrs.clone();
+        changed.insert("active".into(), json!(false));
+        assert!(!same_attributes(&changed, &doc));
+        let mut more = attrs.clone();
+        more.insert("title".into(), json!("x"));
+        assert!(!same_attributes(&more, &doc));
+        let mut fewer = attrs;
+        fewer.shift_remove("active");
+        assert!(!same_attributes(&fewer, &doc));
+        assert!(same_attributes(&Map::new(), &json!({"id": "1"})));
+    }
     use crate::scim::schema::ENTERPRISE_USER_SCHEMA;
 
     fn entra_create() -> Value {

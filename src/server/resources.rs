@@ -16,7 +16,7 @@ use crate::scim::error::ScimError;
 use crate::scim::filter::{Filter, sort_key_cmp};
 use crate::scim::patch::{apply_patch, parse_patch};
 use crate::scim::resource::{
-    Projection, attributes_of, build_document, created_of, etag, normalize, timestamp, with_location,
+    Projection, attributes_of, build_document, created_of, etag, normalize, same_attributes, timestamp, with_location,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
 use crate::store::{MutateFn, Mutation, Query, Record};
@@ -399,7 +399,7 @@ fn precondition(tags: &Option<Vec<String>>, rec: &Record) -> Result<(), ScimErro
 /// Builds the new document from new attributes, or reports no change so the
 /// store writes nothing and the version stays.
 fn next_document(kind: ResourceKind, rec: &Record, attrs: Map<String, Value>, version: u64) -> Mutation {
-    if attrs == attributes_of(&rec.doc) {
+    if same_attributes(&attrs, &rec.doc) {
         return Mutation::Unchanged;
     }
     Mutation::Replace(build_document(kind, &rec.id, attrs, created_of(&rec.doc), &now(), version))

@@ -1155,7 +1155,14 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::Backend(format!("opening the lock file {}: {e}", path.display())))?;
-    match file.try_lock() {
+    // The previous server may still be shutting down: wait for it a little.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut attempt = file.try_lock();
+    while matches!(attempt, Err(std::fs::TryLockError::WouldBlock)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        attempt = file.try_lock();
+    }
+    match attempt {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
             "the data dir {} is locked by another scim-operator server (lock file {}); stop it or use another --data-dir",
