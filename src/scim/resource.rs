@@ -278,11 +278,11 @@ pub fn build_document(
     Value::Object(doc)
 }
 
-/// The writable attributes of a stored document (everything but `schemas`,
-/// `id`, `meta` and read-only attributes).
 /// Members of a stored document that are not client attributes.
 const SERVER_MEMBERS: [&str; 4] = ["schemas", "id", "meta", "groups"];
 
+/// The writable attributes of a stored document (everything but `schemas`,
+/// `id`, `meta` and read-only attributes).
 pub fn attributes_of(doc: &Value) -> Map<String, Value> {
     let mut m = doc.as_object().cloned().unwrap_or_default();
     for k in SERVER_MEMBERS {

@@ -36,7 +36,9 @@ pub const NUDGE_PAGES: i32 = 256;
 pub const FALLBACK_PAGES: i32 = 10_000;
 
 /// Frames the checkpoint thread may leave for the writer to copy: a pause
-/// of well under a millisecond between two batches.
+/// of well under a millisecond between two batches. When the thread lags
+/// further behind, the writer still takes over once three quarters are
+/// copied, so the WAL restarts well before the fallback size.
 pub const TAIL_PAGES: i64 = 64;
 
 thread_local! {
@@ -80,6 +82,11 @@ pub struct Checkpointer {
     /// previous WAL is never taken for the current one.
     generation: u64,
     last_pages: i32,
+    /// WAL size at which the writer tries its own checkpoint next, once past
+    /// the fallback size: something (another process reading the database)
+    /// may keep the WAL from starting over, and trying after every commit
+    /// would only repeat the same work and warning.
+    next_fallback: i32,
 }
 
 impl Checkpointer {
@@ -98,7 +105,14 @@ impl Checkpointer {
             .name("scim-store-checkpoint".to_owned())
             .spawn(move || run(&conn, &rx, &report))
             .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
-        Ok(Self { nudge: Some(tx), progress, handle: Some(handle), generation: 0, last_pages: 0 })
+        Ok(Self {
+            nudge: Some(tx),
+            progress,
+            handle: Some(handle),
+            generation: 0,
+            last_pages: 0,
+            next_fallback: FALLBACK_PAGES,
+        })
     }
 
     /// Called by the writer after each commit, once the replies are out.
@@ -106,34 +120,56 @@ impl Checkpointer {
         let pages = wal_pages();
         if pages < self.last_pages {
             self.generation += 1;
+            self.next_fallback = FALLBACK_PAGES;
         }
         self.last_pages = pages;
         if pages < NUDGE_PAGES {
             return;
         }
         let copied = (*self.progress.lock()).filter(|p| p.generation == self.generation).map(|p| p.copied);
-        let tail_left = copied.is_some_and(|c| i64::from(pages) - c <= TAIL_PAGES);
-        if !tail_left && pages < FALLBACK_PAGES {
+        let left = copied.map(|c| i64::from(pages) - c);
+        let tail_left = left.is_some_and(|n| n <= TAIL_PAGES.max(i64::from(pages) / 4));
+        let fallback = !tail_left && pages >= self.next_fallback;
+        if !tail_left && !fallback {
             if let Some(tx) = &self.nudge {
                 let _ = tx.try_send(self.generation);
             }
             return;
         }
-        if !tail_left {
+        if fallback {
             tracing::warn!(pages, "the WAL outgrew the checkpoint thread; checkpointing on the writer");
+            self.next_fallback = pages.saturating_add(FALLBACK_PAGES);
         }
         match passive_checkpoint(conn) {
-            Ok((_, wal, copied)) if wal == copied => *self.progress.lock() = None,
+            Ok(done) if done.complete() => *self.progress.lock() = None,
             Ok(_) => {}
             Err(e) => tracing::error!("store checkpoint failed: {e}"),
         }
     }
 }
 
-/// `(busy, frames in the WAL, frames copied)`. PASSIVE never waits for
-/// another connection: it copies what was committed when it started.
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+/// What `PRAGMA wal_checkpoint` reports.
+#[derive(Debug, Clone, Copy)]
+struct Checkpointed {
+    /// Another checkpoint was running, so this one did nothing (and the
+    /// counts are -1).
+    busy: bool,
+    wal: i64,
+    copied: i64,
+}
+
+impl Checkpointed {
+    fn complete(self) -> bool {
+        !self.busy && self.copied >= 0 && self.copied == self.wal
+    }
+}
+
+/// PASSIVE never waits for another connection: it copies what was committed
+/// when it started.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok(Checkpointed { busy: row.get::<_, i64>(0)? != 0, wal: row.get(1)?, copied: row.get(2)? })
+    })
 }
 
 impl Drop for Checkpointer {
@@ -150,9 +186,11 @@ impl Drop for Checkpointer {
 fn run(conn: &Connection, rx: &mpsc::Receiver<u64>, report: &Mutex<Option<Progress>>) {
     while let Ok(generation) = rx.recv() {
         match passive_checkpoint(conn) {
-            Ok((busy, wal, copied)) => {
-                tracing::debug!(busy, wal, copied, "store checkpoint");
-                *report.lock() = Some(Progress { generation, copied });
+            Ok(done) => {
+                tracing::debug!(?done, "store checkpoint");
+                if !done.busy && done.copied >= 0 {
+                    *report.lock() = Some(Progress { generation, copied: done.copied });
+                }
             }
             Err(e) => tracing::warn!("store checkpoint failed (the writer falls back to its own): {e}"),
         }
