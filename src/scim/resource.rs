@@ -453,11 +453,16 @@ pub fn splice_response(text: &str, groups: Option<&Value>, location: &str) -> Op
     Some(out)
 }
 
+/// The URL of a resource: its `meta.location`, a group member's `$ref`.
+pub fn location(base_url: &str, kind: ResourceKind, id: &str) -> String {
+    format!("{base_url}{}/{id}", kind.endpoint())
+}
+
 /// Adds `meta.location` for a response.
 pub fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Value {
     let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     if let Some(meta) = doc.get_mut("meta").and_then(Value::as_object_mut) {
-        meta.insert("location".into(), Value::String(format!("{base_url}{}/{id}", kind.endpoint())));
+        meta.insert("location".into(), Value::String(location(base_url, kind, &id)));
     }
     doc
 }

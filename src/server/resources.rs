@@ -16,7 +16,8 @@ use crate::scim::error::ScimError;
 use crate::scim::filter::{Filter, sort_key_cmp};
 use crate::scim::patch::{apply_patch, parse_patch};
 use crate::scim::resource::{
-    Projection, attributes_of, build_document, created_of, etag, normalize, same_attributes, timestamp, with_location,
+    Projection, attributes_of, build_document, created_of, etag, location, normalize, same_attributes, timestamp,
+    with_location,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
 use crate::store::{MutateFn, Mutation, Query, Record};
@@ -45,15 +46,11 @@ impl AppState {
                 groups
                     .into_iter()
                     .map(|(id, name)| {
-                        json!({"value": id, "$ref": format!("{}/Groups/{id}", self.base_url), "display": name, "type": "direct"})
+                        json!({"value": id, "$ref": location(&self.base_url, ResourceKind::Group, &id), "display": name, "type": "direct"})
                     })
                     .collect(),
             )
         }))
-    }
-
-    fn location(&self, kind: ResourceKind, id: &str) -> String {
-        format!("{}{}/{id}", self.base_url, kind.endpoint())
     }
 
     /// The stored text with `groups` and `location` spliced in, answered
@@ -77,7 +74,8 @@ impl AppState {
             return Ok(None);
         }
         let groups = if groups { self.groups_attribute(id).await? } else { None };
-        let Some(body) = crate::scim::resource::splice_response(&text, groups.as_ref(), &self.location(kind, id))
+        let Some(body) =
+            crate::scim::resource::splice_response(&text, groups.as_ref(), &location(&self.base_url, kind, id))
         else {
             return Ok(None);
         };
@@ -123,7 +121,7 @@ impl AppState {
             if let Some(mut resp) = self.stored_response(kind, &rec.id, Some(rec.version), groups).await? {
                 *resp.status_mut() = status;
                 if status == StatusCode::CREATED
-                    && let Ok(v) = HeaderValue::from_str(&self.location(kind, &rec.id))
+                    && let Ok(v) = HeaderValue::from_str(&location(&self.base_url, kind, &rec.id))
                 {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
