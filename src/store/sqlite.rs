@@ -176,8 +176,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(kind: ResourceKind, id: &str, version: u64, seq: u64, doc: &Value) -> Result<Self, StoreError> {
-        Ok(Self::with_text(kind, id, version, seq, doc, &doc_text(doc)?))
+    /// `doc` serialised once: the JSON for the database, and the entry (which
+    /// holds it packed) for memory.
+    fn written(
+        kind: ResourceKind,
+        id: &str,
+        version: u64,
+        seq: u64,
+        doc: &Value,
+    ) -> Result<(Self, String), StoreError> {
+        let json = doc_text(doc)?;
+        Ok((Self::with_text(kind, id, version, seq, doc, &json), json))
     }
 
     /// `text` must be `doc` serialised.
@@ -372,7 +381,7 @@ impl State {
 
     fn apply(&mut self, change: Change) {
         match change {
-            Change::Insert(kind, entry) | Change::Update(kind, entry) => self.put(kind, entry),
+            Change::Insert(kind, entry, _) | Change::Update(kind, entry, _) => self.put(kind, entry),
             Change::Delete(kind, id) => self.remove(kind, &id),
             Change::OutboxPut(e) => {
                 self.outbox.insert((e.kind, e.id.clone()), e);
@@ -461,8 +470,10 @@ fn member_ids(doc: &Value) -> impl Iterator<Item = &str> {
 /// One step of a command, as applied to SQLite and then to the state.
 #[derive(Debug)]
 enum Change {
-    Insert(ResourceKind, Entry),
-    Update(ResourceKind, Entry),
+    /// With the document's JSON as it goes to the database (the entry keeps
+    /// it packed), so it is not unpacked again for the write.
+    Insert(ResourceKind, Entry, String),
+    Update(ResourceKind, Entry, String),
     Delete(ResourceKind, String),
     OutboxPut(OutboxEntry),
     OutboxDelete(ResourceKind, String),
@@ -484,7 +495,7 @@ struct Overlay {
 impl Overlay {
     fn record(&mut self, base: &State, change: Change) {
         let (kind, id) = match &change {
-            Change::Insert(k, e) | Change::Update(k, e) => (*k, e.id()),
+            Change::Insert(k, e, _) | Change::Update(k, e, _) => (*k, e.id()),
             Change::Delete(k, id) => (*k, id.as_str()),
             Change::OutboxPut(e) => {
                 self.outbox.insert((e.kind, e.id.clone()), Some(e.clone()));
@@ -507,7 +518,7 @@ impl Overlay {
             self.names.insert((kind, old), None);
         }
         match &change {
-            Change::Insert(k, e) | Change::Update(k, e) => {
+            Change::Insert(k, e, _) | Change::Update(k, e, _) => {
                 self.names.insert((*k, e.name_lower.to_string()), Some(e.id().to_owned()));
                 self.entries.insert(e.id().to_owned(), Some((*k, e.clone())));
             }
@@ -694,9 +705,9 @@ impl<'a> View<'a> {
         self.check_members(kind, &doc)?;
         let seq = *next_seq;
         *next_seq += 1;
-        let entry = Entry::new(kind, &id, 1, seq, &doc)?;
+        let (entry, json) = Entry::written(kind, &id, 1, seq, &doc)?;
         let reply = Record { id, version: 1, doc: Arc::new(doc) };
-        Ok(Plan { reply: Some(reply), changes: vec![Change::Insert(kind, entry)] })
+        Ok(Plan { reply: Some(reply), changes: vec![Change::Insert(kind, entry, json)] })
     }
 
     fn plan_update(&self, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Plan, StoreError> {
@@ -730,9 +741,9 @@ impl<'a> View<'a> {
         }
         self.check_unique_name(kind, &doc, Some(id))?;
         self.check_members(kind, &doc)?;
-        let entry = Entry::new(kind, id, version, current.seq, &doc)?;
+        let (entry, json) = Entry::written(kind, id, version, current.seq, &doc)?;
         let reply = Record { id: id.to_owned(), version, doc: Arc::new(doc) };
-        let mut changes = vec![Change::Update(kind, entry)];
+        let mut changes = vec![Change::Update(kind, entry, json)];
         self.side_changes(side, &mut changes);
         Ok(Plan { reply: Some(reply), changes })
     }
@@ -760,8 +771,8 @@ impl<'a> View<'a> {
                 obj.remove("members");
             }
             stamp_meta(&mut doc, version, now.as_deref());
-            let entry = Entry::new(ResourceKind::Group, group.id(), version, group.seq, &doc)?;
-            changes.push(Change::Update(ResourceKind::Group, entry));
+            let (entry, json) = Entry::written(ResourceKind::Group, group.id(), version, group.seq, &doc)?;
+            changes.push(Change::Update(ResourceKind::Group, entry, json));
         }
         Ok(Plan { reply: None, changes })
     }
@@ -993,8 +1004,7 @@ impl Writer {
 
     fn write_change(&self, change: &Change) -> Result<(), StoreError> {
         match change {
-            Change::Insert(kind, e) => {
-                let text = e.doc.text.unpack();
+            Change::Insert(kind, e, json) => {
                 self.conn
                     .prepare_cached(INSERT_SQL)
                     .and_then(|mut st| {
@@ -1005,18 +1015,17 @@ impl Writer {
                             e.name_lower,
                             e.external_id,
                             to_sql_int(e.doc.version),
-                            text
+                            json
                         ])
                     })
                     .map_err(|err| sql_error(*kind, e.id(), "inserting", &err))?;
             }
-            Change::Update(kind, e) => {
-                let text = e.doc.text.unpack();
+            Change::Update(kind, e, json) => {
                 let n = self
                     .conn
                     .prepare_cached(UPDATE_SQL)
                     .and_then(|mut st| {
-                        st.execute(params![e.id(), e.name_lower, e.external_id, to_sql_int(e.doc.version), text])
+                        st.execute(params![e.id(), e.name_lower, e.external_id, to_sql_int(e.doc.version), json])
                     })
                     .map_err(|err| sql_error(*kind, e.id(), "updating", &err))?;
                 expect_one_row(n, *kind, e.id())?;
