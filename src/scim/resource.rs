@@ -82,7 +82,11 @@ pub fn coerce_single(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<
                 if sub.mutability == Mutability::ReadOnly {
                     continue;
                 }
-                if let Some(c) = coerce_single(sub, val, &format!("{path}.{}", sub.name))? {
+                // The sub-attribute's path only appears in an error: built
+                // for the (rare, pure) second attempt, not for every value.
+                let coerced = coerce_single(sub, val, path)
+                    .or_else(|_| coerce_single(sub, val, &format!("{path}.{}", sub.name)))?;
+                if let Some(c) = coerced {
                     out.insert(sub.name.to_string(), c);
                 }
             }
@@ -470,6 +474,18 @@ pub fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_sub_attribute_is_named_by_its_full_path() {
+        let err = normalize(ResourceKind::User, &json!({"userName": "a", "name": {"givenName": 7}})).unwrap_err();
+        assert!(err.detail.contains("'name.givenName' must be string"), "{}", err.detail);
+        let err = normalize(
+            ResourceKind::User,
+            &json!({"userName": "a", "emails": [{"value": "a@example.com", "primary": "maybe"}]}),
+        )
+        .unwrap_err();
+        assert!(err.detail.contains("'emails.primary' must be boolean"), "{}", err.detail);
+    }
 
     #[test]
     fn same_attributes_agrees_with_comparing_copies() {

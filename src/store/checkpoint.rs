@@ -103,7 +103,10 @@ impl Checkpointer {
         let report = Arc::clone(&progress);
         let handle = std::thread::Builder::new()
             .name("scim-store-checkpoint".to_owned())
-            .spawn(move || run(&conn, &rx, &report))
+            .spawn(move || {
+                super::batch_policy::enter();
+                run(&conn, &rx, &report)
+            })
             .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
         Ok(Self {
             nudge: Some(tx),

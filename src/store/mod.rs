@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
 
+mod batch_policy;
 mod checkpoint;
 mod packed;
 pub mod sqlite;

@@ -82,7 +82,12 @@ impl Packed {
         let table = &*BY_FIRST_BYTE;
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
-        while let Some(&b) = bytes.get(i) {
+        loop {
+            // Most bytes start no token: copy each run of them in one go.
+            let run = bytes[i..].iter().position(|&b| !table[usize::from(b)].is_empty()).unwrap_or(bytes.len() - i);
+            out.extend_from_slice(&bytes[i..i + run]);
+            i += run;
+            let Some(&b) = bytes.get(i) else { break };
             let rest = &bytes[i..];
             let hit = table[usize::from(b)].iter().copied().find(|&code| {
                 let tok = TOKENS[usize::from(code)].as_bytes();

@@ -102,6 +102,7 @@ const INSERT_SQL: &str = "INSERT INTO resources (seq, id, kind, unique_name_lowe
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const UPDATE_SQL: &str = "UPDATE resources SET unique_name_lower = ?2, external_id = ?3, version = ?4, doc = ?5 \
      WHERE id = ?1";
+const UPDATE_DOC_SQL: &str = "UPDATE resources SET version = ?2, doc = ?3 WHERE id = ?1";
 const DELETE_SQL: &str = "DELETE FROM resources WHERE id = ?1";
 
 /// When a write counts as done.
@@ -211,6 +212,11 @@ impl Entry {
 
     fn id(&self) -> &str {
         &self.doc.id
+    }
+
+    /// Whether the columns SQLite indexes or keeps beside the document differ.
+    fn keys_differ(&self, other: &Entry) -> bool {
+        self.name_lower != other.name_lower || self.external_id != other.external_id
     }
 }
 
@@ -381,7 +387,7 @@ impl State {
 
     fn apply(&mut self, change: Change) {
         match change {
-            Change::Insert(kind, entry, _) | Change::Update(kind, entry, _) => self.put(kind, entry),
+            Change::Insert(kind, entry, _) | Change::Update(kind, entry, ..) => self.put(kind, entry),
             Change::Delete(kind, id) => self.remove(kind, &id),
             Change::OutboxPut(e) => {
                 self.outbox.insert((e.kind, e.id.clone()), e);
@@ -473,7 +479,10 @@ enum Change {
     /// With the document's JSON as it goes to the database (the entry keeps
     /// it packed), so it is not unpacked again for the write.
     Insert(ResourceKind, Entry, String),
-    Update(ResourceKind, Entry, String),
+    /// The flag: the indexed columns (unique name, externalId) changed. When
+    /// they did not, the row is rewritten without touching the name index, so
+    /// the commit puts one B-tree page in the WAL instead of two.
+    Update(ResourceKind, Entry, String, bool),
     Delete(ResourceKind, String),
     OutboxPut(OutboxEntry),
     OutboxDelete(ResourceKind, String),
@@ -495,7 +504,7 @@ struct Overlay {
 impl Overlay {
     fn record(&mut self, base: &State, change: Change) {
         let (kind, id) = match &change {
-            Change::Insert(k, e, _) | Change::Update(k, e, _) => (*k, e.id()),
+            Change::Insert(k, e, _) | Change::Update(k, e, ..) => (*k, e.id()),
             Change::Delete(k, id) => (*k, id.as_str()),
             Change::OutboxPut(e) => {
                 self.outbox.insert((e.kind, e.id.clone()), Some(e.clone()));
@@ -518,7 +527,7 @@ impl Overlay {
             self.names.insert((kind, old), None);
         }
         match &change {
-            Change::Insert(k, e, _) | Change::Update(k, e, _) => {
+            Change::Insert(k, e, _) | Change::Update(k, e, ..) => {
                 self.names.insert((*k, e.name_lower.to_string()), Some(e.id().to_owned()));
                 self.entries.insert(e.id().to_owned(), Some((*k, e.clone())));
             }
@@ -742,8 +751,9 @@ impl<'a> View<'a> {
         self.check_unique_name(kind, &doc, Some(id))?;
         self.check_members(kind, &doc)?;
         let (entry, json) = Entry::written(kind, id, version, current.seq, &doc)?;
+        let keys_changed = entry.keys_differ(current);
         let reply = Record { id: id.to_owned(), version, doc: Arc::new(doc) };
-        let mut changes = vec![Change::Update(kind, entry, json)];
+        let mut changes = vec![Change::Update(kind, entry, json, keys_changed)];
         self.side_changes(side, &mut changes);
         Ok(Plan { reply: Some(reply), changes })
     }
@@ -772,7 +782,8 @@ impl<'a> View<'a> {
             }
             stamp_meta(&mut doc, version, now.as_deref());
             let (entry, json) = Entry::written(ResourceKind::Group, group.id(), version, group.seq, &doc)?;
-            changes.push(Change::Update(ResourceKind::Group, entry, json));
+            let keys_changed = entry.keys_differ(group);
+            changes.push(Change::Update(ResourceKind::Group, entry, json, keys_changed));
         }
         Ok(Plan { reply: None, changes })
     }
@@ -1020,14 +1031,18 @@ impl Writer {
                     })
                     .map_err(|err| sql_error(*kind, e.id(), "inserting", &err))?;
             }
-            Change::Update(kind, e, json) => {
-                let n = self
-                    .conn
-                    .prepare_cached(UPDATE_SQL)
-                    .and_then(|mut st| {
-                        st.execute(params![e.id(), e.name_lower, e.external_id, to_sql_int(e.doc.version), json])
-                    })
-                    .map_err(|err| sql_error(*kind, e.id(), "updating", &err))?;
+            Change::Update(kind, e, json, keys_changed) => {
+                let version = to_sql_int(e.doc.version);
+                let n = if *keys_changed {
+                    self.conn
+                        .prepare_cached(UPDATE_SQL)
+                        .and_then(|mut st| st.execute(params![e.id(), e.name_lower, e.external_id, version, json]))
+                } else {
+                    self.conn
+                        .prepare_cached(UPDATE_DOC_SQL)
+                        .and_then(|mut st| st.execute(params![e.id(), version, json]))
+                }
+                .map_err(|err| sql_error(*kind, e.id(), "updating", &err))?;
                 expect_one_row(n, *kind, e.id())?;
             }
             Change::Delete(kind, id) => {
@@ -1329,7 +1344,10 @@ impl SqliteStore {
         let writer = Writer { conn, state: Arc::clone(&state), shared: Arc::clone(&shared), next_seq, checkpointer };
         let handle = std::thread::Builder::new()
             .name("scim-store-writer".to_owned())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                super::batch_policy::enter();
+                writer.run(rx)
+            })
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Self { state, tx: RwLock::new(Some(tx)), writer: Mutex::new(Some(handle)), shared, path, _lock: lock })
     }
@@ -2168,6 +2186,63 @@ mod tests {
     #[tokio::test]
     async fn reopen_keeps_every_acknowledged_write_normal() {
         reopen_keeps_every_acknowledged_write(Durability::Normal).await;
+    }
+
+    /// The columns beside the document as the database has them.
+    fn indexed_columns(dir: &Path, id: &str) -> (String, Option<String>, i64) {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.query_row("SELECT unique_name_lower, external_id, version FROM resources WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn updates_keep_the_indexed_columns_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut doc = user("u1", "Alice");
+        doc["externalId"] = json!("ext-1");
+        store.create(USER, doc).await.unwrap();
+        // An update that keeps the name and externalId rewrites only the document.
+        store.update(USER, "u1", set("displayName", "A")).await.unwrap();
+        assert_eq!(indexed_columns(dir.path(), "u1"), ("alice".to_owned(), Some("ext-1".to_owned()), 2));
+        // A rename and a new externalId reach the columns (and the UNIQUE index).
+        store.update(USER, "u1", set("userName", "Bob")).await.unwrap();
+        store.update(USER, "u1", set("externalId", "ext-2")).await.unwrap();
+        assert_eq!(indexed_columns(dir.path(), "u1"), ("bob".to_owned(), Some("ext-2".to_owned()), 4));
+        // The old name is free in the database too, not only in memory.
+        store.create(USER, user("u2", "alice")).await.unwrap();
+        let e = scim_err(store.create(USER, user("u3", "BOB")).await);
+        assert_eq!(e.status, 409);
+        store.close();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.get(USER, "u1").await.unwrap().unwrap().doc["userName"], "Bob");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_store_threads_do_not_preempt_request_handling() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.create(USER, user("u1", "alice")).await.unwrap();
+        // Field 41 of /proc/<tid>/stat is the policy; 3 is SCHED_BATCH.
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.starts_with("scim-store-") {
+                let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                let policy = after_name.split(' ').nth(41 - 3).unwrap().to_owned();
+                policies.push((comm.trim().to_owned(), policy));
+            }
+        }
+        // Other tests' stores in this process add threads of the same names.
+        assert!(policies.iter().any(|(c, _)| c == "scim-store-writ"), "{policies:?}");
+        assert!(policies.iter().any(|(c, _)| c == "scim-store-chec"), "{policies:?}");
+        assert!(policies.iter().all(|(_, p)| p == "3"), "every store thread is SCHED_BATCH: {policies:?}");
     }
 
     #[tokio::test]
