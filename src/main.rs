@@ -1,5 +1,14 @@
 //! `scim-operator`: the SCIM server (`serve`) and its tools.
 
+// The store's writer builds documents that request handlers drop on another
+// thread. glibc returns such blocks to the writer's arena, where every larger
+// allocation then sweeps them up again (malloc_consolidate): 15% of a durable
+// write's CPU. mimalloc frees across threads cheaply; measured on one core,
+// PATCH and create gain about 15%, RSS with 10,000 users stays within 1 MB
+// (see .cargo/config.toml for the commit setting that keeps it there).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
