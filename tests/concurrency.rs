@@ -31,6 +31,16 @@ async fn concurrent_creates_of_one_user_name_give_one_201_and_31_409() {
     }
     assert_eq!((created, conflicts), (1, 31));
     assert_eq!(c.get("/Users").await.body["totalResults"], 1);
+    // Each create is one command of the writer, refused ones included; they
+    // share commits when they arrive together.
+    let (_, metrics) = server.admin_get("/metrics").await;
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("scim_store_commands_total "), 32, "{metrics}");
+    assert!((1..=32).contains(&value("scim_store_commits_total ")), "{metrics}");
+    assert!(metrics.contains("scim_store_checkpoints_total{by=\"thread\"} "), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,6 +14,7 @@
 use std::cell::Cell;
 use std::ffi::c_int;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
@@ -73,8 +74,23 @@ struct Progress {
     copied: i64,
 }
 
+/// Checkpoints done so far, for metrics; shared with the store.
+#[derive(Debug, Default)]
+pub struct CheckpointCounts {
+    by_thread: AtomicU64,
+    by_writer: AtomicU64,
+}
+
+impl CheckpointCounts {
+    /// (by the checkpoint thread, by the writer).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.by_thread.load(Ordering::Relaxed), self.by_writer.load(Ordering::Relaxed))
+    }
+}
+
 /// Owned by the writer thread.
 pub struct Checkpointer {
+    counts: Arc<CheckpointCounts>,
     nudge: Option<mpsc::SyncSender<u64>>,
     progress: Arc<Mutex<Option<Progress>>>,
     handle: Option<JoinHandle<()>>,
@@ -101,14 +117,17 @@ impl Checkpointer {
         let (tx, rx) = mpsc::sync_channel::<u64>(1);
         let progress = Arc::new(Mutex::new(None));
         let report = Arc::clone(&progress);
+        let counts = Arc::new(CheckpointCounts::default());
+        let thread_counts = Arc::clone(&counts);
         let handle = std::thread::Builder::new()
             .name("scim-store-checkpoint".to_owned())
             .spawn(move || {
                 super::batch_policy::enter();
-                run(&conn, &rx, &report)
+                run(&conn, &rx, &report, &thread_counts)
             })
             .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
         Ok(Self {
+            counts,
             nudge: Some(tx),
             progress,
             handle: Some(handle),
@@ -116,6 +135,10 @@ impl Checkpointer {
             last_pages: 0,
             next_fallback: FALLBACK_PAGES,
         })
+    }
+
+    pub fn counts(&self) -> Arc<CheckpointCounts> {
+        Arc::clone(&self.counts)
     }
 
     /// Called by the writer after each commit, once the replies are out.
@@ -144,8 +167,14 @@ impl Checkpointer {
             self.next_fallback = pages.saturating_add(FALLBACK_PAGES);
         }
         match passive_checkpoint(conn) {
-            Ok(done) if done.complete() => *self.progress.lock() = None,
-            Ok(_) => {}
+            Ok(done) => {
+                if !done.busy {
+                    self.counts.by_writer.fetch_add(1, Ordering::Relaxed);
+                }
+                if done.complete() {
+                    *self.progress.lock() = None;
+                }
+            }
             Err(e) => tracing::error!("store checkpoint failed: {e}"),
         }
     }
@@ -186,11 +215,14 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, rx: &mpsc::Receiver<u64>, report: &Mutex<Option<Progress>>) {
+fn run(conn: &Connection, rx: &mpsc::Receiver<u64>, report: &Mutex<Option<Progress>>, counts: &CheckpointCounts) {
     while let Ok(generation) = rx.recv() {
         match passive_checkpoint(conn) {
             Ok(done) => {
                 tracing::debug!(?done, "store checkpoint");
+                if !done.busy {
+                    counts.by_thread.fetch_add(1, Ordering::Relaxed);
+                }
                 if !done.busy && done.copied >= 0 {
                     *report.lock() = Some(Progress { generation, copied: done.copied });
                 }

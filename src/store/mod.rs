@@ -150,6 +150,19 @@ pub struct Counts {
     pub groups: usize,
 }
 
+/// Counters of the embedded store's writer, for metrics: `commands / batches`
+/// is the average group-commit size (writes per fsync when durable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions the writer ran, committed or not.
+    pub batches: u64,
+    pub commands: u64,
+    /// WAL checkpoints that copied pages, by the checkpoint thread and by the
+    /// writer itself (the tail, or the fallback when the thread lags).
+    pub checkpoints_by_thread: u64,
+    pub checkpoints_by_writer: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new resource. `doc` carries its `id` (a fresh one chosen by the
@@ -180,6 +193,11 @@ pub trait Store: Send + Sync + 'static {
     async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
 
     async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// The writer's counters, where the store has a writer of its own.
+    fn writer_stats(&self) -> Option<WriterStats> {
+        None
+    }
 
     /// `create`, with side effects in the same transaction.
     async fn create_with(&self, kind: ResourceKind, doc: Value, side: SideEffects) -> Result<Record, StoreError>;

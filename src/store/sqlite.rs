@@ -38,11 +38,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use super::checkpoint::{self, Checkpointer};
+use super::checkpoint::{self, CheckpointCounts, Checkpointer};
 use super::packed::Packed;
 use super::{
     Counts, IndexHint, MutateFn, Mutation, OutboxEntry, OutboxStats, Page, Query, Record, SideEffects, SideEffectsFn,
-    Store, StoreError, now_ms,
+    Store, StoreError, WriterStats, now_ms,
 };
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
@@ -126,14 +126,6 @@ impl FromStr for Durability {
             other => Err(format!("unknown durability {other:?} (expected \"full\" or \"normal\")")),
         }
     }
-}
-
-/// Counters of the writer, for metrics: `commands / batches` is the average
-/// group-commit size.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    pub batches: u64,
-    pub commands: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -1308,6 +1300,7 @@ pub struct SqliteStore {
     tx: RwLock<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     shared: Arc<Shared>,
+    checkpoints: Arc<CheckpointCounts>,
     path: PathBuf,
     /// Released when the store is dropped.
     _lock: std::fs::File,
@@ -1331,6 +1324,7 @@ impl SqliteStore {
         let (state, next_seq) = load_state(&conn)?;
         checkpoint::watch_wal(&conn);
         let checkpointer = Checkpointer::start(&path, durability)?;
+        let checkpoints = checkpointer.counts();
         tracing::info!(
             path = %path.display(),
             users = state.users.by_seq.len(),
@@ -1349,7 +1343,15 @@ impl SqliteStore {
                 writer.run(rx)
             })
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
-        Ok(Self { state, tx: RwLock::new(Some(tx)), writer: Mutex::new(Some(handle)), shared, path, _lock: lock })
+        Ok(Self {
+            state,
+            tx: RwLock::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            shared,
+            checkpoints,
+            path,
+            _lock: lock,
+        })
     }
 
     /// The database file.
@@ -1358,9 +1360,12 @@ impl SqliteStore {
     }
 
     pub fn stats(&self) -> WriterStats {
+        let (by_thread, by_writer) = self.checkpoints.counts();
         WriterStats {
             batches: self.shared.batches.load(AtomicOrdering::Relaxed),
             commands: self.shared.commands.load(AtomicOrdering::Relaxed),
+            checkpoints_by_thread: by_thread,
+            checkpoints_by_writer: by_writer,
         }
     }
 
@@ -1481,6 +1486,10 @@ impl Store for SqliteStore {
 
     async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self.state.read().groups_of(member_id))
+    }
+
+    fn writer_stats(&self) -> Option<WriterStats> {
+        Some(self.stats())
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -2310,6 +2319,12 @@ mod tests {
         assert!(size(&wal) <= limit.max(wal_before), "WAL grew to {} bytes (limit {limit})", size(&wal));
         assert!(size(&wal) < checkpoint::FALLBACK_PAGES as u64 * page);
         assert_eq!(store.counts().await.unwrap().users, 5 * n);
+        // What /metrics reports: both kinds of checkpoint happened, and every
+        // write went through a commit.
+        let stats = store.writer_stats().unwrap();
+        assert!(stats.checkpoints_by_thread > 0 && stats.checkpoints_by_writer > 0, "{stats:?}");
+        assert_eq!(stats.commands, 5 * n as u64);
+        assert!((1..=stats.commands).contains(&stats.batches), "{stats:?}");
         drop(store);
         let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!(store.counts().await.unwrap().users, 5 * n);
