@@ -222,9 +222,9 @@ fn run(conn: &Connection, rx: &mpsc::Receiver<u64>, report: &Mutex<Option<Progre
                 tracing::debug!(?done, "store checkpoint");
                 if !done.busy {
                     counts.by_thread.fetch_add(1, Ordering::Relaxed);
-                }
-                if !done.busy && done.copied >= 0 {
-                    *report.lock() = Some(Progress { generation, copied: done.copied });
+                    if done.copied >= 0 {
+                        *report.lock() = Some(Progress { generation, copied: done.copied });
+                    }
                 }
             }
             Err(e) => tracing::warn!("store checkpoint failed (the writer falls back to its own): {e}"),

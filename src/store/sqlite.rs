@@ -205,11 +205,6 @@ impl Entry {
     fn id(&self) -> &str {
         &self.doc.id
     }
-
-    /// Whether the columns SQLite indexes or keeps beside the document differ.
-    fn keys_differ(&self, other: &Entry) -> bool {
-        self.name_lower != other.name_lower || self.external_id != other.external_id
-    }
 }
 
 /// Resources of one kind. Everything is keyed by `seq` so that iteration in
@@ -481,6 +476,15 @@ enum Change {
     Projection(String, Option<String>),
 }
 
+impl Change {
+    /// `old` replaced by `entry`; the flag says whether the columns SQLite
+    /// indexes or keeps beside the document differ.
+    fn update(kind: ResourceKind, entry: Entry, json: String, old: &Entry) -> Self {
+        let keys_changed = entry.name_lower != old.name_lower || entry.external_id != old.external_id;
+        Change::Update(kind, entry, json, keys_changed)
+    }
+}
+
 /// What the commands of the current batch changed so far, layered over the
 /// committed state.
 #[derive(Default)]
@@ -743,9 +747,8 @@ impl<'a> View<'a> {
         self.check_unique_name(kind, &doc, Some(id))?;
         self.check_members(kind, &doc)?;
         let (entry, json) = Entry::written(kind, id, version, current.seq, &doc)?;
-        let keys_changed = entry.keys_differ(current);
         let reply = Record { id: id.to_owned(), version, doc: Arc::new(doc) };
-        let mut changes = vec![Change::Update(kind, entry, json, keys_changed)];
+        let mut changes = vec![Change::update(kind, entry, json, current)];
         self.side_changes(side, &mut changes);
         Ok(Plan { reply: Some(reply), changes })
     }
@@ -774,8 +777,7 @@ impl<'a> View<'a> {
             }
             stamp_meta(&mut doc, version, now.as_deref());
             let (entry, json) = Entry::written(ResourceKind::Group, group.id(), version, group.seq, &doc)?;
-            let keys_changed = entry.keys_differ(group);
-            changes.push(Change::Update(ResourceKind::Group, entry, json, keys_changed));
+            changes.push(Change::update(ResourceKind::Group, entry, json, group));
         }
         Ok(Plan { reply: None, changes })
     }
