@@ -52,19 +52,56 @@ const TOKENS: [&str; 31] = [
 /// serde_json): it is kept verbatim after this byte.
 const RAW: u8 = 0;
 
-/// For each first byte, the tokens starting with it, longest first.
-static BY_FIRST_BYTE: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-    let mut table = vec![Vec::new(); 256];
-    for (i, tok) in TOKENS.iter().enumerate() {
-        if let (Some(&first), Ok(code)) = (tok.as_bytes().first(), u8::try_from(i)) {
-            table[usize::from(first)].push(code);
+/// The tokens by their first two bytes, so that packing tries only the one
+/// or two that can match: every `"` and `,` of a document starts a lookup,
+/// and most tokens share those first bytes.
+struct Lookup {
+    /// For each byte, its row in `by_second` plus one; 0: no token starts
+    /// with it.
+    row: [u8; 256],
+    /// For each row and second byte, the range of `codes` to try.
+    by_second: Vec<[(u8, u8); 256]>,
+    /// Token codes grouped by their first two bytes, longest first in a group.
+    codes: Vec<u8>,
+}
+
+static LOOKUP: LazyLock<Lookup> = LazyLock::new(|| {
+    let mut codes: Vec<u8> = (0..TOKENS.len()).filter_map(|i| u8::try_from(i).ok()).collect();
+    let key = |code: u8| {
+        let tok = TOKENS[usize::from(code)].as_bytes();
+        (tok.first().copied(), tok.get(1).copied(), std::cmp::Reverse(tok.len()))
+    };
+    codes.sort_by_key(|&code| key(code));
+    let mut lookup = Lookup { row: [0; 256], by_second: Vec::new(), codes: Vec::new() };
+    for code in codes {
+        // Every token is at least two bytes long (a test checks it).
+        let (Some(first), Some(second), _) = key(code) else { continue };
+        if lookup.row[usize::from(first)] == 0 {
+            lookup.by_second.push([(0, 0); 256]);
+            lookup.row[usize::from(first)] = u8::try_from(lookup.by_second.len()).unwrap_or(u8::MAX);
         }
+        let row = usize::from(lookup.row[usize::from(first)]) - 1;
+        let at = u8::try_from(lookup.codes.len()).unwrap_or(u8::MAX);
+        let range = &mut lookup.by_second[row][usize::from(second)];
+        if range.1 == 0 {
+            range.0 = at;
+        }
+        range.1 += 1;
+        lookup.codes.push(code);
     }
-    for list in &mut table {
-        list.sort_by_key(|&code| std::cmp::Reverse(TOKENS[usize::from(code)].len()));
-    }
-    table
+    lookup
 });
+
+impl Lookup {
+    /// The longest token `rest` starts with.
+    fn find(&self, rest: &[u8]) -> Option<u8> {
+        let (&first, &second) = (rest.first()?, rest.get(1)?);
+        let row = self.by_second.get(usize::from(self.row[usize::from(first)]).checked_sub(1)?)?;
+        let (at, len) = row[usize::from(second)];
+        let candidates = self.codes.get(usize::from(at)..usize::from(at) + usize::from(len))?;
+        candidates.iter().copied().find(|&code| rest.starts_with(TOKENS[usize::from(code)].as_bytes()))
+    }
+}
 
 /// A packed document; cloning shares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,22 +116,16 @@ impl Packed {
             out.extend_from_slice(bytes);
             return Self(out.into());
         }
-        let table = &*BY_FIRST_BYTE;
+        let lookup = &*LOOKUP;
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         loop {
             // Most bytes start no token: copy each run of them in one go.
-            let run = bytes[i..].iter().position(|&b| !table[usize::from(b)].is_empty()).unwrap_or(bytes.len() - i);
+            let run = bytes[i..].iter().position(|&b| lookup.row[usize::from(b)] != 0).unwrap_or(bytes.len() - i);
             out.extend_from_slice(&bytes[i..i + run]);
             i += run;
             let Some(&b) = bytes.get(i) else { break };
-            let rest = &bytes[i..];
-            let hit = table[usize::from(b)].iter().copied().find(|&code| {
-                let tok = TOKENS[usize::from(code)].as_bytes();
-                // The second byte rules out almost every candidate cheaply.
-                tok.get(1) == rest.get(1) && rest.starts_with(tok)
-            });
-            match hit {
+            match lookup.find(&bytes[i..]) {
                 Some(code) => {
                     out.push(code + 1);
                     i += TOKENS[usize::from(code)].len();
@@ -169,9 +200,12 @@ mod tests {
     }
 
     #[test]
-    fn every_token_is_printable_ascii() {
-        for tok in TOKENS {
-            assert!(tok.bytes().all(|b| (0x20..0x7f).contains(&b)), "{tok}");
+    fn every_token_is_printable_ascii_and_found_by_its_first_two_bytes() {
+        for (code, tok) in TOKENS.iter().enumerate() {
+            assert!(tok.len() >= 2 && tok.bytes().all(|b| (0x20..0x7f).contains(&b)), "{tok}");
+            // Followed by a byte that extends no token, each is found as itself.
+            let found = LOOKUP.find(format!("{tok}\u{7f}").as_bytes()).map(usize::from);
+            assert_eq!(found, Some(code), "{tok}");
         }
     }
 
