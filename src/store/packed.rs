@@ -99,7 +99,12 @@ impl Lookup {
         let row = self.by_second.get(usize::from(self.row[usize::from(first)]).checked_sub(1)?)?;
         let (at, len) = row[usize::from(second)];
         let candidates = self.codes.get(usize::from(at)..usize::from(at) + usize::from(len))?;
-        candidates.iter().copied().find(|&code| rest.starts_with(TOKENS[usize::from(code)].as_bytes()))
+        candidates.iter().copied().find(|&code| {
+            let tok = TOKENS[usize::from(code)].as_bytes();
+            // The tokens after a comma all start `,"`: their third and last
+            // bytes tell most apart before a full comparison.
+            tok.get(2) == rest.get(2) && tok.last() == rest.get(tok.len() - 1) && rest.starts_with(tok)
+        })
     }
 }
 
