@@ -16,6 +16,7 @@ mod batch_policy;
 mod checkpoint;
 mod packed;
 pub mod sqlite;
+mod wal_vfs;
 
 /// One stored resource: the complete SCIM document as returned to clients
 /// (`schemas`, `id`, attributes, `meta` without `location`).

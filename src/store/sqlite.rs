@@ -9,7 +9,8 @@
 //! state plus the earlier commands of its batch (an overlay), is written
 //! atomically (a SAVEPOINT when it spans several statements) so that a failing
 //! command leaves the others intact, and is acknowledged only after COMMIT
-//! returned. The overlay is folded into the
+//! returned (with `durability: full` the commit's WAL frames reach the OS in
+//! one write, see `wal_vfs`). The overlay is folded into the
 //! shared state under a short write lock after the commit, so readers are
 //! never blocked for the duration of an fsync. WAL checkpoints run on a
 //! thread of their own (`checkpoint`), not inside a client's COMMIT.
@@ -1193,6 +1194,19 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
+/// The writer's connection. When every commit is fsynced it goes through
+/// `wal_vfs`, which writes a commit's WAL frames in one call.
+fn open_writer_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let opened = match durability {
+        Durability::Full => {
+            super::wal_vfs::register().map_err(StoreError::Backend)?;
+            Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), super::wal_vfs::NAME)
+        }
+        Durability::Normal => Connection::open(path),
+    };
+    opened.map_err(|e| backend(&format!("opening {}", path.display()), &e))
+}
+
 fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("setting the busy timeout", &e))?;
     let mode: String = conn
@@ -1321,7 +1335,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("creating data dir {}: {e}", dir.display())))?;
         let lock = lock_data_dir(dir)?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path).map_err(|e| backend(&format!("opening {}", path.display()), &e))?;
+        let conn = open_writer_connection(&path, durability)?;
         configure(&conn, durability)?;
         let (state, next_seq) = load_state(&conn)?;
         checkpoint::watch_wal(&conn);
@@ -2296,9 +2310,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_wal_is_checkpointed_off_the_writer_and_stays_bounded() {
+    async fn the_wal_is_checkpointed_off_the_writer_and_stays_bounded_normal() {
+        the_wal_is_checkpointed_off_the_writer_and_stays_bounded(Durability::Normal).await;
+    }
+
+    /// The writer's WAL goes through `wal_vfs` here, and both checkpointers
+    /// read what it wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_off_the_writer_and_stays_bounded_full() {
+        the_wal_is_checkpointed_off_the_writer_and_stays_bounded(Durability::Full).await;
+    }
+
+    async fn the_wal_is_checkpointed_off_the_writer_and_stays_bounded(durability: Durability) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+        let store = Arc::new(SqliteStore::open(dir.path(), durability).unwrap());
         let size = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.len()).unwrap_or(0);
         let wal = format!("{DB_FILE}-wal");
         let page = 4096;
@@ -2328,7 +2353,12 @@ mod tests {
         assert_eq!(stats.commands, 5 * n as u64);
         assert!((1..=stats.commands).contains(&stats.batches), "{stats:?}");
         drop(store);
-        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let check: String = Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let store = SqliteStore::open(dir.path(), durability).unwrap();
         assert_eq!(store.counts().await.unwrap().users, 5 * n);
     }
 
