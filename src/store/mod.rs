@@ -158,8 +158,9 @@ pub struct WriterStats {
     /// Transactions the writer ran, committed or not.
     pub batches: u64,
     pub commands: u64,
-    /// WAL checkpoints that copied pages, by the checkpoint thread and by the
-    /// writer itself (the tail, or the fallback when the thread lags).
+    /// WAL checkpoints that ran (not turned away because another was
+    /// running), by the checkpoint thread and by the writer itself (the tail,
+    /// or the fallback when the thread lags).
     pub checkpoints_by_thread: u64,
     pub checkpoints_by_writer: u64,
 }
