@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::scim::error::ScimError;
+pub use crate::scim::filter::IndexHint;
 use crate::scim::schema::ResourceKind;
 
 mod batch_policy;
@@ -25,20 +26,6 @@ pub struct Record {
     pub id: String,
     pub version: u64,
     pub doc: Arc<Value>,
-}
-
-/// How a query can be narrowed with an index before the filter is evaluated.
-/// The filter compiler extracts it from a top-level `eq` (or an `and` holding
-/// one); the store must return every record the hint allows (a superset of
-/// the matches), never fewer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IndexHint {
-    /// `id eq "..."` (case-exact).
-    Id(String),
-    /// `userName eq` for users, `displayName eq` for groups: the value lowercased.
-    UniqueName(String),
-    /// `externalId eq "..."` (case-exact).
-    ExternalId(String),
 }
 
 pub type Matcher<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
