@@ -184,8 +184,10 @@ pub struct WriterStats {
 ///
 /// What every implementation must guarantee:
 /// - **Durable acknowledgement**: a write returns `Ok` only once it is
-///   committed as durably as the configured [`Durability`] asks; a write that
-///   returns an error changed nothing.
+///   committed as durably as the configured [`Durability`] asks. A write
+///   refused with [`StoreError::Scim`] changed nothing; after a `Backend`
+///   failure the outcome may be unknown, but what the store then reads back
+///   must be what is durable.
 /// - **Atomicity**: each write, with its [`SideEffects`] (outbox, projection
 ///   bookkeeping), is one transaction; `update` runs its `mutate` closure
 ///   inside it, so no other write to the same resource slips in between the
