@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
-use crate::store::sqlite::{Durability, SqliteStore};
+use crate::store::Durability;
 use crate::store::{Store, StoreError, now_ms};
 use crate::zitadel::config::ZitadelConfig;
 use crate::zitadel::projector::Projector;
@@ -378,10 +378,9 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         DurabilityConfig::Process => Durability::Normal,
     };
     let dir = settings.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, durability))
+    let store = tokio::task::spawn_blocking(move || crate::store::open_embedded(&dir, durability))
         .await
         .map_err(|e| StoreError::Backend(format!("store open task failed: {e}")))??;
-    let store = Arc::new(store);
 
     let scim_listener = bind(&settings.listen).await?;
     let admin_listener = bind(&settings.admin_listen).await?;

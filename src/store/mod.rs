@@ -1,22 +1,48 @@
-//! Durable SCIM state behind one trait. The embedded implementation (SQLite in
-//! WAL mode, `sqlite.rs`) is the default; a PostgreSQL one will follow, so the
-//! trait speaks in transactions: every write runs its mutation inside the
-//! store's transaction, uniqueness is enforced by the store, and a write returns
-//! only once it is durable.
+//! Durable SCIM state behind one trait, [`Store`]. The embedded
+//! implementation (opened with [`open_embedded`]) is the default and the only
+//! one today; nothing outside this module knows which database backs it.
 
 use std::cmp::Ordering;
+use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::scim::error::ScimError;
+pub use crate::scim::filter::IndexHint;
 use crate::scim::schema::ResourceKind;
 
-mod batch_policy;
-mod checkpoint;
-mod packed;
-pub mod sqlite;
-mod wal_vfs;
+mod sqlite;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged only once it survives power loss (fsynced).
+    #[default]
+    Full,
+    /// Acknowledged once handed to the OS: survives the process being killed,
+    /// not the machine losing power.
+    Normal,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!("unknown durability {other:?} (expected \"full\" or \"normal\")")),
+        }
+    }
+}
+
+/// Opens (or creates) the embedded store in `dir` and loads it. Blocks (file
+/// locking, reading every resource): run it on `spawn_blocking`. Fails if
+/// another process holds `dir`.
+pub fn open_embedded(dir: &Path, durability: Durability) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(sqlite::SqliteStore::open(dir, durability)?))
+}
 
 /// One stored resource: the complete SCIM document as returned to clients
 /// (`schemas`, `id`, attributes, `meta` without `location`).
@@ -25,20 +51,6 @@ pub struct Record {
     pub id: String,
     pub version: u64,
     pub doc: Arc<Value>,
-}
-
-/// How a query can be narrowed with an index before the filter is evaluated.
-/// The filter compiler extracts it from a top-level `eq` (or an `and` holding
-/// one); the store must return every record the hint allows (a superset of
-/// the matches), never fewer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IndexHint {
-    /// `id eq "..."` (case-exact).
-    Id(String),
-    /// `userName eq` for users, `displayName eq` for groups: the value lowercased.
-    UniqueName(String),
-    /// `externalId eq "..."` (case-exact).
-    ExternalId(String),
 }
 
 pub type Matcher<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
@@ -165,6 +177,34 @@ pub struct WriterStats {
     pub checkpoints_by_writer: u64,
 }
 
+/// The seam between the SCIM server and durable storage. The embedded SQLite
+/// store implements it; a PostgreSQL store (several replicas sharing one
+/// database) is the next implementation, and everything above this trait must
+/// work unchanged on either.
+///
+/// What every implementation must guarantee:
+/// - **Durable acknowledgement**: a write returns `Ok` only once it is
+///   committed as durably as the configured [`Durability`] asks. A write
+///   refused with [`StoreError::Scim`] changed nothing; after a `Backend`
+///   failure the outcome may be unknown, but what the store then reads back
+///   must be what is durable.
+/// - **Atomicity**: each write, with its [`SideEffects`] (outbox, projection
+///   bookkeeping), is one transaction; `update` runs its `mutate` closure
+///   inside it, so no other write to the same resource slips in between the
+///   read and the write (concurrent PATCHes lose nothing).
+/// - **Uniqueness** of ids across kinds, and of the unique name
+///   (`userName` / group `displayName`, case-insensitively) within a kind,
+///   enforced by the store, not by callers; conflicts are 409 `uniqueness`.
+/// - **Referential rules**: group members must exist (400 `invalidValue`);
+///   deleting a resource removes it from every group's `members` in the same
+///   transaction.
+/// - **Read-your-writes**: once a write returned, every read on this store
+///   sees it; reads never see uncommitted data.
+/// - **Index hints** in [`Query`] may narrow the candidates but never drop a
+///   match; versions start at 1 and grow by one per change.
+/// - Errors are [`StoreError`]: protocol errors as [`StoreError::Scim`],
+///   storage failures as `Backend` (no internals reach clients), and
+///   `Closed` after [`Store::close`].
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new resource. `doc` carries its `id` (a fresh one chosen by the
@@ -229,4 +269,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The projection bookkeeping for a resource id.
     async fn projection(&self, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stops accepting writes (later ones fail with [`StoreError::Closed`]),
+    /// finishes those already accepted, and releases the storage. Blocks;
+    /// reads may keep working. Dropping the store must do the same.
+    fn close(&self) {}
 }

@@ -22,25 +22,23 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 
-use super::StoreError;
-use super::sqlite::{Durability, backend, set_synchronous};
+use super::batch_policy;
+use super::pragmas::{BUSY_TIMEOUT, backend, set_synchronous};
+use crate::store::{Durability, StoreError};
 
-/// WAL size (pages) at which the checkpointer is nudged. A quarter of
-/// SQLite's default: measured with 16 clients creating users durably, the
-/// p99 was about 3.5 ms at 256 pages against 5 ms at 1,000 and 6-7 ms at
-/// 4,000 (smaller checkpoints disturb the WAL's fsyncs less), at the same
-/// throughput; below 128 throughput drops.
-pub const NUDGE_PAGES: i32 = 256;
+/// WAL size (pages) at which the checkpointer is nudged: a quarter of
+/// SQLite's default, because smaller checkpoints disturb the WAL's fsyncs less.
+pub(super) const NUDGE_PAGES: i32 = 256;
 
 /// WAL size (pages) at which the writer checkpoints by itself because the
 /// checkpointer has not kept up (or is gone): about 40 MB of WAL.
-pub const FALLBACK_PAGES: i32 = 10_000;
+pub(super) const FALLBACK_PAGES: i32 = 10_000;
 
-/// Frames the checkpoint thread may leave for the writer to copy: a pause
-/// of well under a millisecond between two batches. When the thread lags
+/// Frames the checkpoint thread may leave for the writer to copy: a short
+/// pause between two batches. When the thread lags
 /// further behind, the writer still takes over once three quarters are
 /// copied, so the WAL restarts well before the fallback size.
-pub const TAIL_PAGES: i64 = 64;
+const TAIL_PAGES: i64 = 64;
 
 thread_local! {
     /// Pages in the WAL after the last commit on this thread's connection;
@@ -57,7 +55,7 @@ fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
 
 /// Makes `conn` (the writer's) report its WAL size instead of checkpointing
 /// inside COMMIT.
-pub fn watch_wal(conn: &Connection) {
+pub(super) fn watch_wal(conn: &Connection) {
     conn.wal_hook(Some(note_wal_pages));
 }
 
@@ -76,20 +74,20 @@ struct Progress {
 
 /// Checkpoints done so far, for metrics; shared with the store.
 #[derive(Debug, Default)]
-pub struct CheckpointCounts {
+pub(super) struct CheckpointCounts {
     by_thread: AtomicU64,
     by_writer: AtomicU64,
 }
 
 impl CheckpointCounts {
     /// (by the checkpoint thread, by the writer).
-    pub fn counts(&self) -> (u64, u64) {
+    pub(super) fn counts(&self) -> (u64, u64) {
         (self.by_thread.load(Ordering::Relaxed), self.by_writer.load(Ordering::Relaxed))
     }
 }
 
 /// Owned by the writer thread.
-pub struct Checkpointer {
+pub(super) struct Checkpointer {
     counts: Arc<CheckpointCounts>,
     nudge: Option<mpsc::SyncSender<u64>>,
     progress: Arc<Mutex<Option<Progress>>>,
@@ -106,9 +104,9 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn start(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+    pub(super) fn start(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|e| backend("opening the checkpoint connection", &e))?;
-        conn.busy_timeout(super::sqlite::BUSY_TIMEOUT).map_err(|e| backend("setting the busy timeout", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("setting the busy timeout", &e))?;
         // The checkpoint fsyncs the WAL before copying and the database after,
         // as the writer's setting asks.
         set_synchronous(&conn, durability)?;
@@ -122,7 +120,7 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name("scim-store-checkpoint".to_owned())
             .spawn(move || {
-                super::batch_policy::enter();
+                batch_policy::enter();
                 run(&conn, &rx, &report, &thread_counts)
             })
             .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
@@ -137,12 +135,12 @@ impl Checkpointer {
         })
     }
 
-    pub fn counts(&self) -> Arc<CheckpointCounts> {
+    pub(super) fn counts(&self) -> Arc<CheckpointCounts> {
         Arc::clone(&self.counts)
     }
 
     /// Called by the writer after each commit, once the replies are out.
-    pub fn after_commit(&mut self, conn: &Connection) {
+    pub(super) fn after_commit(&mut self, conn: &Connection) {
         let pages = wal_pages();
         if pages < self.last_pages {
             self.generation += 1;

@@ -1,9 +1,8 @@
 //! A SQLite VFS that hands a commit's WAL frames to the OS in one write.
 //!
 //! SQLite writes every frame of a commit as two `pwrite`s (its 24-byte
-//! header, then the page), so a batch of 14 creates is about 40 system
-//! calls before its fsync; measured, those calls were 7% of a durable
-//! create's CPU. This VFS is the default one with a single change: writes to
+//! header, then the page), so a batch costs a few system calls per page
+//! before its fsync, a measurable share of a durable write's CPU. This VFS is the default one with a single change: writes to
 //! a WAL file that continue the previous one are collected in memory, and
 //! the whole run goes to the OS in one `pwrite` as soon as SQLite does
 //! anything else with the file. With `synchronous=FULL` that is the fsync
@@ -24,7 +23,7 @@ use std::sync::OnceLock;
 use rusqlite::ffi;
 
 /// The name to open a connection with.
-pub const NAME: &str = "scim-wal";
+pub(super) const NAME: &str = "scim-wal";
 const NAME_C: &CStr = c"scim-wal";
 
 /// A run longer than this is written out before it grows further, so one
@@ -52,7 +51,7 @@ unsafe impl Sync for Inner {}
 static REGISTERED: OnceLock<Result<Inner, String>> = OnceLock::new();
 
 /// Registers the VFS (once per process) under [`NAME`].
-pub fn register() -> Result<(), String> {
+pub(super) fn register() -> Result<(), String> {
     match REGISTERED.get_or_init(register_once) {
         Ok(_) => Ok(()),
         Err(e) => Err(e.clone()),

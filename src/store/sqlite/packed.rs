@@ -5,8 +5,7 @@
 //! Compact JSON as serde_json writes it never contains a byte below 0x20
 //! (control characters inside strings are escaped, and there is no
 //! whitespace), so those 31 byte values are free to stand for the fragments
-//! below. A typical Entra user shrinks from about 660 bytes to about 220: with
-//! 10,000 users that is over 4 MB of the server's memory. Unpacking restores
+//! below, which shrinks a typical Entra user to about a third. Unpacking restores
 //! the exact text, so what a client sent is still returned byte for byte.
 //! The database keeps the plain JSON.
 
