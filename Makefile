@@ -32,10 +32,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerate the CRD into crds/ and the chart (tests fail on drift).
+## Regenerate the CRD into crds/, the chart and config/crd (tests fail on drift).
 crds:
 	$(CARGO) run --quiet --locked -- crd > crds/scimtenants.scim.unique.app.yaml
 	cp crds/scimtenants.scim.unique.app.yaml charts/scim-operator/crds/
+	cp crds/scimtenants.scim.unique.app.yaml config/crd/
 
 ## The kustomize install (CRD, RBAC, controller) as one file: target/install.yaml.
 manifests:
