@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Assembles the image's whole runtime root filesystem from this machine:
-#   tests/image/stage-rootfs.sh BINARY OUTDIR
+#   tests/image/stage-rootfs.sh BINARY OUTDIR [NAME]
 # The binary at /usr/local/bin/scim-operator, exactly the shared libraries it
 # links (ldd) and the dynamic loader, passwd/group entries for nonroot
 # (65532:65532), the CA bundle (https to ZITADEL verifies certificates) and
@@ -12,14 +12,14 @@
 # on the host (Debian too) and feeds OUTDIR to the same Containerfile as the
 # `rootfs` build context, so both builds produce the same runtime stage.
 set -euo pipefail
-[ $# -eq 2 ] || { echo "usage: $0 BINARY OUTDIR" >&2; exit 2; }
-bin=$1 out=$2
+[ $# -eq 2 ] || [ $# -eq 3 ] || { echo "usage: $0 BINARY OUTDIR [NAME (default scim-operator)]" >&2; exit 2; }
+bin=$1 out=$2 name=${3:-scim-operator}
 [ -x "$bin" ] || { echo "$bin: not an executable" >&2; exit 2; }
 
 rm -rf "$out"
 mkdir -p "$out/usr/local/bin" "$out/etc/ssl/certs" "$out/tmp"
 chmod 1777 "$out/tmp"
-install -m 0755 "$bin" "$out/usr/local/bin/scim-operator"
+install -m 0755 "$bin" "$out/usr/local/bin/$name"
 
 # Every absolute path ldd prints: libraries (`name => /path (addr)`) and the
 # loader (`/lib64/ld-linux-x86-64.so.2 (addr)`); vdso has no path. Copied as
