@@ -3,7 +3,7 @@
 # chart, the ZITADEL fake of the tests as a pod, one ScimTenant through its
 # whole life, and a SCIM request through the server the operator deployed.
 #
-# Needs docker, kind, kubectl and helm; none of them can run on our build
+# Needs docker (BuildKit, for --build-context), kind, kubectl and helm; none of them can run on our build
 # machines, so `make e2e` is for CI elsewhere. Usage: tests/e2e/kind.sh
 # (KEEP_CLUSTER=1 keeps the cluster for a look afterwards).
 set -euo pipefail
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 
 CLUSTER=${CLUSTER:-scim-e2e}
 IMAGE=scim-operator:e2e
+FAKE_IMAGE=scim-zitadel-fake:e2e
 OPNS=scim-operator
 TNS=tenants
 for tool in docker kind kubectl helm cargo; do
@@ -19,26 +20,23 @@ done
 
 cleanup() {
   [ "${KEEP_CLUSTER:-}" = 1 ] || kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-  [ -n "${PF_PID:-}" ] && kill "$PF_PID" 2>/dev/null || true
+  if [ -n "${PF_PID:-}" ]; then kill "$PF_PID" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "build the binary, the ZITADEL fake and an image holding both"
-cargo build --release --locked --bin scim-operator --example zitadel_fake
-ctx=$(mktemp -d)
-cp target/release/scim-operator target/release/examples/zitadel_fake "$ctx/"
-cat >"$ctx/Dockerfile" <<'EOF'
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY scim-operator zitadel_fake /usr/local/bin/
-ENTRYPOINT ["/usr/local/bin/scim-operator"]
-EOF
-docker build -q -t "$IMAGE" "$ctx"
+step "the operator image from the Containerfile (multi-stage release build)"
+docker build -f Containerfile --target runtime -t "$IMAGE" .
+
+step "the ZITADEL fake: the same runtime stage holding the fake's binary"
+cargo build --release --locked --example zitadel_fake
+tests/image/stage-rootfs.sh target/release/examples/zitadel_fake target/e2e-fake-rootfs zitadel_fake
+docker build -f Containerfile --target runtime --build-context rootfs=target/e2e-fake-rootfs -t "$FAKE_IMAGE" .
 
 step "cluster"
 kind create cluster --name "$CLUSTER" --wait 120s
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+kind load docker-image "$IMAGE" "$FAKE_IMAGE" --name "$CLUSTER"
 kubectl create namespace "$OPNS"
 kubectl create namespace "$TNS"
 
@@ -54,7 +52,7 @@ spec:
     spec:
       containers:
         - name: zitadel
-          image: $IMAGE
+          image: $FAKE_IMAGE
           imagePullPolicy: Never
           command: [/usr/local/bin/zitadel_fake, --listen, "0.0.0.0:8080"]
           ports: [{containerPort: 8080}]
@@ -70,13 +68,17 @@ kubectl -n "$OPNS" rollout status deploy/zitadel --timeout=120s
 PAT=fake-pat-admin-3c1e0b7d9a   # the fake's default IAM_OWNER PAT
 kubectl -n "$OPNS" create secret generic scim-operator-zitadel --from-literal=credential="$PAT"
 
-step "operator (Helm chart, CRD from crds/)"
+step "operator (Helm chart, CRD from crds/, which holds only CustomResourceDefinitions)"
 kubectl apply --server-side -f crds/
 helm install scim-operator charts/scim-operator -n "$OPNS" \
   --set image.repository=scim-operator --set image.tag=e2e --set image.pullPolicy=Never \
   --set zitadel.url="http://zitadel.$OPNS.svc:8080" \
   --set zitadel.credentialSecret.name=scim-operator-zitadel \
   --set "watchNamespaces={$TNS}" --wait --timeout 120s
+
+step "the documented CRD upgrade: server-side apply over the installed CRD"
+kubectl apply --server-side -f crds/ --force-conflicts
+kubectl wait --for=condition=Established crd/scimtenants.scim.unique.app --timeout=60s
 
 step "a ScimTenant becomes Ready"
 kubectl -n "$TNS" apply -f - <<'EOF'

@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""The pod the operator renders, run the way a kubelet would (make e2e-pod).
+
+    tests/image/e2e_pod.py --image IMAGE --bin HOST_BINARY --fake ZITADEL_FAKE_BINARY
+
+`HOST_BINARY render` prints the objects for a ScimTenant (the sample, pointed at
+the ZITADEL fake), with `--image IMAGE`. Everything below is read from those
+objects; nothing about the pod is hard-coded here:
+
+- image, command/args, env (value, and valueFrom Secret/ConfigMap keys and the
+  downward API), every volume materialised from the rendered ConfigMap and Secrets
+  at its mountPath (read-only where the spec says so, defaultMode/items honoured),
+  a persistent directory for the PVC with the pod's fsGroup, emptyDirs, runAsUser/
+  runAsGroup/fsGroup, runAsNonRoot (refused if the uid would be 0),
+  readOnlyRootFilesystem, capabilities, allowPrivilegeEscalation, ports by name;
+- the pod gets a network namespace of its own (so the fixed container ports do not
+  clash with the machine's), the ZITADEL fake listens on its loopback and the
+  container reaches it by host name (`zitadel.test`, an /etc/hosts entry as a
+  Service's DNS name would be) with the machine key the fake issued in the Secret
+  the config names: what the controller does when it reconciles the tenant.
+
+Then: the readiness probe's path answers, the liveness probe's path answers; an
+Entra cycle through the SCIM port with the rendered key (users with the enterprise
+extension, a group, member PATCHes in both dialects, deactivate, delete) is
+projected into the fake; the container is stopped and started on the same volume
+and every acknowledged write is still there. Prints `N passed, M failed`.
+
+Not covered here (needs a Kubernetes API fake served by a process, which the
+project does not have yet): `controller` from the same image until a ScimTenant
+is Ready. tests/image/README.md says what that needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "config" / "samples" / "scimtenant.yaml"
+ZITADEL_HOST = "zitadel.test"
+
+passed = failed = 0
+
+
+def check(ok: bool, what: str, detail: str = "") -> bool:
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok: {what}", flush=True)
+    else:
+        failed += 1
+        print(f"FAILED: {what}" + (f"\n    {detail}" if detail else ""), flush=True)
+    return ok
+
+
+class K8sLoader(yaml.SafeLoader):
+    """YAML as Kubernetes reads it (no YAML 1.1 timestamps)."""
+
+
+K8sLoader.yaml_implicit_resolvers = {
+    ch: [(t, rx) for t, rx in rs if t != "tag:yaml.org,2002:timestamp"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+# ------------------------------------------------------------------ network namespace
+def in_own_netns(argv: list[str]) -> int:
+    """Re-runs this script inside a fresh network namespace (loopback only)."""
+    name = f"scim-e2e-pod-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        # podman itself must run in this (the original) namespace: runc refuses the
+        # pod's namespace as "host" if podman is started inside it.
+        env = dict(os.environ, E2E_POD_NETNS=name, E2E_HOST_NETNS=f"/proc/{os.getpid()}/ns/net")
+        # nsenter, not `ip netns exec`: the latter remounts /sys, which hides the
+        # cgroup mounts runc needs.
+        return subprocess.run(["nsenter", f"--net=/run/netns/{name}", sys.executable, *argv], env=env).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+# ------------------------------------------------------------------ rendered objects
+class Objects:
+    def __init__(self, text: str):
+        self.all = [d for d in yaml.load_all(text, Loader=K8sLoader) if d]
+
+    def get(self, kind: str, name: str) -> dict:
+        for o in self.all:
+            if o["kind"] == kind and o["metadata"]["name"] == name:
+                return o
+        raise SystemExit(f"render printed no {kind}/{name}")
+
+    def one(self, kind: str) -> dict:
+        found = [o for o in self.all if o["kind"] == kind]
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    def secret_data(self, name: str) -> dict[str, bytes]:
+        s = self.get("Secret", name)
+        out = {k: base64.b64decode(v) for k, v in (s.get("data") or {}).items()}
+        out.update({k: v.encode() for k, v in (s.get("stringData") or {}).items()})
+        return out
+
+    def configmap_data(self, name: str) -> dict[str, bytes]:
+        c = self.get("ConfigMap", name)
+        out = {k: v.encode() for k, v in (c.get("data") or {}).items()}
+        out.update({k: base64.b64decode(v) for k, v in (c.get("binaryData") or {}).items()})
+        return out
+
+
+class Pod:
+    """The Deployment's pod, as a kubelet would run it with podman."""
+
+    def __init__(self, objs: Objects, work: Path, runtime: list[str], netns: str):
+        self.objs, self.work, self.runtime, self.netns = objs, work, runtime, netns
+        dep = objs.one("Deployment")
+        self.namespace = dep["metadata"].get("namespace", "default")
+        self.name = f"{dep['metadata']['name']}-e2e-{os.getpid()}"
+        self.spec = dep["spec"]["template"]["spec"]
+        cs = self.spec["containers"]
+        assert len(cs) == 1, "one container expected"
+        self.c = cs[0]
+        self.container = f"scim-e2e-pod-{os.getpid()}"
+        self.pvc_dirs: dict[str, Path] = {}
+
+    # Files -----------------------------------------------------------------
+    def volume_source(self, vol: dict) -> dict[str, tuple[bytes, int]] | None:
+        """Files of a ConfigMap/Secret volume: {relative path: (content, mode)}."""
+        for kind, key, getter in (("configMap", "name", self.objs.configmap_data),
+                                  ("secret", "secretName", self.objs.secret_data)):
+            if kind in vol:
+                src = vol[kind]
+                data = getter(src[key])
+                mode = src.get("defaultMode", 0o644)
+                items = src.get("items")
+                if items:
+                    return {i["path"]: (data[i["key"]], i.get("mode", mode)) for i in items}
+                return {k: (v, mode) for k, v in data.items()}
+        return None
+
+    def materialise(self) -> list[str]:
+        """podman -v arguments for every volumeMount (fresh emptyDirs each start)."""
+        psc = self.spec.get("securityContext") or {}
+        fs_group = psc.get("fsGroup")
+        vols = {v["name"]: v for v in self.spec.get("volumes") or []}
+        args = []
+        for m in self.c.get("volumeMounts") or []:
+            vol = vols[m["name"]]
+            files = self.volume_source(vol)
+            if files is not None:
+                d = self.work / "vol" / m["name"]
+                if d.exists():
+                    shutil.rmtree(d)
+                d.mkdir(parents=True)
+                for rel, (content, mode) in files.items():
+                    p = d / rel
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_bytes(content)
+                    os.chmod(p, mode)
+                    if fs_group is not None:
+                        os.chown(p, 0, fs_group)
+                d.chmod(0o755)
+                host = d
+            elif "persistentVolumeClaim" in vol:
+                claim = vol["persistentVolumeClaim"]["claimName"]
+                self.objs.get("PersistentVolumeClaim", claim)  # it must be rendered too
+                host = self.pvc_dirs.setdefault(claim, self.work / "pvc" / claim)
+                host.mkdir(parents=True, exist_ok=True)
+                if fs_group is not None:  # the kubelet's fsGroup ownership: group-writable, setgid
+                    os.chown(host, 0, fs_group)
+                    host.chmod(0o2775)
+            elif "emptyDir" in vol:
+                host = self.work / "empty" / m["name"]
+                if host.exists():
+                    shutil.rmtree(host)
+                host.mkdir(parents=True)
+                host.chmod(0o1777 if fs_group is None else 0o2777)
+            else:
+                raise SystemExit(f"volume {m['name']}: kind not supported here: {sorted(vol)}")
+            if m.get("subPath"):
+                host = host / m["subPath"]
+            opts = "ro" if m.get("readOnly") else "rw"
+            args += ["-v", f"{host}:{m['mountPath']}:{opts}"]
+        return args
+
+    # Security ----------------------------------------------------------------
+    def security(self, image_user: str) -> list[str]:
+        psc = self.spec.get("securityContext") or {}
+        csc = self.c.get("securityContext") or {}
+        eff = {**psc, **csc}
+        args = []
+        uid = eff.get("runAsUser")
+        gid = eff.get("runAsGroup")
+        if uid is None:
+            uid = image_user.split(":")[0] if image_user else "0"
+        if eff.get("runAsNonRoot") and not str(uid).isdigit():
+            raise SystemExit(f"runAsNonRoot with a non-numeric user {uid!r}: the kubelet refuses it")
+        check(not (eff.get("runAsNonRoot") and int(uid) == 0), f"runAsNonRoot: the container runs as uid {uid}")
+        args += ["--user", f"{uid}:{gid}" if gid is not None else str(uid)]
+        if psc.get("fsGroup") is not None:
+            args += ["--group-add", str(psc["fsGroup"])]
+        for g in psc.get("supplementalGroups") or []:
+            args += ["--group-add", str(g)]
+        if csc.get("readOnlyRootFilesystem"):
+            args += ["--read-only", "--read-only-tmpfs=false"]
+        caps = csc.get("capabilities") or {}
+        for c in caps.get("drop") or []:
+            args += ["--cap-drop", c]
+        for c in caps.get("add") or []:
+            args += ["--cap-add", c]
+        if csc.get("allowPrivilegeEscalation") is False:
+            args += ["--security-opt", "no-new-privileges"]
+        if csc.get("privileged"):
+            raise SystemExit("privileged containers are not run here")
+        seccomp = (eff.get("seccompProfile") or {}).get("type")
+        if seccomp not in (None, "RuntimeDefault"):
+            raise SystemExit(f"seccompProfile {seccomp} not supported here")
+        return args
+
+    def env(self) -> list[str]:
+        args = []
+        for e in self.c.get("env") or []:
+            if "value" in e:
+                v = e["value"]
+            else:
+                vf = e["valueFrom"]
+                if "secretKeyRef" in vf:
+                    r = vf["secretKeyRef"]
+                    v = self.objs.secret_data(r["name"])[r["key"]].decode()
+                elif "configMapKeyRef" in vf:
+                    r = vf["configMapKeyRef"]
+                    v = self.objs.configmap_data(r["name"])[r["key"]].decode()
+                elif "fieldRef" in vf:
+                    v = {"metadata.name": self.name, "metadata.namespace": self.namespace,
+                         "spec.nodeName": "e2e-node", "status.podIP": "127.0.0.1"}[vf["fieldRef"]["fieldPath"]]
+                else:
+                    raise SystemExit(f"env {e['name']}: valueFrom {sorted(vf)} not supported here")
+            args += ["-e", f"{e['name']}={v}"]
+        for ef in self.c.get("envFrom") or []:
+            if "secretRef" in ef:
+                data = self.objs.secret_data(ef["secretRef"]["name"])
+            else:
+                data = self.objs.configmap_data(ef["configMapRef"]["name"])
+            for k, v in data.items():
+                args += ["-e", f"{ef.get('prefix', '')}{k}={v.decode()}"]
+        return args
+
+    def port(self, p) -> int:
+        if isinstance(p, int):
+            return p
+        for cp in self.c.get("ports") or []:
+            if cp.get("name") == p:
+                return cp["containerPort"]
+        raise SystemExit(f"no container port named {p}")
+
+    # Lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        image = self.c["image"]
+        user = subprocess.run([*self.runtime, "image", "inspect", image, "--format", "{{.Config.User}}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        cmd = [*self.runtime, "run", "-d", "--name", self.container,
+               "--network", f"ns:/run/netns/{self.netns}",
+               "--add-host", f"{ZITADEL_HOST}:127.0.0.1", "--hostname", self.name[:63]]
+        cmd += self.security(user) + self.env() + self.materialise()
+        if self.c.get("workingDir"):
+            cmd += ["--workdir", self.c["workingDir"]]
+        if self.c.get("command"):
+            cmd += ["--entrypoint", json.dumps(self.c["command"])]
+        cmd += [image, *(self.c.get("args") or [])]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        grace = self.spec.get("terminationGracePeriodSeconds", 30)
+        subprocess.run([*self.runtime, "stop", "-t", str(grace), self.container], check=False,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([*self.runtime, "rm", "-f", self.container], check=False, stdout=subprocess.DEVNULL)
+
+    def logs(self) -> str:
+        return subprocess.run([*self.runtime, "logs", self.container], capture_output=True, text=True).stdout[-4000:]
+
+    def wait_probe(self, probe_key: str, timeout: float = 60) -> tuple[bool, str]:
+        probe = self.c.get(probe_key)
+        if not probe or "httpGet" not in probe:
+            return False, f"no {probe_key} httpGet"
+        hg = probe["httpGet"]
+        url = f"{hg.get('scheme', 'HTTP').lower()}://127.0.0.1:{self.port(hg['port'])}{hg.get('path', '/')}"
+        deadline = time.time() + probe.get("initialDelaySeconds", 0) + timeout
+        last = ""
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if 200 <= r.status < 400:
+                        return True, url
+            except (urllib.error.URLError, OSError) as e:
+                last = str(e)
+            time.sleep(0.2)
+        return False, f"{url}: {last}"
+
+
+# ------------------------------------------------------------------ HTTP helpers
+def http(method: str, url: str, body=None, token: str | None = None, ctype="application/scim+json"):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", ctype)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+def start_fake(fake: str, work: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    key_file = work / "fake-machine-key.json"
+    p = subprocess.Popen([fake, "--listen", "127.0.0.1:0", "--key-file", str(key_file)],
+                         stdout=subprocess.PIPE, text=True)
+    info: dict[str, str] = {}
+    while "KEY FILE" not in info:
+        line = p.stdout.readline()
+        if not line:
+            raise SystemExit("the ZITADEL fake exited before printing its key file")
+        m = re.match(r"ZITADEL ([A-Z ]+): (.*)", line.strip())
+        if m:
+            info[m.group(1)] = m.group(2)
+    info["KEY"] = key_file.read_text()
+    return p, info
+
+
+# ------------------------------------------------------------------ the test
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--bin", required=True, help="host scim-operator (for `render`)")
+    ap.add_argument("--fake", required=True, help="the zitadel_fake example binary")
+    ap.add_argument("--runtime", default="podman")
+    a = ap.parse_args()
+    if "E2E_POD_NETNS" not in os.environ:
+        return in_own_netns(sys.argv)
+    runtime = ["nsenter", f"--net={os.environ['E2E_HOST_NETNS']}", a.runtime]
+    if a.runtime == "podman":
+        runtime += ["--runtime", "runc", "--cgroup-manager=cgroupfs"]
+
+    work = Path(tempfile.mkdtemp(prefix="scim-e2e-pod-"))
+    fake_proc = pod = None
+    try:
+        fake_proc, z = start_fake(os.path.abspath(a.fake), work)
+        port = int(z["URL"].rsplit(":", 1)[1])
+        # The sample tenant, pointed at the fake's organisations.
+        docs = list(yaml.safe_load_all(SAMPLE.read_text()))
+        tenant = docs[0]
+        tz = tenant["spec"]["zitadel"]
+        tz.update(organizationId=z["ORG"], projectId=z["PROJECT"],
+                  projectOrganizationId=z["PROJECT ORG"], idpId=z["IDP"])
+        (work / "tenant.yaml").write_text(yaml.safe_dump(tenant))
+        rendered = subprocess.run(
+            [os.path.abspath(a.bin), "render", "-f", str(work / "tenant.yaml"), "--image", a.image,
+             "--zitadel-url", f"http://{ZITADEL_HOST}:{port}"],
+            capture_output=True, text=True, check=True).stdout
+        objs = Objects(rendered)
+        pod = Pod(objs, work, runtime, os.environ["E2E_POD_NETNS"])
+        check(pod.c["image"] == a.image, f"the Deployment runs the image just built ({a.image})")
+
+        # The machine key the controller would write: into the Secret and key that the
+        # serve config's credential path resolves to through the volume mounts.
+        args = pod.c.get("args") or []
+        cfg_path = args[args.index("--config") + 1]
+        cfg_files = pod_files(pod, cfg_path)
+        cfg = yaml.safe_load(cfg_files)
+        cred_path = (cfg["zitadel"]["credentials"].get("keyFile") or cfg["zitadel"]["credentials"]["patFile"])
+        secret, key = mounted_secret_key(pod, cred_path)
+        s = objs.get("Secret", secret)
+        s.setdefault("data", {})[key] = base64.b64encode(z["KEY"].encode()).decode()
+        print(f"credential: {cred_path} = Secret {secret} key {key} (the fake's machine key)")
+
+        # The SCIM key Entra gets: the key Secret whose token hashes to keys.yaml's entry.
+        keys_path = cfg["keysFile"]
+        keys = yaml.safe_load(pod_files(pod, keys_path))["keys"]
+        token = None
+        for o in objs.all:
+            if o["kind"] == "Secret" and "token" in (o.get("data") or {}):
+                t = base64.b64decode(o["data"]["token"])
+                if any(k["sha256"] == hashlib.sha256(t).hexdigest() for k in keys):
+                    token = t.decode()
+        check(token is not None, "a rendered key Secret's token matches the keys file the server reads")
+
+        pod.start()
+        ok, url = pod.wait_probe("readinessProbe")
+        check(ok, f"readiness probe answers ({url})", pod.logs() if not ok else "")
+        ok, url = pod.wait_probe("livenessProbe", timeout=5)
+        check(ok, f"liveness probe answers ({url})")
+        if failed:
+            return 1
+
+        scim_port = pod.port("scim") if any(p.get("name") == "scim" for p in pod.c["ports"]) else \
+            int(str(cfg["listen"]).rsplit(":", 1)[1])
+        base = f"http://127.0.0.1:{scim_port}" + re.sub(r"^https?://[^/]+", "", cfg.get("publicUrl", "/scim/v2"))
+        acked = entra_cycle(base, token)
+        projected(z, port, acked)
+
+        pod.stop()
+        pod.start()
+        ok, url = pod.wait_probe("readinessProbe")
+        check(ok, "ready again after stop and start on the same volume", pod.logs() if not ok else "")
+        for path, expect in acked.items():
+            st, body = http("GET", base + path, token=token)
+            if expect is None:
+                check(st == 404, f"after restart: {path} stays deleted", f"{st} {body}")
+            else:
+                same = st == 200 and all(body.get(k) == v for k, v in expect.items())
+                check(same, f"after restart: {path} as acknowledged", f"{st} {body} vs {expect}")
+    finally:
+        if pod:
+            pod.stop()
+        if fake_proc:
+            fake_proc.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"e2e-pod: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def pod_files(pod: Pod, path: str) -> str:
+    """The content of a file the container sees at `path`, from the rendered objects."""
+    vols = {v["name"]: v for v in pod.spec.get("volumes") or []}
+    for m in pod.c.get("volumeMounts") or []:
+        mp = m["mountPath"].rstrip("/") + "/"
+        if path.startswith(mp):
+            files = pod.volume_source(vols[m["name"]])
+            if files and path[len(mp):] in files:
+                return files[path[len(mp):]][0].decode()
+    raise SystemExit(f"{path}: no ConfigMap/Secret volume mount holds it")
+
+
+def mounted_secret_key(pod: Pod, path: str) -> tuple[str, str]:
+    vols = {v["name"]: v for v in pod.spec.get("volumes") or []}
+    for m in pod.c.get("volumeMounts") or []:
+        mp = m["mountPath"].rstrip("/") + "/"
+        v = vols[m["name"]]
+        if path.startswith(mp) and "secret" in v:
+            rel = path[len(mp):]
+            for i in v["secret"].get("items") or []:
+                if i["path"] == rel:
+                    return v["secret"]["secretName"], i["key"]
+            return v["secret"]["secretName"], rel
+    raise SystemExit(f"{path}: not inside a Secret volume mount")
+
+
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
+    """Entra's requests, as it sends them; returns what each acknowledged write left."""
+    acked: dict[str, dict | None] = {}
+    users = {}
+    for i, (given, family) in enumerate([("Ada", "Lovelace"), ("Alan", "Turing"), ("Grace", "Hopper")]):
+        upn = f"{given.lower()}.{family.lower()}@contoso.com"
+        st, body = http("POST", base + "/Users", {
+            "schemas": [CORE_USER, ENTERPRISE], "externalId": f"0f4c1e2a-000{i}", "userName": upn, "active": True,
+            "displayName": f"{given} {family}", "name": {"givenName": given, "familyName": family},
+            "emails": [{"primary": True, "type": "work", "value": upn}],
+            ENTERPRISE: {"employeeNumber": f"E{i}", "department": "Engineering"},
+        }, token)
+        check(st == 201, f"POST /Users {upn} (enterprise extension)", f"{st} {body}")
+        users[upn] = body["id"]
+        acked[f"/Users/{body['id']}"] = {"userName": upn, "active": True}
+    ids = list(users.values())
+    st, body = http("POST", base + "/Groups", {"schemas": [CORE_GROUP], "displayName": "Unique Admins",
+                                               "externalId": "9a1b-admins", "members": []}, token)
+    check(st == 201, "POST /Groups Unique Admins", f"{st} {body}")
+    gid = body["id"]
+    # Entra's member PATCHes: add (array value), remove by filter path, remove with a value array.
+    for what, ops in [
+        ("add two members", [{"op": "Add", "path": "members", "value": [{"value": ids[0]}, {"value": ids[1]}]}]),
+        ("remove a member by filter path", [{"op": "Remove", "path": f'members[value eq "{ids[1]}"]'}]),
+        ("add a member", [{"op": "Add", "path": "members", "value": [{"value": ids[2]}]}]),
+        ("remove a member with a value array", [{"op": "Remove", "path": "members", "value": [{"value": ids[2]}]}]),
+    ]:
+        st, body = http("PATCH", f"{base}/Groups/{gid}", {"schemas": [PATCH], "Operations": ops}, token)
+        check(st in (200, 204), f"PATCH /Groups: {what}", f"{st} {body}")
+    acked[f"/Groups/{gid}"] = {"displayName": "Unique Admins"}
+    # Deactivate (Entra sends the boolean as the string "False") and delete.
+    st, body = http("PATCH", f"{base}/Users/{ids[1]}", {"schemas": [PATCH], "Operations": [
+        {"op": "Replace", "path": "active", "value": "False"}]}, token)
+    check(st in (200, 204), "PATCH /Users active=\"False\" (deactivate)", f"{st} {body}")
+    acked[f"/Users/{ids[1]}"]["active"] = False
+    st, body = http("DELETE", f"{base}/Users/{ids[2]}", None, token)
+    check(st == 204, "DELETE /Users", f"{st} {body}")
+    acked[f"/Users/{ids[2]}"] = None
+    st, body = http("GET", f"{base}/Groups/{gid}", None, token)
+    members = sorted(m["value"] for m in (body or {}).get("members") or [])
+    check(members == [ids[0]], "the group's members after the PATCHes", f"{members} vs {[ids[0]]}")
+    return acked
+
+
+def projected(z: dict, port: int, acked: dict[str, dict | None]) -> None:
+    """The fake's users, read with the admin PAT through its API, until they match."""
+    url = f"http://127.0.0.1:{port}"
+    want = {v["userName"]: v["active"] for v in acked.values() if v and "userName" in v}
+    gone = set()
+    deadline, last = time.time() + 60, None
+    while time.time() < deadline:
+        st, body = http("POST", f"{url}/v2/users", {"query": {"limit": 1000}}, z["PAT"], "application/json")
+        if st == 200:
+            state = {}
+            for u in body.get("result") or []:
+                name = u.get("username") or u.get("userName") or u.get("preferredLoginName")
+                state[name] = u.get("state")
+            last = state
+            ok = all(state.get(n) == ("USER_STATE_ACTIVE" if act else "USER_STATE_INACTIVE")
+                     for n, act in want.items())
+            gone = {n for n in ("grace.hopper@contoso.com",) if n not in state}
+            if ok and gone:
+                break
+        else:
+            last = (st, body)
+        time.sleep(0.5)
+    check(all(last and isinstance(last, dict) and last.get(n) ==
+              ("USER_STATE_ACTIVE" if act else "USER_STATE_INACTIVE") for n, act in want.items()),
+          "projected into the ZITADEL fake: users created, the deactivated one inactive", str(last))
+    check(bool(gone), "projected into the ZITADEL fake: the deleted user is gone", str(last))
+    # The group member got the group's role (groupRoles: Unique Admins -> Chat.Admin.All).
+    st, body = http("POST", f"{url}/zitadel.authorization.v2.AuthorizationService/ListAuthorizations", {},
+                    z["PAT"], "application/json")
+    roles = json.dumps(body)
+    check(st == 200 and "Chat.Admin.All" in roles, "the group's role granted in ZITADEL", f"{st} {roles[:500]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
