@@ -10,14 +10,14 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::AppState;
-use super::http::{ApiResult, QueryParams, etag_list, etag_matches, if_match, read_json, scim_json};
+use super::http::{ApiResult, QueryParams, etag_list, if_match, read_json, scim_json};
 use crate::scim::discovery::{self, MAX_PAGE_SIZE};
 use crate::scim::error::ScimError;
 use crate::scim::filter::{Filter, sort_key_cmp};
 use crate::scim::patch::{apply_patch, parse_patch};
 use crate::scim::resource::{
-    Projection, attributes_of, build_document, created_of, etag, location, normalize, same_attributes, timestamp,
-    with_location,
+    AttributeSelection, attributes_of, build_document, created_of, etag, etag_matches, location, normalize,
+    same_attributes, timestamp, with_location,
 };
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
 use crate::store::{MutateFn, Mutation, Query, Record};
@@ -85,11 +85,11 @@ impl AppState {
     }
 
     /// A stored record as a client sees it: `groups` for users, `location`,
-    /// and the requested projection.
-    async fn render(&self, kind: ResourceKind, rec: &Record, projection: &Projection) -> ApiResult<Value> {
+    /// and the requested attribute selection.
+    async fn render(&self, kind: ResourceKind, rec: &Record, selection: &AttributeSelection) -> ApiResult<Value> {
         let mut doc = (*rec.doc).clone();
         if kind == ResourceKind::User
-            && !projection.excludes_top("groups")
+            && !selection.excludes_top("groups")
             && let Some(list) = self.groups_attribute(&rec.id).await?
             && let Value::Object(o) = &mut doc
         {
@@ -101,10 +101,10 @@ impl AppState {
             }
         }
         let doc = with_location(doc, &self.base_url, kind);
-        if projection.is_empty() {
+        if selection.is_empty() {
             return Ok(doc);
         }
-        Ok(projection.apply(kind, &doc))
+        Ok(selection.apply(kind, &doc))
     }
 
     async fn resource_response(
@@ -114,8 +114,8 @@ impl AppState {
         rec: &Record,
         q: &QueryParams,
     ) -> ApiResult {
-        let projection = Projection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
-        if projection.is_empty() {
+        let selection = AttributeSelection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
+        if selection.is_empty() {
             // A new user is in no group yet, so a create skips that lookup.
             let groups = kind == ResourceKind::User && status != StatusCode::CREATED;
             if let Some(mut resp) = self.stored_response(kind, &rec.id, Some(rec.version), groups).await? {
@@ -128,7 +128,7 @@ impl AppState {
                 return Ok(resp);
             }
         }
-        let body = self.render(kind, rec, &projection).await?;
+        let body = self.render(kind, rec, &selection).await?;
         let mut resp = with_etag(scim_json(status, &body), rec.version);
         if status == StatusCode::CREATED
             && let Some(loc) = body.pointer("/meta/location").and_then(Value::as_str)
@@ -277,10 +277,10 @@ async fn list_kind(st: &AppState, kind: ResourceKind, p: &ListParams, lenient: b
         })
         .await
         .map_err(|e| e.into_scim())?;
-    let projection = Projection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref());
+    let selection = AttributeSelection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref());
     let mut out = Vec::with_capacity(page.records.len());
     for rec in &page.records {
-        out.push(st.render(kind, rec, &projection).await?);
+        out.push(st.render(kind, rec, &selection).await?);
     }
     Ok((page.total, out))
 }
@@ -354,19 +354,19 @@ pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResul
     st.resource_response(kind, StatusCode::CREATED, &rec, &q).await
 }
 
-/// GET of one resource with no projection: the stored text with `groups`
+/// GET of one resource with no attribute selection: the stored text with `groups`
 /// and `location` spliced in. `None` when the slow path must answer.
-async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, projected: bool) -> ApiResult<Option<Response>> {
-    if projected {
+async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, selected: bool) -> ApiResult<Option<Response>> {
+    if selected {
         return Ok(None);
     }
     st.stored_response(kind, id, None, kind == ResourceKind::User).await
 }
 
 pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
-    let projected =
+    let selected =
         req.uri().query().is_some_and(|q| q.contains("ttributes")) || req.headers().contains_key(header::IF_NONE_MATCH);
-    if let Some(resp) = get_fast(st, kind, id, projected).await? {
+    if let Some(resp) = get_fast(st, kind, id, selected).await? {
         return Ok(resp);
     }
     let rec = st
