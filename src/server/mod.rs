@@ -30,7 +30,7 @@ pub mod resources;
 
 use auth::{DevKey, KeyError, KeyHash, KeyRing};
 use http::ApiError;
-use metrics::Metrics;
+use metrics::{ServerMetrics, StateSnapshot, ZitadelSnapshot};
 
 pub const BASE_PATH: &str = "/scim/v2";
 /// How often the keys file is re-read; a removed key stops working within this.
@@ -43,7 +43,7 @@ pub struct AppState {
     pub base_url: String,
     pub max_body: usize,
     pub keys: Arc<KeyRing>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ServerMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,40 +224,14 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
                     let h = p.health();
                     if !h.reachable {
                         let why = h.last_error.unwrap_or_else(|| "not checked yet".into());
-                        return (StatusCode::SERVICE_UNAVAILABLE, format!("ZITADEL not reachable: {why}\n")).into_response();
+                        return (StatusCode::SERVICE_UNAVAILABLE, format!("ZITADEL not reachable: {why}\n"))
+                            .into_response();
                     }
                 }
                 (StatusCode::OK, "ready\n").into_response()
             }),
         )
-        .route(
-            "/metrics",
-            get(|State(st): State<Arc<AppState>>| async move {
-                let counts = st.store.counts().await.unwrap_or_default();
-                let mut extra = format!(
-                    "# HELP scim_resources Resources in the store.\n# TYPE scim_resources gauge\nscim_resources{{kind=\"User\"}} {}\nscim_resources{{kind=\"Group\"}} {}\n",
-                    counts.users, counts.groups
-                );
-                if let Some(w) = st.store.writer_stats() {
-                    extra.push_str(&store_metrics(&w));
-                }
-                if let Some(p) = &st.projector {
-                    let o = st.store.outbox_stats().await.unwrap_or_default();
-                    let age = o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
-                    extra.push_str(&format!(
-                        "# HELP scim_projection_pending Users waiting to be projected into ZITADEL.\n# TYPE scim_projection_pending gauge\nscim_projection_pending {}\n# HELP scim_projection_failing Pending projections that failed at least once.\n# TYPE scim_projection_failing gauge\nscim_projection_failing {}\n# HELP scim_projection_oldest_pending_seconds Age of the oldest pending projection.\n# TYPE scim_projection_oldest_pending_seconds gauge\nscim_projection_oldest_pending_seconds {age}\n# HELP scim_zitadel_requests ZITADEL API requests made.\n# TYPE scim_zitadel_requests counter\nscim_zitadel_requests_total {}\n# HELP scim_zitadel_reachable Whether ZITADEL answered the last check.\n# TYPE scim_zitadel_reachable gauge\nscim_zitadel_reachable {}\n",
-                        o.pending,
-                        o.failing,
-                        p.client().calls(),
-                        u8::from(p.health().reachable)
-                    ));
-                }
-                (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    st.metrics.encode(&extra),
-                )
-            }),
-        )
+        .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(state)
 }
@@ -310,6 +284,35 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let state = scrape(&st).await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode(&state))
+        .into_response()
+}
+
+/// The store's and ZITADEL's state for one scrape. A store that cannot
+/// answer reports zeros rather than failing the scrape.
+async fn scrape(st: &AppState) -> StateSnapshot {
+    let resources = st.store.counts().await.unwrap_or_default();
+    let zitadel = match &st.projector {
+        None => None,
+        Some(p) => {
+            let o = st.store.outbox_stats().await.unwrap_or_default();
+            Some(ZitadelSnapshot {
+                pending: o.pending,
+                failing: o.failing,
+                oldest_pending_seconds: o
+                    .oldest_enqueued_ms
+                    .map(|t| now_ms().saturating_sub(t) as f64 / 1000.0)
+                    .unwrap_or(0.0),
+                requests: p.client().calls(),
+                reachable: p.health().reachable,
+            })
+        }
+    };
+    StateSnapshot { resources, writer: st.store.writer_stats(), zitadel }
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
@@ -407,7 +410,7 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         base_url: base_url.clone(),
         max_body: settings.max_body,
         keys,
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(ServerMetrics::new()),
     });
 
     println!("SCIM base URL: {base_url}");
@@ -441,22 +444,4 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     store.close();
     tracing::info!("scim server stopped");
     Ok(())
-}
-
-/// The store writer's counters in OpenMetrics text: commands per commit is
-/// the group-commit size, and so the writes each fsync carries.
-fn store_metrics(w: &crate::store::WriterStats) -> String {
-    format!(
-        "# HELP scim_store_commits Transactions the store's writer ran (one fsync each when durable).\n\
-         # TYPE scim_store_commits counter\n\
-         scim_store_commits_total {}\n\
-         # HELP scim_store_commands Writes the store's writer carried out.\n\
-         # TYPE scim_store_commands counter\n\
-         scim_store_commands_total {}\n\
-         # HELP scim_store_checkpoints WAL checkpoints, by the checkpoint thread or the writer itself.\n\
-         # TYPE scim_store_checkpoints counter\n\
-         scim_store_checkpoints_total{{by=\"thread\"}} {}\n\
-         scim_store_checkpoints_total{{by=\"writer\"}} {}\n",
-        w.batches, w.commands, w.checkpoints_by_thread, w.checkpoints_by_writer
-    )
 }
