@@ -4,6 +4,7 @@
 pub mod config;
 pub mod operator;
 pub mod preflight;
+pub mod provisioning;
 pub mod scim;
 pub mod server;
 pub mod store;

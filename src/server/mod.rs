@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
+use crate::provisioning::Provisioning;
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
 use crate::store::sqlite::{Durability, SqliteStore};
@@ -37,8 +38,11 @@ pub const BASE_PATH: &str = "/scim/v2";
 pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct AppState {
+    /// Reads, readiness and status; every write goes through `provisioning`.
     pub store: Arc<dyn Store>,
-    /// Set when ZITADEL is configured: user writes go through it.
+    pub provisioning: Provisioning,
+    /// Set when ZITADEL is configured, for its health and backlog on the
+    /// admin port.
     pub projector: Option<Arc<Projector>>,
     pub base_url: String,
     pub max_body: usize,
@@ -405,6 +409,7 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         None => None,
     };
     let state = Arc::new(AppState {
+        provisioning: Provisioning::new(store.clone(), projector.clone()),
         projector: projector.clone(),
         store: store.clone(),
         base_url: base_url.clone(),
