@@ -1,6 +1,7 @@
 //! scim-operator: a SCIM 2.0 server for Microsoft Entra ID that projects users
 //! into ZITADEL, and the Kubernetes operator that runs it per tenant.
 
+pub mod app;
 pub mod config;
 pub mod operator;
 pub mod preflight;
