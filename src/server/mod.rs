@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::provisioning::Provisioning;
 use crate::scim::error::ScimError;
@@ -195,6 +195,13 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Unix milliseconds as a SCIM timestamp.
+fn ms_to_time(ms: u64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .map(crate::scim::resource::timestamp)
+}
+
 async fn status(State(st): State<Arc<AppState>>) -> Response {
     let counts = match st.store.counts().await {
         Ok(c) => c,
@@ -202,37 +209,14 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
             return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": e.to_string()}))).into_response();
         }
     };
-    let ms_to_time = |ms: u64| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .ok()
-            .map(crate::scim::resource::timestamp)
-    };
     let last = st.metrics.last_request_ms().and_then(|ms| u64::try_from(ms).ok()).and_then(ms_to_time);
-    let (zitadel, projection) = match &st.zitadel {
-        None => (serde_json::Value::Null, serde_json::Value::Null),
-        Some(p) => {
-            let h = p.health();
-            let o = st.store.outbox_stats().await.unwrap_or_default();
-            (
-                json!({
-                    "reachable": h.reachable,
-                    "lastError": h.last_error,
-                    "lastErrorTime": h.last_error_ms.and_then(ms_to_time),
-                    "lastSuccessTime": h.last_success_ms.and_then(ms_to_time),
-                    "requests": p.client().calls(),
-                }),
-                json!({
-                    "pendingOperations": o.pending,
-                    "failingOperations": o.failing,
-                    "oldestPendingAgeSeconds": o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) / 1000),
-                    "lastError": o.last_error,
-                }),
-            )
-        }
+    let zitadel = match &st.zitadel {
+        None => ZitadelStatus { connection: Value::Null, projection: Value::Null },
+        Some(p) => zitadel_status(st.store.as_ref(), p).await,
     };
     axum::Json(json!({
-        "zitadel": zitadel,
-        "projection": projection,
+        "zitadel": zitadel.connection,
+        "projection": zitadel.projection,
         "users": counts.users,
         "groups": counts.groups,
         "requests": st.metrics.total(),
@@ -243,6 +227,34 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
+}
+
+/// The ZITADEL sections of `/status`; both null when ZITADEL is not configured.
+struct ZitadelStatus {
+    /// `zitadel`: whether it answers, and its last error.
+    connection: Value,
+    /// `projection`: the outbox backlog.
+    projection: Value,
+}
+
+async fn zitadel_status(store: &dyn Store, p: &Projector) -> ZitadelStatus {
+    let h = p.health();
+    let o = store.outbox_stats().await.unwrap_or_default();
+    ZitadelStatus {
+        connection: json!({
+            "reachable": h.reachable,
+            "lastError": h.last_error,
+            "lastErrorTime": h.last_error_ms.and_then(ms_to_time),
+            "lastSuccessTime": h.last_success_ms.and_then(ms_to_time),
+            "requests": p.client().calls(),
+        }),
+        projection: json!({
+            "pendingOperations": o.pending,
+            "failingOperations": o.failing,
+            "oldestPendingAgeSeconds": o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) / 1000),
+            "lastError": o.last_error,
+        }),
+    }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
