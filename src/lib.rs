@@ -1,9 +1,11 @@
 //! scim-operator: a SCIM 2.0 server for Microsoft Entra ID that projects users
 //! into ZITADEL, and the Kubernetes operator that runs it per tenant.
 
+pub mod app;
 pub mod config;
 pub mod operator;
 pub mod preflight;
+pub mod provisioning;
 pub mod scim;
 pub mod server;
 pub mod store;

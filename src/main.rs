@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use scim_operator::app::{self, ServeSettings};
 use scim_operator::config::{DurabilityConfig, ServeConfig};
-use scim_operator::server::{self, Settings, auth};
+use scim_operator::server::auth;
 
 #[derive(Parser)]
 #[command(
@@ -178,12 +179,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         _ => {}
     }
     config.validate().map_err(|e| e.to_string())?;
-    let settings = Settings::from_config(config, std::env::var("SCIM_TOKEN").ok());
+    let settings = ServeSettings::from_config(config, std::env::var("SCIM_TOKEN").ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    rt.block_on(server::serve(settings)).map_err(|e| e.to_string())
+    rt.block_on(app::run(settings)).map_err(|e| e.to_string())
 }
 
 fn preflight(config: &std::path::Path, users: &std::path::Path, json: bool) -> Result<(), String> {

@@ -244,6 +244,13 @@ pub fn etag(version: u64) -> String {
     format!("W/\"{version}\"")
 }
 
+/// Whether a conditional header's tags (weak prefix already stripped) admit
+/// `etag`: weak comparison, as our tags are weak, and `*` admits any.
+pub fn etag_matches(tags: &[String], etag: &str) -> bool {
+    let bare = etag.trim_start_matches("W/");
+    tags.iter().any(|t| t == "*" || t == bare)
+}
+
 /// Builds the stored document: `schemas`, `id`, the attributes, `meta`.
 pub fn build_document(
     kind: ResourceKind,
@@ -319,22 +326,22 @@ pub fn created_of(doc: &Value) -> &str {
 
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.9).
 #[derive(Debug, Default, Clone)]
-pub struct Projection {
+pub struct AttributeSelection {
     include: Vec<ResolvedAttr>,
     exclude: Vec<ResolvedAttr>,
 }
 
-impl Projection {
+impl AttributeSelection {
     /// Names that do not exist in the schema are ignored, as the RFC allows, so
     /// a client's optional attribute never fails a read.
-    pub fn parse(kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> Projection {
+    pub fn parse(kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> AttributeSelection {
         let list = |s: Option<&str>| -> Vec<ResolvedAttr> {
             s.map(|s| {
                 s.split(',').map(str::trim).filter(|p| !p.is_empty()).filter_map(|p| resolve_path(kind, p)).collect()
             })
             .unwrap_or_default()
         };
-        Projection { include: list(attributes), exclude: list(excluded) }
+        AttributeSelection { include: list(attributes), exclude: list(excluded) }
     }
 
     pub fn excludes_top(&self, name: &str) -> bool {
@@ -349,7 +356,7 @@ impl Projection {
         self.include.is_empty() && self.exclude.is_empty()
     }
 
-    /// Applies the projection and returned-ness to a full document.
+    /// Applies the selection and returned-ness to a full document.
     pub fn apply(&self, kind: ResourceKind, doc: &Value) -> Value {
         let Some(obj) = doc.as_object() else {
             return doc.clone();
@@ -367,7 +374,7 @@ impl Projection {
                 let mut e = Map::new();
                 for (k, v) in ext {
                     if let Some(def) = attrs.iter().find(|a| a.name == k)
-                        && let Some(v) = self.project(Container::Extension(urn), def, v)
+                        && let Some(v) = self.select(Container::Extension(urn), def, v)
                     {
                         e.insert(k.clone(), v);
                     }
@@ -382,14 +389,14 @@ impl Projection {
             else {
                 continue;
             };
-            if let Some(v) = self.project(container, def, value) {
+            if let Some(v) = self.select(container, def, value) {
                 out.insert(key.clone(), v);
             }
         }
         Value::Object(out)
     }
 
-    fn project(&self, container: Container, def: &'static AttrDef, value: &Value) -> Option<Value> {
+    fn select(&self, container: Container, def: &'static AttrDef, value: &Value) -> Option<Value> {
         if def.returned == Returned::Never {
             return None;
         }
@@ -485,6 +492,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.detail.contains("'emails.primary' must be boolean"), "{}", err.detail);
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches(&["\"3\"".into()], "W/\"3\""));
+        assert!(etag_matches(&["*".into()], "W/\"3\""));
+        assert!(!etag_matches(&["\"2\"".into()], "W/\"3\""));
     }
 
     #[test]
@@ -615,7 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn projection() {
+    fn attribute_selection() {
         let doc = build_document(
             ResourceKind::User,
             "id-1",
@@ -624,13 +638,13 @@ mod tests {
             "t",
             1,
         );
-        let p = Projection::parse(ResourceKind::User, Some("userName,emails.value"), None);
+        let p = AttributeSelection::parse(ResourceKind::User, Some("userName,emails.value"), None);
         let out = p.apply(ResourceKind::User, &doc);
         assert_eq!(out["id"], "id-1", "id is always returned");
         assert_eq!(out["emails"], json!([{"value": "alice@contoso.com"}]));
         assert!(out.get("displayName").is_none());
         assert!(out.get("meta").is_none());
-        let p = Projection::parse(
+        let p = AttributeSelection::parse(
             ResourceKind::User,
             None,
             Some("emails,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department,name.formatted"),

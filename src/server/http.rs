@@ -121,11 +121,6 @@ pub fn etag_list(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<St
     Some(v.split(',').map(|t| t.trim().trim_start_matches("W/").to_string()).collect())
 }
 
-pub fn etag_matches(tags: &[String], etag: &str) -> bool {
-    let bare = etag.trim_start_matches("W/");
-    tags.iter().any(|t| t == "*" || t == bare)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,12 +130,5 @@ mod tests {
         let q = QueryParams::parse(Some("filter=userName+eq+%22alice%40contoso.com%22&aadOptscim062020&COUNT=5"));
         assert_eq!(q.get("filter"), Some(r#"userName eq "alice@contoso.com""#));
         assert_eq!(q.get("count"), Some("5"));
-    }
-
-    #[test]
-    fn etags() {
-        assert!(etag_matches(&["\"3\"".into()], "W/\"3\""));
-        assert!(etag_matches(&["*".into()], "W/\"3\""));
-        assert!(!etag_matches(&["\"2\"".into()], "W/\"3\""));
     }
 }

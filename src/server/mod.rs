@@ -1,10 +1,8 @@
-//! The SCIM server: axum routes under `/scim/v2`, bearer-key auth, request
-//! metrics, and the admin port.
+//! The SCIM server's HTTP layer: axum routes under `/scim/v2`, bearer-key
+//! auth, request metrics, and the admin port's routes.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, Request, State};
@@ -12,15 +10,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
-use serde_json::json;
-use tokio::net::TcpListener;
+use serde_json::{Value, json};
 
-use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
+use crate::provisioning::Provisioning;
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
-use crate::store::Durability;
-use crate::store::{Store, StoreError, now_ms};
-use crate::zitadel::config::ZitadelConfig;
+use crate::store::{Store, now_ms};
 use crate::zitadel::projector::Projector;
 
 pub mod auth;
@@ -28,69 +23,24 @@ pub mod http;
 pub mod metrics;
 pub mod resources;
 
-use auth::{DevKey, KeyError, KeyHash, KeyRing};
+use auth::KeyRing;
 use http::ApiError;
-use metrics::Metrics;
+use metrics::{ServerMetrics, StateSnapshot, ZitadelSnapshot};
 
 pub const BASE_PATH: &str = "/scim/v2";
-/// How often the keys file is re-read; a removed key stops working within this.
-pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
+/// What the handlers share. Built by the composition root (`crate::app`).
 pub struct AppState {
+    /// Reads, readiness and status; every write goes through `provisioning`.
     pub store: Arc<dyn Store>,
-    /// Set when ZITADEL is configured: user writes go through it.
-    pub projector: Option<Arc<Projector>>,
+    pub provisioning: Provisioning,
+    /// Set when ZITADEL is configured, for its health and backlog on the
+    /// admin port.
+    pub zitadel: Option<Arc<Projector>>,
     pub base_url: String,
     pub max_body: usize,
     pub keys: Arc<KeyRing>,
-    pub metrics: Arc<Metrics>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {source} (choose another address with --listen / --admin-listen)")]
-    Bind { addr: String, source: std::io::Error },
-    #[error("cannot create the data directory {path}: {source} (choose another with --data-dir)")]
-    DataDir { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Keys(#[from] KeyError),
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
-    #[error("the server stopped: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("zitadel: {0}")]
-    Zitadel(#[from] crate::zitadel::error::ZitadelError),
-}
-
-/// Effective settings: the config file with flags applied.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub listen: String,
-    pub admin_listen: String,
-    pub data_dir: PathBuf,
-    pub keys_file: Option<PathBuf>,
-    pub public_url: Option<String>,
-    pub durability: DurabilityConfig,
-    pub max_body: usize,
-    /// A plaintext key from the environment (SCIM_TOKEN), for local use.
-    pub env_token: Option<String>,
-    pub zitadel: Option<ZitadelConfig>,
-}
-
-impl Settings {
-    pub fn from_config(c: ServeConfig, env_token: Option<String>) -> Self {
-        Settings {
-            listen: c.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            admin_listen: c.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into()),
-            data_dir: c.data_dir.unwrap_or_else(|| PathBuf::from("data")),
-            keys_file: c.keys_file,
-            public_url: c.public_url,
-            durability: c.durability.unwrap_or_default(),
-            max_body: c.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
-            env_token: env_token.filter(|t| !t.is_empty()),
-            zitadel: c.zitadel,
-        }
-    }
+    pub metrics: Arc<ServerMetrics>,
 }
 
 fn scim_error(e: ScimError) -> Response {
@@ -147,8 +97,17 @@ async fn record_metrics(State(st): State<Arc<AppState>>, req: Request, next: Nex
 
 type Routes = MethodRouter<Arc<AppState>>;
 
-/// The collection, item and `.search` routes of one resource type.
-fn resource_routes(kind: ResourceKind) -> (Routes, Routes, Routes) {
+/// The routes of one resource type.
+struct ResourceRoutes {
+    /// `/Users`: list and create.
+    collection: Routes,
+    /// `/Users/{id}`: read, replace, patch, delete.
+    item: Routes,
+    /// `/Users/.search`.
+    search: Routes,
+}
+
+fn resource_routes(kind: ResourceKind) -> ResourceRoutes {
     let collection = get(move |State(st): State<Arc<AppState>>, RawQuery(q): RawQuery| async move {
         resources::list(&st, kind, q.as_deref()).await
     })
@@ -172,20 +131,20 @@ fn resource_routes(kind: ResourceKind) -> (Routes, Routes, Routes) {
         resources::search(&st, Some(kind), &parts.headers, body).await
     })
     .fallback(method_not_allowed);
-    (collection, item, search)
+    ResourceRoutes { collection, item, search }
 }
 
 /// The SCIM router (mounted at `/scim/v2`).
 pub fn scim_router(state: Arc<AppState>) -> Router {
-    let (users, user, users_search) = resource_routes(ResourceKind::User);
-    let (groups, group, groups_search) = resource_routes(ResourceKind::Group);
+    let users = resource_routes(ResourceKind::User);
+    let groups = resource_routes(ResourceKind::Group);
     let scim = Router::new()
-        .route("/Users", users)
-        .route("/Users/.search", users_search)
-        .route("/Users/{id}", user)
-        .route("/Groups", groups)
-        .route("/Groups/.search", groups_search)
-        .route("/Groups/{id}", group)
+        .route("/Users", users.collection)
+        .route("/Users/.search", users.search)
+        .route("/Users/{id}", users.item)
+        .route("/Groups", groups.collection)
+        .route("/Groups/.search", groups.search)
+        .route("/Groups/{id}", groups.item)
         .route(
             "/.search",
             post(|State(st): State<Arc<AppState>>, req: Request| async move {
@@ -220,46 +179,27 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
                 if let Err(e) = st.store.counts().await {
                     return (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}\n")).into_response();
                 }
-                if let Some(p) = &st.projector {
+                if let Some(p) = &st.zitadel {
                     let h = p.health();
                     if !h.reachable {
                         let why = h.last_error.unwrap_or_else(|| "not checked yet".into());
-                        return (StatusCode::SERVICE_UNAVAILABLE, format!("ZITADEL not reachable: {why}\n")).into_response();
+                        return (StatusCode::SERVICE_UNAVAILABLE, format!("ZITADEL not reachable: {why}\n"))
+                            .into_response();
                     }
                 }
                 (StatusCode::OK, "ready\n").into_response()
             }),
         )
-        .route(
-            "/metrics",
-            get(|State(st): State<Arc<AppState>>| async move {
-                let counts = st.store.counts().await.unwrap_or_default();
-                let mut extra = format!(
-                    "# HELP scim_resources Resources in the store.\n# TYPE scim_resources gauge\nscim_resources{{kind=\"User\"}} {}\nscim_resources{{kind=\"Group\"}} {}\n",
-                    counts.users, counts.groups
-                );
-                if let Some(w) = st.store.writer_stats() {
-                    extra.push_str(&store_metrics(&w));
-                }
-                if let Some(p) = &st.projector {
-                    let o = st.store.outbox_stats().await.unwrap_or_default();
-                    let age = o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
-                    extra.push_str(&format!(
-                        "# HELP scim_projection_pending Users waiting to be projected into ZITADEL.\n# TYPE scim_projection_pending gauge\nscim_projection_pending {}\n# HELP scim_projection_failing Pending projections that failed at least once.\n# TYPE scim_projection_failing gauge\nscim_projection_failing {}\n# HELP scim_projection_oldest_pending_seconds Age of the oldest pending projection.\n# TYPE scim_projection_oldest_pending_seconds gauge\nscim_projection_oldest_pending_seconds {age}\n# HELP scim_zitadel_requests ZITADEL API requests made.\n# TYPE scim_zitadel_requests counter\nscim_zitadel_requests_total {}\n# HELP scim_zitadel_reachable Whether ZITADEL answered the last check.\n# TYPE scim_zitadel_reachable gauge\nscim_zitadel_reachable {}\n",
-                        o.pending,
-                        o.failing,
-                        p.client().calls(),
-                        u8::from(p.health().reachable)
-                    ));
-                }
-                (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    st.metrics.encode(&extra),
-                )
-            }),
-        )
+        .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(state)
+}
+
+/// Unix milliseconds as a SCIM timestamp.
+fn ms_to_time(ms: u64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .map(crate::scim::resource::timestamp)
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Response {
@@ -269,37 +209,14 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
             return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": e.to_string()}))).into_response();
         }
     };
-    let ms_to_time = |ms: u64| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .ok()
-            .map(crate::scim::resource::timestamp)
-    };
     let last = st.metrics.last_request_ms().and_then(|ms| u64::try_from(ms).ok()).and_then(ms_to_time);
-    let (zitadel, projection) = match &st.projector {
-        None => (serde_json::Value::Null, serde_json::Value::Null),
-        Some(p) => {
-            let h = p.health();
-            let o = st.store.outbox_stats().await.unwrap_or_default();
-            (
-                json!({
-                    "reachable": h.reachable,
-                    "lastError": h.last_error,
-                    "lastErrorTime": h.last_error_ms.and_then(ms_to_time),
-                    "lastSuccessTime": h.last_success_ms.and_then(ms_to_time),
-                    "requests": p.client().calls(),
-                }),
-                json!({
-                    "pendingOperations": o.pending,
-                    "failingOperations": o.failing,
-                    "oldestPendingAgeSeconds": o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) / 1000),
-                    "lastError": o.last_error,
-                }),
-            )
-        }
+    let zitadel = match &st.zitadel {
+        None => ZitadelStatus { connection: Value::Null, projection: Value::Null },
+        Some(p) => zitadel_status(st.store.as_ref(), p).await,
     };
     axum::Json(json!({
-        "zitadel": zitadel,
-        "projection": projection,
+        "zitadel": zitadel.connection,
+        "projection": zitadel.projection,
         "users": counts.users,
         "groups": counts.groups,
         "requests": st.metrics.total(),
@@ -312,150 +229,59 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.into(), source })
+/// The ZITADEL sections of `/status`; both null when ZITADEL is not configured.
+struct ZitadelStatus {
+    /// `zitadel`: whether it answers, and its last error.
+    connection: Value,
+    /// `projection`: the outbox backlog.
+    projection: Value,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+async fn zitadel_status(store: &dyn Store, p: &Projector) -> ZitadelStatus {
+    let h = p.health();
+    let o = store.outbox_stats().await.unwrap_or_default();
+    ZitadelStatus {
+        connection: json!({
+            "reachable": h.reachable,
+            "lastError": h.last_error,
+            "lastErrorTime": h.last_error_ms.and_then(ms_to_time),
+            "lastSuccessTime": h.last_success_ms.and_then(ms_to_time),
+            "requests": p.client().calls(),
+        }),
+        projection: json!({
+            "pendingOperations": o.pending,
+            "failingOperations": o.failing,
+            "oldestPendingAgeSeconds": o.oldest_enqueued_ms.map(|t| now_ms().saturating_sub(t) / 1000),
+            "lastError": o.last_error,
+        }),
+    }
 }
 
-/// Runs the server until SIGINT/SIGTERM. Prints the SCIM base URL (and, for a
-/// newly created standalone key, the key) on stdout.
-pub async fn serve(settings: Settings) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .map_err(|source| ServeError::DataDir { path: settings.data_dir.clone(), source })?;
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let state = scrape(&st).await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode(&state))
+        .into_response()
+}
 
-    let mut fixed: Vec<KeyHash> = Vec::new();
-    if let Some(t) = &settings.env_token {
-        fixed.push(KeyHash { name: "SCIM_TOKEN".into(), sha256: auth::hash_token(t) });
-    }
-    let file_keys = match &settings.keys_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read { path: p.clone(), source })?;
-            auth::parse_keys_file(p, &text)?
-        }
-        None => Vec::new(),
-    };
-    let mut key_notice = None;
-    if settings.keys_file.is_none() && settings.env_token.is_none() {
-        match auth::load_or_create_dev_key(&settings.data_dir)? {
-            DevKey::Created { token, hash, path } => {
-                fixed.push(hash);
-                key_notice =
-                    Some(format!("Bearer key (shown once, only its hash is kept in {}): {token}", path.display()));
-            }
-            DevKey::Existing { hash, path } => {
-                fixed.push(hash);
-                key_notice = Some(format!(
-                    "Bearer key: the one printed on first start (its hash is in {}); delete that file and restart for a new one",
-                    path.display()
-                ));
-            }
-        }
-    }
-    let keys = Arc::new(KeyRing::new(fixed, file_keys));
-    if let Some(p) = &settings.keys_file {
-        auth::spawn_reloader(keys.clone(), p.clone(), KEYS_RELOAD_INTERVAL);
-    }
-
-    let durability = match settings.durability {
-        DurabilityConfig::Full => Durability::Full,
-        DurabilityConfig::Process => Durability::Normal,
-    };
-    let dir = settings.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || crate::store::open_embedded(&dir, durability))
-        .await
-        .map_err(|e| StoreError::Backend(format!("store open task failed: {e}")))??;
-
-    let scim_listener = bind(&settings.listen).await?;
-    let admin_listener = bind(&settings.admin_listen).await?;
-    let scim_addr: SocketAddr = scim_listener.local_addr()?;
-    let admin_addr: SocketAddr = admin_listener.local_addr()?;
-    let base_url = settings
-        .public_url
-        .clone()
-        .map(|u| u.trim_end_matches('/').to_string())
-        .unwrap_or_else(|| format!("http://{scim_addr}{BASE_PATH}"));
-
-    let projector = match &settings.zitadel {
-        Some(cfg) => {
-            let client = crate::zitadel::client::Client::new(cfg)?;
-            let store_dyn: Arc<dyn Store> = store.clone();
-            Some(Projector::new(client, cfg.clone(), store_dyn))
-        }
+/// The store's and ZITADEL's state for one scrape. A store that cannot
+/// answer reports zeros rather than failing the scrape.
+async fn scrape(st: &AppState) -> StateSnapshot {
+    let resources = st.store.counts().await.unwrap_or_default();
+    let zitadel = match &st.zitadel {
         None => None,
+        Some(p) => {
+            let o = st.store.outbox_stats().await.unwrap_or_default();
+            Some(ZitadelSnapshot {
+                pending: o.pending,
+                failing: o.failing,
+                oldest_pending_seconds: o
+                    .oldest_enqueued_ms
+                    .map(|t| now_ms().saturating_sub(t) as f64 / 1000.0)
+                    .unwrap_or(0.0),
+                requests: p.client().calls(),
+                reachable: p.health().reachable,
+            })
+        }
     };
-    let state = Arc::new(AppState {
-        projector: projector.clone(),
-        store: store.clone(),
-        base_url: base_url.clone(),
-        max_body: settings.max_body,
-        keys,
-        metrics: Arc::new(Metrics::new()),
-    });
-
-    println!("SCIM base URL: {base_url}");
-    println!("Admin URL: http://{admin_addr}");
-    if let Some(n) = key_notice {
-        println!("{n}");
-    }
-    tracing::info!(%scim_addr, %admin_addr, data_dir = %settings.data_dir.display(), "scim server started");
-
-    if let Some(p) = &projector {
-        // Unreachable ZITADEL or rejected credentials are reported on
-        // /readyz and /status, not a crash loop.
-        let checker = Arc::clone(p);
-        tokio::spawn(async move {
-            loop {
-                let ok = checker.check().await;
-                if let Err(e) = &ok {
-                    tracing::warn!(error = %e, "ZITADEL check failed");
-                }
-                tokio::time::sleep(if ok.is_ok() { Duration::from_secs(60) } else { Duration::from_secs(5) }).await;
-            }
-        });
-        tokio::spawn(Arc::clone(p).run_outbox(shutdown_signal()));
-        println!("ZITADEL: {} (organisation {})", p.config().url, p.config().organization_id);
-    }
-    let scim = axum::serve(scim_listener, scim_router(state.clone())).with_graceful_shutdown(shutdown_signal());
-    let admin = axum::serve(admin_listener, admin_router(state)).with_graceful_shutdown(shutdown_signal());
-    let (a, b) = tokio::join!(async { scim.await }, async { admin.await });
-    a?;
-    b?;
-    store.close();
-    tracing::info!("scim server stopped");
-    Ok(())
-}
-
-/// The store writer's counters in OpenMetrics text: commands per commit is
-/// the group-commit size, and so the writes each fsync carries.
-fn store_metrics(w: &crate::store::WriterStats) -> String {
-    format!(
-        "# HELP scim_store_commits Transactions the store's writer ran (one fsync each when durable).\n\
-         # TYPE scim_store_commits counter\n\
-         scim_store_commits_total {}\n\
-         # HELP scim_store_commands Writes the store's writer carried out.\n\
-         # TYPE scim_store_commands counter\n\
-         scim_store_commands_total {}\n\
-         # HELP scim_store_checkpoints WAL checkpoints, by the checkpoint thread or the writer itself.\n\
-         # TYPE scim_store_checkpoints counter\n\
-         scim_store_checkpoints_total{{by=\"thread\"}} {}\n\
-         scim_store_checkpoints_total{{by=\"writer\"}} {}\n",
-        w.batches, w.commands, w.checkpoints_by_thread, w.checkpoints_by_writer
-    )
+    StateSnapshot { resources, writer: st.store.writer_stats(), zitadel }
 }

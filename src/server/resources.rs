@@ -6,29 +6,21 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
+use serde_json::{Value, json};
 
 use super::AppState;
-use super::http::{ApiResult, QueryParams, etag_list, etag_matches, if_match, read_json, scim_json};
+use super::http::{ApiResult, QueryParams, etag_list, if_match, read_json, scim_json};
 use crate::scim::discovery::{self, MAX_PAGE_SIZE};
 use crate::scim::error::ScimError;
 use crate::scim::filter::{Filter, sort_key_cmp};
-use crate::scim::patch::{apply_patch, parse_patch};
-use crate::scim::resource::{
-    Projection, attributes_of, build_document, created_of, etag, location, normalize, same_attributes, timestamp,
-    with_location,
-};
+use crate::scim::patch::parse_patch;
+use crate::scim::resource::{AttributeSelection, etag, etag_matches, location, normalize, with_location};
 use crate::scim::schema::{LIST_RESPONSE_SCHEMA, ResourceKind, resolve_path};
-use crate::store::{MutateFn, Mutation, Query, Record};
+use crate::store::{Query, Record};
 
 type St = State<Arc<AppState>>;
 
 const DEFAULT_PAGE_SIZE: usize = 100;
-
-fn now() -> String {
-    timestamp(OffsetDateTime::now_utc())
-}
 
 fn with_etag(mut resp: Response, version: u64) -> Response {
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
@@ -85,11 +77,11 @@ impl AppState {
     }
 
     /// A stored record as a client sees it: `groups` for users, `location`,
-    /// and the requested projection.
-    async fn render(&self, kind: ResourceKind, rec: &Record, projection: &Projection) -> ApiResult<Value> {
+    /// and the requested attribute selection.
+    async fn render(&self, kind: ResourceKind, rec: &Record, selection: &AttributeSelection) -> ApiResult<Value> {
         let mut doc = (*rec.doc).clone();
         if kind == ResourceKind::User
-            && !projection.excludes_top("groups")
+            && !selection.excludes_top("groups")
             && let Some(list) = self.groups_attribute(&rec.id).await?
             && let Value::Object(o) = &mut doc
         {
@@ -101,10 +93,10 @@ impl AppState {
             }
         }
         let doc = with_location(doc, &self.base_url, kind);
-        if projection.is_empty() {
+        if selection.is_empty() {
             return Ok(doc);
         }
-        Ok(projection.apply(kind, &doc))
+        Ok(selection.apply(kind, &doc))
     }
 
     async fn resource_response(
@@ -114,8 +106,8 @@ impl AppState {
         rec: &Record,
         q: &QueryParams,
     ) -> ApiResult {
-        let projection = Projection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
-        if projection.is_empty() {
+        let selection = AttributeSelection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
+        if selection.is_empty() {
             // A new user is in no group yet, so a create skips that lookup.
             let groups = kind == ResourceKind::User && status != StatusCode::CREATED;
             if let Some(mut resp) = self.stored_response(kind, &rec.id, Some(rec.version), groups).await? {
@@ -128,7 +120,7 @@ impl AppState {
                 return Ok(resp);
             }
         }
-        let body = self.render(kind, rec, &projection).await?;
+        let body = self.render(kind, rec, &selection).await?;
         let mut resp = with_etag(scim_json(status, &body), rec.version);
         if status == StatusCode::CREATED
             && let Some(loc) = body.pointer("/meta/location").and_then(Value::as_str)
@@ -277,10 +269,10 @@ async fn list_kind(st: &AppState, kind: ResourceKind, p: &ListParams, lenient: b
         })
         .await
         .map_err(|e| e.into_scim())?;
-    let projection = Projection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref());
+    let selection = AttributeSelection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref());
     let mut out = Vec::with_capacity(page.records.len());
     for rec in &page.records {
-        out.push(st.render(kind, rec, &projection).await?);
+        out.push(st.render(kind, rec, &selection).await?);
     }
     Ok((page.total, out))
 }
@@ -332,41 +324,24 @@ pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResul
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
-    let t = now();
-    // Time-ordered ids: each insert lands at the end of the id index instead of
-    // on a random page, which halves the pages a durable write dirties.
-    let id = uuid::Uuid::now_v7().to_string();
-    let doc = build_document(kind, &id, attrs, &t, &t, 1);
-    let rec = match (&st.projector, kind) {
-        (Some(p), ResourceKind::User) => p.create_user(doc).await,
-        (Some(p), ResourceKind::Group) => {
-            let side = p.group_side_effects(None, Some(&doc));
-            let r = st.store.create_with(kind, doc, side.clone()).await;
-            if !side.enqueue.is_empty() {
-                p.wake_outbox();
-            }
-            r
-        }
-        (None, _) => st.store.create(kind, doc).await,
-    }
-    .map_err(|e| e.into_scim())?;
+    let rec = st.provisioning.create(kind, attrs).await?;
     let q = QueryParams::parse(parts.uri.query());
     st.resource_response(kind, StatusCode::CREATED, &rec, &q).await
 }
 
-/// GET of one resource with no projection: the stored text with `groups`
+/// GET of one resource with no attribute selection: the stored text with `groups`
 /// and `location` spliced in. `None` when the slow path must answer.
-async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, projected: bool) -> ApiResult<Option<Response>> {
-    if projected {
+async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, selected: bool) -> ApiResult<Option<Response>> {
+    if selected {
         return Ok(None);
     }
     st.stored_response(kind, id, None, kind == ResourceKind::User).await
 }
 
 pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
-    let projected =
+    let selected =
         req.uri().query().is_some_and(|q| q.contains("ttributes")) || req.headers().contains_key(header::IF_NONE_MATCH);
-    if let Some(resp) = get_fast(st, kind, id, projected).await? {
+    if let Some(resp) = get_fast(st, kind, id, selected).await? {
         return Ok(resp);
     }
     let rec = st
@@ -384,73 +359,11 @@ pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> A
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
 
-fn precondition(tags: &Option<Vec<String>>, rec: &Record) -> Result<(), ScimError> {
-    match tags {
-        Some(tags) if !etag_matches(tags, &etag(rec.version)) => Err(ScimError::precondition_failed(format!(
-            "If-Match does not match the current version {}; read the resource again and retry",
-            etag(rec.version)
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Builds the new document from new attributes, or reports no change so the
-/// store writes nothing and the version stays.
-fn next_document(kind: ResourceKind, rec: &Record, attrs: Map<String, Value>, version: u64) -> Mutation {
-    if same_attributes(&attrs, &rec.doc) {
-        return Mutation::Unchanged;
-    }
-    Mutation::Replace(build_document(kind, &rec.id, attrs, created_of(&rec.doc), &now(), version))
-}
-
-/// Runs an update through the projector when ZITADEL is configured.
-async fn update(st: &AppState, kind: ResourceKind, id: &str, mutate: MutateFn) -> Result<Record, ScimError> {
-    match (&st.projector, kind) {
-        (Some(p), ResourceKind::User) => p.update_user(id, mutate).await,
-        (Some(p), ResourceKind::Group) => {
-            let proj = Arc::clone(p);
-            let enqueued = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = Arc::clone(&enqueued);
-            let r = st
-                .store
-                .update(
-                    kind,
-                    id,
-                    Box::new(move |rec, version| match mutate(rec, version)? {
-                        Mutation::Replace(doc) => {
-                            let side = proj.group_side_effects(Some(&rec.doc), Some(&doc));
-                            flag.store(!side.enqueue.is_empty(), std::sync::atomic::Ordering::Relaxed);
-                            Ok(Mutation::WithSideEffects(Box::new(Mutation::Replace(doc)), side))
-                        }
-                        other => Ok(other),
-                    }),
-                )
-                .await;
-            if enqueued.load(std::sync::atomic::Ordering::Relaxed) {
-                p.wake_outbox();
-            }
-            r
-        }
-        (None, _) => st.store.update(kind, id, mutate).await,
-    }
-    .map_err(|e| e.into_scim())
-}
-
 pub async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
-    let tags = if_match(&parts.headers);
-    let rec = update(
-        st,
-        kind,
-        id,
-        Box::new(move |rec, version| {
-            precondition(&tags, rec)?;
-            Ok(next_document(kind, rec, attrs, version))
-        }),
-    )
-    .await?;
+    let rec = st.provisioning.replace(kind, id, attrs, if_match(&parts.headers)).await?;
     let q = QueryParams::parse(parts.uri.query());
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
@@ -459,47 +372,13 @@ pub async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) ->
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let ops = parse_patch(&input)?;
-    let tags = if_match(&parts.headers);
-    let rec = update(
-        st,
-        kind,
-        id,
-        Box::new(move |rec, version| {
-            precondition(&tags, rec)?;
-            let mut attrs = attributes_of(&rec.doc);
-            apply_patch(kind, &mut attrs, &ops)?;
-            Ok(next_document(kind, rec, attrs, version))
-        }),
-    )
-    .await?;
+    let rec = st.provisioning.patch(kind, id, ops, if_match(&parts.headers)).await?;
     let q = QueryParams::parse(parts.uri.query());
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
 
 pub async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &HeaderMap) -> ApiResult {
-    if let Some(tags) = if_match(headers) {
-        let rec = st
-            .store
-            .get(kind, id)
-            .await
-            .map_err(|e| e.into_scim())?
-            .ok_or_else(|| ScimError::not_found(format!("{} {id} not found", kind.name())))?;
-        precondition(&Some(tags), &rec)?;
-    }
-    match (&st.projector, kind) {
-        (Some(p), ResourceKind::User) => p.delete_user(id).await,
-        (Some(p), ResourceKind::Group) => {
-            let proj = Arc::clone(p);
-            let r = st
-                .store
-                .delete_with(kind, id, Box::new(move |rec| proj.group_side_effects(Some(&rec.doc), None)))
-                .await;
-            p.wake_outbox();
-            r
-        }
-        (None, _) => st.store.delete(kind, id).await,
-    }
-    .map_err(|e| e.into_scim())?;
+    st.provisioning.delete(kind, id, if_match(headers)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

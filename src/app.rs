@@ -1,0 +1,242 @@
+//! The composition root of `serve`: opens the store, sets up the bearer
+//! keys, builds the ZITADEL projector and the provisioning service, starts the
+//! background tasks, and serves the SCIM and admin ports until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
+use crate::provisioning::Provisioning;
+use crate::server::auth::{self, DevKey, KeyError, KeyHash, KeyRing};
+use crate::server::metrics::ServerMetrics;
+use crate::server::{AppState, BASE_PATH, admin_router, scim_router};
+use crate::store::Durability;
+use crate::store::{Store, StoreError};
+use crate::zitadel::config::ZitadelConfig;
+use crate::zitadel::projector::Projector;
+
+/// How often the keys file is re-read; a removed key stops working within this.
+pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a reachable ZITADEL is checked again.
+const ZITADEL_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How soon an unreachable ZITADEL is checked again.
+const ZITADEL_RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source} (choose another address with --listen / --admin-listen)")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot create the data directory {path}: {source} (choose another with --data-dir)")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the server stopped: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("zitadel: {0}")]
+    Zitadel(#[from] crate::zitadel::error::ZitadelError),
+}
+
+/// Effective settings of `serve`: the config file with flags applied.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: String,
+    pub admin_listen: String,
+    pub data_dir: PathBuf,
+    pub keys_file: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub durability: DurabilityConfig,
+    pub max_body: usize,
+    /// A plaintext key from the environment (SCIM_TOKEN), for local use.
+    pub env_token: Option<String>,
+    pub zitadel: Option<ZitadelConfig>,
+}
+
+impl ServeSettings {
+    pub fn from_config(c: ServeConfig, env_token: Option<String>) -> Self {
+        ServeSettings {
+            listen: c.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            admin_listen: c.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into()),
+            data_dir: c.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            keys_file: c.keys_file,
+            public_url: c.public_url,
+            durability: c.durability.unwrap_or_default(),
+            max_body: c.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+            env_token: env_token.filter(|t| !t.is_empty()),
+            zitadel: c.zitadel,
+        }
+    }
+}
+
+/// The key ring and what to tell the operator about a standalone key.
+struct Keys {
+    ring: Arc<KeyRing>,
+    notice: Option<String>,
+}
+
+/// The SCIM and admin listeners, bound before anything is announced so a
+/// taken port fails the start.
+struct Listeners {
+    scim: TcpListener,
+    admin: TcpListener,
+    scim_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+/// Runs the server until SIGINT/SIGTERM. Prints the SCIM base URL (and, for a
+/// newly created standalone key, the key) on stdout.
+pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| ServeError::DataDir { path: settings.data_dir.clone(), source })?;
+    let keys = key_ring(&settings)?;
+    let store = open_store(&settings).await?;
+    let listeners = Listeners::bind(&settings).await?;
+    let base_url = settings
+        .public_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{}{BASE_PATH}", listeners.scim_addr));
+
+    let projector = match &settings.zitadel {
+        Some(cfg) => Some(Projector::new(crate::zitadel::client::Client::new(cfg)?, cfg.clone(), store.clone())),
+        None => None,
+    };
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        provisioning: Provisioning::new(store.clone(), projector.clone()),
+        zitadel: projector.clone(),
+        base_url: base_url.clone(),
+        max_body: settings.max_body,
+        keys: keys.ring,
+        metrics: Arc::new(ServerMetrics::new()),
+    });
+
+    println!("SCIM base URL: {base_url}");
+    println!("Admin URL: http://{}", listeners.admin_addr);
+    if let Some(n) = keys.notice {
+        println!("{n}");
+    }
+    tracing::info!(
+        scim_addr = %listeners.scim_addr,
+        admin_addr = %listeners.admin_addr,
+        data_dir = %settings.data_dir.display(),
+        "scim server started"
+    );
+    if let Some(p) = &projector {
+        spawn_zitadel_tasks(p);
+        println!("ZITADEL: {} (organisation {})", p.config().url, p.config().organization_id);
+    }
+
+    let scim = axum::serve(listeners.scim, scim_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let admin = axum::serve(listeners.admin, admin_router(state)).with_graceful_shutdown(shutdown_signal());
+    let (a, b) = tokio::join!(async { scim.await }, async { admin.await });
+    a?;
+    b?;
+    store.close();
+    tracing::info!("scim server stopped");
+    Ok(())
+}
+
+/// The fixed keys (SCIM_TOKEN, or a standalone key kept in the data
+/// directory when no keys file is configured) and the keys file, reloaded
+/// while the server runs.
+fn key_ring(settings: &ServeSettings) -> Result<Keys, ServeError> {
+    let mut fixed: Vec<KeyHash> = Vec::new();
+    if let Some(t) = &settings.env_token {
+        fixed.push(KeyHash { name: "SCIM_TOKEN".into(), sha256: auth::hash_token(t) });
+    }
+    let file_keys = match &settings.keys_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read { path: p.clone(), source })?;
+            auth::parse_keys_file(p, &text)?
+        }
+        None => Vec::new(),
+    };
+    let mut notice = None;
+    if settings.keys_file.is_none() && settings.env_token.is_none() {
+        match auth::load_or_create_dev_key(&settings.data_dir)? {
+            DevKey::Created { token, hash, path } => {
+                fixed.push(hash);
+                notice = Some(format!("Bearer key (shown once, only its hash is kept in {}): {token}", path.display()));
+            }
+            DevKey::Existing { hash, path } => {
+                fixed.push(hash);
+                notice = Some(format!(
+                    "Bearer key: the one printed on first start (its hash is in {}); delete that file and restart for a new one",
+                    path.display()
+                ));
+            }
+        }
+    }
+    let ring = Arc::new(KeyRing::new(fixed, file_keys));
+    if let Some(p) = &settings.keys_file {
+        auth::spawn_reloader(ring.clone(), p.clone(), KEYS_RELOAD_INTERVAL);
+    }
+    Ok(Keys { ring, notice })
+}
+
+async fn open_store(settings: &ServeSettings) -> Result<Arc<dyn Store>, ServeError> {
+    let durability = match settings.durability {
+        DurabilityConfig::Full => Durability::Full,
+        DurabilityConfig::Process => Durability::Normal,
+    };
+    let dir = settings.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || crate::store::open_embedded(&dir, durability))
+        .await
+        .map_err(|e| StoreError::Backend(format!("store open task failed: {e}")))??;
+    Ok(store)
+}
+
+impl Listeners {
+    async fn bind(settings: &ServeSettings) -> Result<Self, ServeError> {
+        let scim = bind(&settings.listen).await?;
+        let admin = bind(&settings.admin_listen).await?;
+        let scim_addr = scim.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        Ok(Listeners { scim, admin, scim_addr, admin_addr })
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.into(), source })
+}
+
+/// The connectivity check behind `/readyz` and `/status`, and the outbox
+/// worker. Unreachable ZITADEL or rejected credentials are reported there,
+/// not turned into a crash loop.
+fn spawn_zitadel_tasks(projector: &Arc<Projector>) {
+    let checker = Arc::clone(projector);
+    tokio::spawn(async move {
+        loop {
+            let ok = checker.check().await;
+            if let Err(e) = &ok {
+                tracing::warn!(error = %e, "ZITADEL check failed");
+            }
+            tokio::time::sleep(if ok.is_ok() { ZITADEL_CHECK_INTERVAL } else { ZITADEL_RECHECK_INTERVAL }).await;
+        }
+    });
+    tokio::spawn(Arc::clone(projector).run_outbox(shutdown_signal()));
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
