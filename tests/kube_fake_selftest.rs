@@ -1,7 +1,5 @@
-//! The in-process Kubernetes API fake (tests/support/kube_fake) driven by real kube 5
+//! The in-process Kubernetes API fake (tests/support/src/kube_fake) driven by real kube 5
 //! clients: typed `Api`s, `watcher`, `finalizer`, the event `Recorder` and a `Controller`.
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +17,10 @@ use kube::runtime::watcher;
 use kube::{CustomResource, Resource, ResourceExt};
 use parking_lot::Mutex;
 use schemars::JsonSchema;
+use scim_test_support::kube_fake::{KubeFake, Options};
+use scim_test_support::wait_until;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use support::kube_fake::{KubeFake, Options};
-use support::wait_until;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,17 +1,13 @@
-//! Test support: the real `scim-operator` binary started on port 0 with its own
-//! data directory, and a small SCIM client for it.
-#![allow(dead_code)]
+//! The real `scim-operator` binary started on port 0 with its own data
+//! directory, and a small SCIM client for it.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-
-pub mod kube_fake;
-pub mod zitadel_fake;
 
 pub const TOKEN: &str = "test-token-7f3a9c";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,7 +16,6 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub admin: String,
-    pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub stdout_lines: Vec<String>,
 }
@@ -39,11 +34,14 @@ impl Default for Options<'_> {
 }
 
 impl Server {
-    pub fn start() -> Server {
-        Self::start_with(Options::default())
+    /// Starts `bin`, the server under test: integration tests of the root
+    /// package pass `env!("CARGO_BIN_EXE_scim-operator")`, which only they can
+    /// expand.
+    pub fn start(bin: &str) -> Server {
+        Self::start_with(bin, Options::default())
     }
 
-    pub fn start_with(opts: Options<'_>) -> Server {
+    pub fn start_with(bin: &str, opts: Options<'_>) -> Server {
         let (tmp, data_dir) = match opts.data_dir {
             Some(d) => (None, d.to_path_buf()),
             None => {
@@ -52,7 +50,7 @@ impl Server {
                 (Some(t), d)
             }
         };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scim-operator"));
+        let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(opts.extra_args)
@@ -103,7 +101,6 @@ impl Server {
             child,
             base: base.unwrap_or_default(),
             admin: admin.unwrap_or_default(),
-            data_dir,
             _tmp: tmp,
             stdout_lines: lines,
         }
@@ -139,9 +136,9 @@ impl Drop for Server {
 
 #[derive(Clone)]
 pub struct Client {
-    pub http: reqwest::Client,
-    pub base: String,
-    pub token: Option<String>,
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
 }
 
 #[derive(Debug)]

@@ -35,7 +35,6 @@ use time::OffsetDateTime;
 use state::*;
 use wire::*;
 
-#[allow(unused_imports)]
 pub use oauth::jwt_assertion;
 
 /// Who is calling, for handlers that default to the caller's org (reference §2.4).
@@ -300,7 +299,6 @@ impl ZitadelFake {
             s.projects.insert(
                 id.into(),
                 Project {
-                    id: id.into(),
                     name: format!("Project {id}"),
                     owner_org: owner_org.into(),
                     roles: role_keys.iter().map(|r| r.to_string()).collect(),
@@ -323,7 +321,7 @@ impl ZitadelFake {
     /// An IdP of `org`, or an instance IdP when `org` is `None`.
     pub fn add_idp(&self, id: &str, org: Option<&str>) {
         self.with(|s| {
-            s.idps.insert(id.into(), Idp { id: id.into(), org: org.map(str::to_string) });
+            s.idps.insert(id.into(), Idp { org: org.map(str::to_string) });
         })
     }
 
@@ -357,13 +355,11 @@ impl ZitadelFake {
         self.with(|s| {
             Self::add_machine(s, user_id, org, instance_roles);
             let id = s.new_id();
-            let now = OffsetDateTime::now_utc();
             if let Some(u) = s.users.get_mut(user_id) {
                 u.pats.push(Pat {
                     id: id.clone(),
                     token: pat.into(),
                     expiration: time::macros::datetime!(9999-12-31 23:59:59 UTC),
-                    created: now,
                 });
             }
             s.pats.insert(pat.into(), (user_id.into(), id));
