@@ -1,16 +1,27 @@
 //! The real `scim-operator` binary started on port 0 with its own data
 //! directory, and a small SCIM client for it.
+//!
+//! The server's stderr (its log, at WARN) is kept in memory and printed only
+//! if the test panics while the server is running, so a passing run is quiet
+//! and a failing one shows what the server said. `SCIM_TEST_LOG=1` streams
+//! the log live instead; any other value (e.g. `SCIM_TEST_LOG=debug`) also
+//! streams it, with that value as the server's `RUST_LOG` filter.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token-7f3a9c";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The filter of a captured log: the projection's retries and the auth
+/// reloads log at WARN, which is what a failure usually needs.
+const CAPTURED_FILTER: &str = "warn";
 
 pub struct Server {
     child: Child,
@@ -18,6 +29,7 @@ pub struct Server {
     pub admin: String,
     _tmp: Option<tempfile::TempDir>,
     pub stdout_lines: Vec<String>,
+    log: Option<CapturedLog>,
 }
 
 pub struct Options<'a> {
@@ -50,14 +62,15 @@ impl Server {
                 (Some(t), d)
             }
         };
+        let streamed = streamed_log_filter();
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(opts.extra_args)
             .env_remove("SCIM_TOKEN")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", streamed.as_deref().unwrap_or(CAPTURED_FILTER))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if streamed.is_some() { Stdio::inherit() } else { Stdio::piped() });
         if let Some(t) = opts.token {
             cmd.env("SCIM_TOKEN", t);
         }
@@ -65,6 +78,7 @@ impl Server {
             cmd.arg("--keys-file").arg(k);
         }
         let mut child = cmd.spawn().expect("start scim-operator");
+        let log = child.stderr.take().map(CapturedLog::start);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -82,7 +96,9 @@ impl Server {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("server did not print its URLs within {START_TIMEOUT:?}; got {lines:?}");
+                    let _ = child.wait();
+                    let log = log.map(CapturedLog::finish).unwrap_or_default();
+                    panic!("server did not print its URLs within {START_TIMEOUT:?}; got {lines:?}; its log:\n{log}");
                 }
             };
             if let Some(u) = line.strip_prefix("SCIM base URL: ") {
@@ -103,6 +119,7 @@ impl Server {
             admin: admin.unwrap_or_default(),
             _tmp: tmp,
             stdout_lines: lines,
+            log,
         }
     }
 
@@ -131,6 +148,58 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Dropped while unwinding: the test failed with this server running.
+        if std::thread::panicking()
+            && let Some(log) = self.log.take()
+        {
+            let log = log.finish();
+            // eprintln goes to libtest's capture, so it appears in the failure report.
+            eprintln!("---- scim-operator serve log ({}) ----\n{log}---- end of log ----", self.base);
+        }
+    }
+}
+
+/// `Some(filter)` when the developer asked to see the server's log live.
+fn streamed_log_filter() -> Option<String> {
+    match std::env::var("SCIM_TEST_LOG") {
+        Ok(v) if v.is_empty() || v == "0" => None,
+        Ok(v) if v == "1" => Some(CAPTURED_FILTER.to_string()),
+        Ok(v) => Some(v),
+        Err(_) => None,
+    }
+}
+
+/// A child's stderr, read into memory as it comes so the child never blocks on
+/// a full pipe.
+struct CapturedLog {
+    buf: Arc<Mutex<Vec<u8>>>,
+    reader: JoinHandle<()>,
+}
+
+impl CapturedLog {
+    fn start(mut stderr: ChildStderr) -> CapturedLog {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut chunk)
+                && n > 0
+            {
+                sink.lock().extend_from_slice(&chunk[..n]);
+            }
+        });
+        CapturedLog { buf, reader }
+    }
+
+    /// The log so far; call after the child has exited, so it is complete.
+    fn finish(self) -> String {
+        // The pipe closes when the child exits, unless something it started
+        // still holds it: then take what has arrived rather than hang the test.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        String::from_utf8_lossy(&self.buf.lock()).into_owned()
     }
 }
 
