@@ -313,7 +313,7 @@ async fn saw(seen: &Arc<Mutex<Vec<String>>>, what: &str) -> bool {
 
 #[tokio::test]
 async fn watcher_follows_changes_and_recovers_from_410() {
-    let fake = KubeFake::start_with(Options { history: 10, ..Options::default() }).await;
+    let fake = KubeFake::start_with(Options { history: 10 }).await;
     let client = fake.client();
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     cms.create(&PostParams::default(), &cm("before", json!({}))).await.unwrap();

@@ -38,7 +38,7 @@ use wire::*;
 pub use oauth::jwt_assertion;
 
 /// Who is calling, for handlers that default to the caller's org (reference §2.4).
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub caller: String,
     pub caller_org: String,
     pub org_header: Option<String>,
@@ -147,8 +147,6 @@ pub struct FakeUser {
     pub preferred_language: String,
     pub email: String,
     pub email_verified: bool,
-    pub phone: String,
-    pub phone_verified: bool,
     /// `USER_STATE_ACTIVE` or `USER_STATE_INACTIVE`.
     pub state: String,
     /// Metadata values decoded from base64.
@@ -158,14 +156,12 @@ pub struct FakeUser {
     pub password_set: bool,
     /// Machine keys and PATs (ids).
     pub key_ids: Vec<String>,
-    pub pat_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeIdpLink {
     pub idp_id: String,
     pub user_id: String,
-    pub user_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,11 +233,6 @@ fn slug(name: &str) -> String {
 impl ZitadelFake {
     /// Starts the fake on `127.0.0.1:0`; it serves until dropped.
     pub async fn start() -> ZitadelFake {
-        Self::start_blocking()
-    }
-
-    /// Same as [`start`](Self::start), from synchronous code.
-    pub fn start_blocking() -> ZitadelFake {
         Self::start_on("127.0.0.1:0").expect("bind the ZITADEL fake")
     }
 
@@ -542,18 +533,13 @@ fn set_roles(s: &mut State, user_id: &str, roles: &[&str]) {
 }
 
 fn fake_user(u: &User) -> FakeUser {
-    let (p, email, ev, phone, pv, pw) = match &u.kind {
-        Kind::Human { profile, email, email_verified, phone, phone_verified, password_set } => {
-            (profile.clone(), email.clone(), *email_verified, phone.clone(), *phone_verified, *password_set)
+    let (p, email, ev, pw) = match &u.kind {
+        Kind::Human { profile, email, email_verified, password_set, .. } => {
+            (profile.clone(), email.clone(), *email_verified, *password_set)
         }
-        Kind::Machine { name, .. } => (
-            Profile { display_name: name.clone(), ..Profile::default() },
-            String::new(),
-            false,
-            String::new(),
-            false,
-            false,
-        ),
+        Kind::Machine { name, .. } => {
+            (Profile { display_name: name.clone(), ..Profile::default() }, String::new(), false, false)
+        }
     };
     FakeUser {
         id: u.id.clone(),
@@ -566,23 +552,16 @@ fn fake_user(u: &User) -> FakeUser {
         preferred_language: p.preferred_language,
         email,
         email_verified: ev,
-        phone,
-        phone_verified: pv,
         state: u.state.to_string(),
         metadata: u.metadata.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect(),
         idp_links: u
             .links
             .iter()
-            .map(|l| FakeIdpLink {
-                idp_id: l.idp_id.clone(),
-                user_id: l.user_id.clone(),
-                user_name: l.user_name.clone(),
-            })
+            .map(|l| FakeIdpLink { idp_id: l.idp_id.clone(), user_id: l.user_id.clone() })
             .collect(),
         is_machine: u.is_machine(),
         password_set: pw,
         key_ids: u.keys.iter().map(|k| k.id.clone()).collect(),
-        pat_ids: u.pats.iter().map(|k| k.id.clone()).collect(),
     }
 }
 
