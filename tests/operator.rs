@@ -73,6 +73,8 @@ async fn status_server(state: Arc<Mutex<Value>>) -> String {
 
 impl Env {
     async fn new() -> Env {
+        // The controller runs in this process; its log shows only if the test fails.
+        scim_test_support::init_tracing();
         let kube = KubeFake::start().await;
         let zitadel = ZitadelFake::start().await;
         zitadel.add_org(ORG, "Contoso", &["contoso.com"]);

@@ -3,9 +3,8 @@
 //!
 //! The server's stderr (its log, at WARN) is kept in memory and printed only
 //! if the test panics while the server is running, so a passing run is quiet
-//! and a failing one shows what the server said. `SCIM_TEST_LOG=1` streams
-//! the log live instead; any other value (e.g. `SCIM_TEST_LOG=debug`) also
-//! streams it, with that value as the server's `RUST_LOG` filter.
+//! and a failing one shows what the server said; `SCIM_TEST_LOG` streams it
+//! instead (see the `logs` module).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -17,11 +16,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::logs;
+
 pub const TOKEN: &str = "test-token-7f3a9c";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The filter of a captured log: the projection's retries and the auth
-/// reloads log at WARN, which is what a failure usually needs.
-const CAPTURED_FILTER: &str = "warn";
 
 pub struct Server {
     child: Child,
@@ -62,13 +60,13 @@ impl Server {
                 (Some(t), d)
             }
         };
-        let streamed = streamed_log_filter();
+        let streamed = logs::streamed_filter();
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(opts.extra_args)
             .env_remove("SCIM_TOKEN")
-            .env("RUST_LOG", streamed.as_deref().unwrap_or(CAPTURED_FILTER))
+            .env("RUST_LOG", streamed.as_deref().unwrap_or(logs::CAPTURED_FILTER))
             .stdout(Stdio::piped())
             .stderr(if streamed.is_some() { Stdio::inherit() } else { Stdio::piped() });
         if let Some(t) = opts.token {
@@ -156,16 +154,6 @@ impl Drop for Server {
             // eprintln goes to libtest's capture, so it appears in the failure report.
             eprintln!("---- scim-operator serve log ({}) ----\n{log}---- end of log ----", self.base);
         }
-    }
-}
-
-/// `Some(filter)` when the developer asked to see the server's log live.
-fn streamed_log_filter() -> Option<String> {
-    match std::env::var("SCIM_TEST_LOG") {
-        Ok(v) if v.is_empty() || v == "0" => None,
-        Ok(v) if v == "1" => Some(CAPTURED_FILTER.to_string()),
-        Ok(v) => Some(v),
-        Err(_) => None,
     }
 }
 
