@@ -154,7 +154,7 @@ pub struct FakeUser {
     pub idp_links: Vec<FakeIdpLink>,
     pub is_machine: bool,
     pub password_set: bool,
-    /// Machine keys and PATs (ids).
+    /// Ids of the machine keys.
     pub key_ids: Vec<String>,
 }
 
