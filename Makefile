@@ -22,12 +22,14 @@ run: build
 ## Every test: unit, integration (real binary on port 0), external conformance, ZITADEL contract.
 test: unit conformance contract
 
+## Rust tests (workspace: the crate and tests/support). A server's or controller's log is
+## printed only for a failing test; SCIM_TEST_LOG=1 (or a RUST_LOG filter) streams it.
 unit:
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --workspace --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -6,13 +6,6 @@
 //!
 //! `operator_bench --bin target/release/scim-operator [--tenants 1000] [--quiet-seconds 60]`
 
-#[allow(dead_code)]
-#[path = "../tests/support/kube_fake/mod.rs"]
-mod kube_fake;
-#[allow(dead_code)]
-#[path = "../tests/support/zitadel_fake/mod.rs"]
-mod zitadel_fake;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +13,7 @@ use clap::Parser;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use scim_operator::operator::crd::ScimTenant;
+use scim_test_support::{kube_fake, zitadel_fake};
 use serde_json::json;
 
 #[derive(Parser)]

@@ -5,16 +5,13 @@
 //!
 //! cargo run --release --example projection_bench -- --server target/release/scim-operator
 
-#[allow(dead_code)]
-#[path = "../tests/support/zitadel_fake/mod.rs"]
-mod zitadel_fake;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
+use scim_test_support::zitadel_fake;
 use serde_json::{Value, json};
 
 #[derive(Parser)]

@@ -18,14 +18,11 @@
 //! `Host: H`) fail as for an unknown instance; `--key-file PATH` also writes the key
 //! file of a second machine user (IAM_OWNER_VIEWER + IAM_USER_MANAGER).
 
-#[allow(dead_code)]
-#[path = "../tests/support/zitadel_fake/mod.rs"]
-mod zitadel_fake;
-
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
+use scim_test_support::zitadel_fake;
 
 #[derive(Parser)]
 #[command(about = "In-process ZITADEL fake, served standalone")]

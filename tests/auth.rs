@@ -1,18 +1,16 @@
 //! Bearer keys: missing, wrong, from the keys file (reloaded without a
 //! restart), from SCIM_TOKEN, and the standalone key created on first start.
 
-mod support;
-
 use std::time::Duration;
 
+use scim_test_support::{Options, Server, wait_until};
 use serde_json::json;
-use support::{Options, Server, wait_until};
+
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
 
 fn keys_line(name: &str, token: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-operator"))
-        .args(["key", "generate", "--name", name])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(BIN).args(["key", "generate", "--name", name]).output().unwrap();
     assert!(out.status.success());
     // The generator is exercised; for a known token we hash ourselves.
     let text = String::from_utf8(out.stdout).unwrap();
@@ -24,7 +22,7 @@ fn keys_line(name: &str, token: &str) -> String {
 
 #[tokio::test]
 async fn missing_and_wrong_keys_get_401_with_a_scim_body() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     for token in [None, Some("wrong-token")] {
         let c = server.client_with(token);
         for path in ["/Users", "/Groups", "/ServiceProviderConfig", "/Users/x"] {
@@ -53,7 +51,7 @@ async fn keys_file_is_reloaded_and_removed_keys_stop_working() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.yaml");
     std::fs::write(&keys, format!("keys:\n{}\n", keys_line("entra", "first-key"))).unwrap();
-    let server = Server::start_with(Options { token: None, keys_file: Some(&keys), ..Default::default() });
+    let server = Server::start_with(BIN, Options { token: None, keys_file: Some(&keys), ..Default::default() });
     let first = server.client_with(Some("first-key"));
     let second = server.client_with(Some("second-key"));
     assert_eq!(first.get("/Users").await.status, 200);
@@ -92,7 +90,7 @@ async fn keys_file_is_reloaded_and_removed_keys_stop_working() {
 async fn standalone_key_is_printed_once_and_only_its_hash_kept() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start_with(Options { token: None, data_dir: Some(&data), ..Default::default() });
+    let server = Server::start_with(BIN, Options { token: None, data_dir: Some(&data), ..Default::default() });
     let line =
         server.stdout_lines.iter().find(|l| l.starts_with("Bearer key (shown once")).cloned().expect("key printed");
     let token = line.rsplit(' ').next().unwrap().to_string();
@@ -102,7 +100,7 @@ async fn standalone_key_is_printed_once_and_only_its_hash_kept() {
     assert!(!stored.contains(&token));
     drop(server);
 
-    let again = Server::start_with(Options { token: None, data_dir: Some(&data), ..Default::default() });
+    let again = Server::start_with(BIN, Options { token: None, data_dir: Some(&data), ..Default::default() });
     assert!(again.stdout_lines.iter().all(|l| !l.contains(&token)), "shown only once");
     assert_eq!(again.client_with(Some(&token)).get("/Users").await.status, 200, "the same key keeps working");
     let r = again.client_with(Some(&token)).post("/Users", &json!({"userName": "u"})).await;
@@ -114,15 +112,11 @@ fn bad_config_and_keys_stop_serve_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "listen: 127.0.0.1:0\nunknownKey: 1\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-operator"))
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknownKey"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-operator"))
+    let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--keys-file"])
         .arg(dir.path().join("missing.yaml"))
         .arg("--data-dir")

@@ -1,13 +1,14 @@
 //! Concurrent writers: uniqueness holds and no group member is lost.
 
-mod support;
-
+use scim_test_support::{Server, patch_ops};
 use serde_json::json;
-use support::{Server, patch_ops};
+
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creates_of_one_user_name_give_one_201_and_31_409() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
     let mut tasks = Vec::new();
     for i in 0..32 {
@@ -45,7 +46,7 @@ async fn concurrent_creates_of_one_user_name_give_one_201_and_31_409() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_member_patches_lose_no_member() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
     let mut ids = Vec::new();
     for i in 0..64 {

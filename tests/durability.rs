@@ -1,15 +1,16 @@
 //! Every acknowledged write survives `kill -9` of the server.
 
-mod support;
-
+use scim_test_support::{Options, Server, patch_ops};
 use serde_json::json;
-use support::{Options, Server, patch_ops};
+
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start_with(Options { data_dir: Some(&data), ..Default::default() });
+    let server = Server::start_with(BIN, Options { data_dir: Some(&data), ..Default::default() });
     let c = server.client();
 
     // Concurrent creates, so the store's group commit is exercised too.
@@ -51,7 +52,7 @@ async fn acknowledged_writes_survive_kill_9() {
 
     let _keep = server.kill9();
 
-    let server = Server::start_with(Options { data_dir: Some(&data), ..Default::default() });
+    let server = Server::start_with(BIN, Options { data_dir: Some(&data), ..Default::default() });
     let c = server.client();
     let all = c.get("/Users?count=1000").await.body;
     assert_eq!(all["totalResults"], 60, "59 of the first 60 plus last@x.com");

@@ -1,11 +1,12 @@
 //! A full Entra ID provisioning cycle against the real binary, with the
 //! requests Entra sends (reference/entra-scim.md §1–§3).
 
-mod support;
-
 use reqwest::Method;
+use scim_test_support::{Server, patch_ops};
 use serde_json::{Value, json};
-use support::{Server, patch_ops};
+
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 
@@ -27,7 +28,7 @@ fn entra_user(upn: &str, object_id: &str, given: &str, family: &str) -> Value {
 
 #[tokio::test]
 async fn entra_provisioning_cycle() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
 
     // Test Connection: form-encoded filter, no Accept, no Content-Type, no
@@ -252,7 +253,7 @@ async fn entra_provisioning_cycle() {
 
 #[tokio::test]
 async fn put_replaces_and_keeps_identity() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
     let u = c.post("/Users", &entra_user("carol@contoso.com", "c-1", "Carol", "King")).await.body;
     let id = u["id"].as_str().unwrap();
@@ -274,13 +275,13 @@ async fn put_replaces_and_keeps_identity() {
 #[tokio::test]
 async fn probe_with_bare_headers_over_a_raw_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = Server::start();
+    let server = Server::start(BIN);
     let url = server.base.strip_prefix("http://").unwrap();
     let (host, path) = url.split_once('/').unwrap();
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
     let req = format!(
         "GET /{path}/Users?filter=userName+eq+%227d420df3-9995-4831-a406-ecf8166f5f6a%22 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        support::TOKEN
+        scim_test_support::TOKEN
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();

@@ -1,13 +1,14 @@
 //! Every way a request can be wrong gets a SCIM error body with the right
 //! status and scimType, never a 5xx.
 
-mod support;
-
 use reqwest::Method;
+use scim_test_support::{Server, patch_ops};
 use serde_json::{Value, json};
-use support::{Server, patch_ops};
 
-fn assert_error(r: &support::Resp, status: u16, scim_type: Option<&str>) {
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
+
+fn assert_error(r: &scim_test_support::Resp, status: u16, scim_type: Option<&str>) {
     assert_eq!(r.status, status, "{}", r.text);
     assert_eq!(r.content_type, "application/scim+json", "{}", r.text);
     assert_eq!(r.body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error", "{}", r.text);
@@ -21,7 +22,7 @@ fn assert_error(r: &support::Resp, status: u16, scim_type: Option<&str>) {
 
 #[tokio::test]
 async fn error_cases() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
     let user = c.post("/Users", &json!({"userName": "alice@contoso.com"})).await;
     assert_eq!(user.status, 201);
@@ -155,7 +156,7 @@ async fn error_cases() {
 
 #[tokio::test]
 async fn lists_paginate_sort_and_project() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
     for i in 0..12 {
         let r = c.post("/Users", &json!({"userName": format!("user{i:02}@x.com"), "title": if i % 2 == 0 { "even" } else { "odd" }, "emails": [{"value": format!("u{i}@x.com"), "type": "work"}]})).await;
@@ -192,7 +193,7 @@ async fn lists_paginate_sort_and_project() {
 
 #[tokio::test]
 async fn discovery_endpoints() {
-    let server = Server::start();
+    let server = Server::start(BIN);
     let c = server.client();
     let spc = c.get("/ServiceProviderConfig").await;
     assert_eq!(spc.status, 200);

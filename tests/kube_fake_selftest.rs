@@ -1,7 +1,5 @@
-//! The in-process Kubernetes API fake (tests/support/kube_fake) driven by real kube 5
+//! The in-process Kubernetes API fake (tests/support/src/kube_fake) driven by real kube 5
 //! clients: typed `Api`s, `watcher`, `finalizer`, the event `Recorder` and a `Controller`.
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +17,10 @@ use kube::runtime::watcher;
 use kube::{CustomResource, Resource, ResourceExt};
 use parking_lot::Mutex;
 use schemars::JsonSchema;
+use scim_test_support::kube_fake::{KubeFake, Options};
+use scim_test_support::wait_until;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use support::kube_fake::{KubeFake, Options};
-use support::wait_until;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -315,7 +313,7 @@ async fn saw(seen: &Arc<Mutex<Vec<String>>>, what: &str) -> bool {
 
 #[tokio::test]
 async fn watcher_follows_changes_and_recovers_from_410() {
-    let fake = KubeFake::start_with(Options { history: 10, ..Options::default() }).await;
+    let fake = KubeFake::start_with(Options { history: 10 }).await;
     let client = fake.client();
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     cms.create(&PostParams::default(), &cm("before", json!({}))).await.unwrap();

@@ -2,8 +2,6 @@
 //! Kubernetes API server and the ZITADEL fake in tests/support: a tenant's
 //! whole life, drift and failures, and silence at steady state.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +16,11 @@ use scim_operator::operator::controller::ControllerConfig;
 use scim_operator::operator::crd::ScimTenant;
 use scim_operator::operator::leader::LeaseConfig;
 use scim_operator::operator::run::{RunOptions, run_with};
+use scim_test_support::kube_fake::KubeFake;
+use scim_test_support::wait_until;
+use scim_test_support::zitadel_fake::{FakeResource, ZitadelFake};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::kube_fake::KubeFake;
-use support::wait_until;
-use support::zitadel_fake::{FakeResource, ZitadelFake};
 
 const NS: &str = "tenants";
 const ORG: &str = "310000000000000001";
@@ -75,6 +73,8 @@ async fn status_server(state: Arc<Mutex<Value>>) -> String {
 
 impl Env {
     async fn new() -> Env {
+        // The controller runs in this process; its log shows only if the test fails.
+        scim_test_support::init_tracing();
         let kube = KubeFake::start().await;
         let zitadel = ZitadelFake::start().await;
         zitadel.add_org(ORG, "Contoso", &["contoso.com"]);
@@ -175,7 +175,7 @@ impl Env {
         s.data?.get(key).map(|b| String::from_utf8(b.0.clone()).unwrap())
     }
 
-    fn machine_user(&self, name: &str) -> Option<support::zitadel_fake::FakeUser> {
+    fn machine_user(&self, name: &str) -> Option<scim_test_support::zitadel_fake::FakeUser> {
         let username = format!("scim-{NS}.{name}");
         self.zitadel.users().into_iter().find(|u| u.username == username && u.is_machine)
     }

@@ -1,9 +1,7 @@
 //! `scim-operator preflight` against the ZITADEL fake: matches, creates and
 //! each kind of conflict, from an Entra CSV export.
 
-mod support;
-
-use support::zitadel_fake::ZitadelFake;
+use scim_test_support::zitadel_fake::ZitadelFake;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_reports_matches_creates_and_conflicts() {

@@ -1,14 +1,15 @@
 //! SCIM users and groups projected into ZITADEL (the fake in tests/support),
 //! through the real binary, with the failures the projector must survive.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use scim_test_support::zitadel_fake::ZitadelFake;
+use scim_test_support::{Options, Server, patch_ops, wait_until};
 use serde_json::{Value, json};
-use support::zitadel_fake::ZitadelFake;
-use support::{Options, Server, patch_ops, wait_until};
+
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
 
 const ORG: &str = "210000000000000001";
 const IAM_ORG: &str = "210000000000000002";
@@ -48,7 +49,7 @@ fn pat_config(dir: &Path, fake: &ZitadelFake) -> PathBuf {
 
 fn start(cfg: &Path, data: Option<&Path>) -> Server {
     let args = ["--config", cfg.to_str().unwrap()];
-    Server::start_with(Options { extra_args: &args, data_dir: data, ..Default::default() })
+    Server::start_with(BIN, Options { extra_args: &args, data_dir: data, ..Default::default() })
 }
 
 fn entra_user(upn: &str, object_id: &str) -> Value {

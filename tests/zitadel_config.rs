@@ -1,12 +1,13 @@
 //! ZITADEL configuration problems stop `serve` with a message naming the key;
 //! an unreachable ZITADEL is reported on /readyz and /status, not a crash.
 
-mod support;
-
 use std::time::Duration;
 
+use scim_test_support::{Options, Server, wait_until};
 use serde_json::{Value, json};
-use support::{Options, Server, wait_until};
+
+/// The binary under test; only integration tests of the root package can name it.
+const BIN: &str = env!("CARGO_BIN_EXE_scim-operator");
 
 #[test]
 fn missing_or_inconsistent_zitadel_config_stops_serve_with_the_fix() {
@@ -17,7 +18,7 @@ fn missing_or_inconsistent_zitadel_config_stops_serve_with_the_fix() {
         "zitadel:\n  url: id.example.com\n  credentials: {}\n  organizationId: o1\n  projectOrganizationId: o0\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-operator"))
+    let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
         .arg(&cfg)
         .output()
@@ -29,7 +30,7 @@ fn missing_or_inconsistent_zitadel_config_stops_serve_with_the_fix() {
     assert!(err.contains("zitadel.projectId is missing"), "{err}");
 
     std::fs::write(&cfg, "zitadel:\n  url: https://id.example.com\n  credentials: {patFile: /nonexistent/pat}\n  organizationId: o1\n  projectId: p\n  projectOrganizationId: o0\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-operator"))
+    let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("d"))
         .arg("--config")
@@ -57,7 +58,7 @@ async fn unreachable_zitadel_is_reported_not_a_crash_and_writes_wait_in_the_outb
     )
     .unwrap();
     let args = ["--config", cfg.to_str().unwrap()];
-    let server = Server::start_with(Options { extra_args: &args, ..Default::default() });
+    let server = Server::start_with(BIN, Options { extra_args: &args, ..Default::default() });
     let not_ready = wait_until(Duration::from_secs(10), || async { server.admin_get("/readyz").await.0 == 503 }).await;
     assert!(not_ready);
     let (_, body) = server.admin_get("/readyz").await;

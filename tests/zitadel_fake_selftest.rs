@@ -3,13 +3,11 @@
 //! bodies of both transports, 429 with Retry-After, list lag, JWT-profile tokens.
 //! Its response shapes are checked against the official SDK by tests/contract/.
 
-mod support;
-
 use std::time::Duration;
 
 use base64::Engine;
+use scim_test_support::zitadel_fake::{FakeResource, ZitadelFake, jwt_assertion};
 use serde_json::{Value, json};
-use support::zitadel_fake::{FakeResource, ZitadelFake, jwt_assertion};
 
 const OWNER: &str = "pat-owner";
 const VIEWER: &str = "pat-viewer";

@@ -295,8 +295,7 @@ fn create_human(s: &mut State, n: NewHuman) -> ApiResult<(String, Option<String>
     );
     // v2-created users are ACTIVE at once (reference §3.1).
     let now = user.created;
-    user.metadata =
-        metadata.into_iter().map(|(k, v)| (k, MetaEntry { value: v, created: now, changed: now })).collect();
+    user.metadata = metadata.into_iter().map(|(k, v)| (k, MetaEntry { value: v, changed: now })).collect();
     user.links = links;
     insert_user(s, user);
     Ok((id, email_code, phone_code))
@@ -874,7 +873,7 @@ pub fn set_user_metadata(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
                 e.changed = now;
             }
             None => {
-                u.metadata.insert(k, MetaEntry { value: v, created: now, changed: now });
+                u.metadata.insert(k, MetaEntry { value: v, changed: now });
             }
         }
     }
@@ -1114,7 +1113,7 @@ pub fn add_personal_access_token(s: &mut State, _: &Ctx, req: &Value) -> ApiResu
     let token = oauth::random_token();
     let now = OffsetDateTime::now_utc();
     let u = machine_mut(s, &id)?;
-    u.pats.push(Pat { id: token_id.clone(), token: token.clone(), expiration: exp, created: now });
+    u.pats.push(Pat { id: token_id.clone(), token: token.clone(), expiration: exp });
     u.touch();
     s.pats.insert(token.clone(), (id, token_id.clone()));
     Ok(json!({"creationDate": ts(now), "tokenId": token_id, "token": token}))

@@ -385,7 +385,7 @@ impl Filter {
 }
 
 impl State {
-    pub fn new(history_cap: usize, deployments_ready: bool) -> Self {
+    pub fn new(history_cap: usize) -> Self {
         let mut res = HashMap::new();
         for &(g, v, p, k, namespaced, status) in BUILTIN {
             let gvr = Gvr::new(g, v, p);
@@ -404,7 +404,7 @@ impl State {
             uids: HashMap::new(),
             owners: HashMap::new(),
             writes: Vec::new(),
-            deployments_ready,
+            deployments_ready: true,
             down: false,
             shutdown: false,
             notify: tokio::sync::watch::channel(()).0,

@@ -1,17 +1,22 @@
-//! Test support: the real `scim-operator` binary started on port 0 with its own
-//! data directory, and a small SCIM client for it.
-#![allow(dead_code)]
+//! The real `scim-operator` binary started on port 0 with its own data
+//! directory, and a small SCIM client for it.
+//!
+//! The server's stderr (its log, at WARN) is kept in memory and printed only
+//! if the test panics while the server is running, so a passing run is quiet
+//! and a failing one shows what the server said; `SCIM_TEST_LOG` streams it
+//! instead (see the `logs` module).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
-pub mod kube_fake;
-pub mod zitadel_fake;
+use crate::logs;
 
 pub const TOKEN: &str = "test-token-7f3a9c";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,9 +25,9 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub admin: String,
-    pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub stdout_lines: Vec<String>,
+    log: Option<CapturedLog>,
 }
 
 pub struct Options<'a> {
@@ -39,11 +44,14 @@ impl Default for Options<'_> {
 }
 
 impl Server {
-    pub fn start() -> Server {
-        Self::start_with(Options::default())
+    /// Starts `bin`, the server under test: integration tests of the root
+    /// package pass `env!("CARGO_BIN_EXE_scim-operator")`, which only they can
+    /// expand.
+    pub fn start(bin: &str) -> Server {
+        Self::start_with(bin, Options::default())
     }
 
-    pub fn start_with(opts: Options<'_>) -> Server {
+    pub fn start_with(bin: &str, opts: Options<'_>) -> Server {
         let (tmp, data_dir) = match opts.data_dir {
             Some(d) => (None, d.to_path_buf()),
             None => {
@@ -52,14 +60,15 @@ impl Server {
                 (Some(t), d)
             }
         };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scim-operator"));
+        let streamed = logs::streamed_filter();
+        let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(opts.extra_args)
             .env_remove("SCIM_TOKEN")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", streamed.as_deref().unwrap_or(logs::CAPTURED_FILTER))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if streamed.is_some() { Stdio::inherit() } else { Stdio::piped() });
         if let Some(t) = opts.token {
             cmd.env("SCIM_TOKEN", t);
         }
@@ -67,6 +76,7 @@ impl Server {
             cmd.arg("--keys-file").arg(k);
         }
         let mut child = cmd.spawn().expect("start scim-operator");
+        let log = child.stderr.take().map(CapturedLog::start);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -84,7 +94,9 @@ impl Server {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("server did not print its URLs within {START_TIMEOUT:?}; got {lines:?}");
+                    let _ = child.wait();
+                    let log = log.map(CapturedLog::finish).unwrap_or_default();
+                    panic!("server did not print its URLs within {START_TIMEOUT:?}; got {lines:?}; its log:\n{log}");
                 }
             };
             if let Some(u) = line.strip_prefix("SCIM base URL: ") {
@@ -103,9 +115,9 @@ impl Server {
             child,
             base: base.unwrap_or_default(),
             admin: admin.unwrap_or_default(),
-            data_dir,
             _tmp: tmp,
             stdout_lines: lines,
+            log,
         }
     }
 
@@ -134,14 +146,56 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Dropped while unwinding: the test failed with this server running.
+        if std::thread::panicking()
+            && let Some(log) = self.log.take()
+        {
+            let log = log.finish();
+            // eprintln goes to libtest's capture, so it appears in the failure report.
+            eprintln!("---- scim-operator serve log ({}) ----\n{log}---- end of log ----", self.base);
+        }
+    }
+}
+
+/// A child's stderr, read into memory as it comes so the child never blocks on
+/// a full pipe.
+struct CapturedLog {
+    buf: Arc<Mutex<Vec<u8>>>,
+    reader: JoinHandle<()>,
+}
+
+impl CapturedLog {
+    fn start(mut stderr: ChildStderr) -> CapturedLog {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut chunk)
+                && n > 0
+            {
+                sink.lock().extend_from_slice(&chunk[..n]);
+            }
+        });
+        CapturedLog { buf, reader }
+    }
+
+    /// The log so far; call after the child has exited, so it is complete.
+    fn finish(self) -> String {
+        // The pipe closes when the child exits, unless something it started
+        // still holds it: then take what has arrived rather than hang the test.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        String::from_utf8_lossy(&self.buf.lock()).into_owned()
     }
 }
 
 #[derive(Clone)]
 pub struct Client {
-    pub http: reqwest::Client,
-    pub base: String,
-    pub token: Option<String>,
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
 }
 
 #[derive(Debug)]

@@ -67,22 +67,21 @@ const USER_HEADER: &str = "x-fake-user";
 pub struct Options {
     /// Watch events kept for resuming watches; older resourceVersions get 410 Expired.
     pub history: usize,
-    /// How often an idle watch sends a BOOKMARK (when the client allows them).
-    pub bookmark_interval: Duration,
-    pub deployments_ready: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { history: 50_000, bookmark_interval: Duration::from_secs(1), deployments_ready: true }
+        Options { history: 50_000 }
     }
 }
+
+/// How often an idle watch sends a BOOKMARK (when the client allows them).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct Shared {
     state: Mutex<State>,
     access: Mutex<Vec<Access>>,
     open_watches: AtomicUsize,
-    bookmark_interval: Duration,
 }
 
 pub struct KubeFake {
@@ -98,10 +97,9 @@ impl KubeFake {
 
     pub async fn start_with(opts: Options) -> KubeFake {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(opts.history, opts.deployments_ready)),
+            state: Mutex::new(State::new(opts.history)),
             access: Mutex::new(Vec::new()),
             open_watches: AtomicUsize::new(0),
-            bookmark_interval: opts.bookmark_interval,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind kube fake");
         let addr = listener.local_addr().expect("kube fake address");

@@ -130,7 +130,7 @@ pub fn start(shared: Arc<Shared>, req: WatchRequest) -> Result<Body, ApiError> {
     }
     shared.open_watches.fetch_add(1, Ordering::SeqCst);
     let now = Instant::now();
-    let interval = shared.bookmark_interval;
+    let interval = super::BOOKMARK_INTERVAL;
     let w = Watcher {
         guard: Guard(shared),
         deadline: now + req.timeout,
@@ -189,7 +189,7 @@ async fn step(mut w: Watcher) -> Option<(Result<Bytes, Infallible>, Watcher)> {
             }
             _ = tokio::time::sleep_until(w.deadline) => return None,
             _ = tokio::time::sleep_until(bookmark_due) => {
-                w.next_bookmark = Instant::now() + w.guard.0.bookmark_interval;
+                w.next_bookmark = Instant::now() + super::BOOKMARK_INTERVAL;
                 // Bookmarks only when the client asked, and only when they tell it something new.
                 if w.req.bookmarks && w.cursor > w.told {
                     let mut buf = Vec::new();

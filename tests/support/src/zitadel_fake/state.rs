@@ -32,7 +32,6 @@ impl Org {
 
 #[derive(Clone, Debug)]
 pub struct Project {
-    pub id: String,
     pub name: String,
     pub owner_org: String,
     pub roles: Vec<String>,
@@ -42,7 +41,6 @@ pub struct Project {
 
 #[derive(Clone, Debug)]
 pub struct Idp {
-    pub id: String,
     /// `None`: instance IdP, usable by users of every org (reference §3.1 idpLinks).
     pub org: Option<String>,
 }
@@ -77,13 +75,11 @@ pub struct Pat {
     pub id: String,
     pub token: String,
     pub expiration: OffsetDateTime,
-    pub created: OffsetDateTime,
 }
 
 #[derive(Clone, Debug)]
 pub struct MetaEntry {
     pub value: Vec<u8>,
-    pub created: OffsetDateTime,
     pub changed: OffsetDateTime,
 }
 

@@ -35,11 +35,10 @@ use time::OffsetDateTime;
 use state::*;
 use wire::*;
 
-#[allow(unused_imports)]
 pub use oauth::jwt_assertion;
 
 /// Who is calling, for handlers that default to the caller's org (reference §2.4).
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub caller: String,
     pub caller_org: String,
     pub org_header: Option<String>,
@@ -148,8 +147,6 @@ pub struct FakeUser {
     pub preferred_language: String,
     pub email: String,
     pub email_verified: bool,
-    pub phone: String,
-    pub phone_verified: bool,
     /// `USER_STATE_ACTIVE` or `USER_STATE_INACTIVE`.
     pub state: String,
     /// Metadata values decoded from base64.
@@ -157,16 +154,14 @@ pub struct FakeUser {
     pub idp_links: Vec<FakeIdpLink>,
     pub is_machine: bool,
     pub password_set: bool,
-    /// Machine keys and PATs (ids).
+    /// Ids of the machine keys.
     pub key_ids: Vec<String>,
-    pub pat_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeIdpLink {
     pub idp_id: String,
     pub user_id: String,
-    pub user_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,11 +233,6 @@ fn slug(name: &str) -> String {
 impl ZitadelFake {
     /// Starts the fake on `127.0.0.1:0`; it serves until dropped.
     pub async fn start() -> ZitadelFake {
-        Self::start_blocking()
-    }
-
-    /// Same as [`start`](Self::start), from synchronous code.
-    pub fn start_blocking() -> ZitadelFake {
         Self::start_on("127.0.0.1:0").expect("bind the ZITADEL fake")
     }
 
@@ -300,7 +290,6 @@ impl ZitadelFake {
             s.projects.insert(
                 id.into(),
                 Project {
-                    id: id.into(),
                     name: format!("Project {id}"),
                     owner_org: owner_org.into(),
                     roles: role_keys.iter().map(|r| r.to_string()).collect(),
@@ -323,7 +312,7 @@ impl ZitadelFake {
     /// An IdP of `org`, or an instance IdP when `org` is `None`.
     pub fn add_idp(&self, id: &str, org: Option<&str>) {
         self.with(|s| {
-            s.idps.insert(id.into(), Idp { id: id.into(), org: org.map(str::to_string) });
+            s.idps.insert(id.into(), Idp { org: org.map(str::to_string) });
         })
     }
 
@@ -357,13 +346,11 @@ impl ZitadelFake {
         self.with(|s| {
             Self::add_machine(s, user_id, org, instance_roles);
             let id = s.new_id();
-            let now = OffsetDateTime::now_utc();
             if let Some(u) = s.users.get_mut(user_id) {
                 u.pats.push(Pat {
                     id: id.clone(),
                     token: pat.into(),
                     expiration: time::macros::datetime!(9999-12-31 23:59:59 UTC),
-                    created: now,
                 });
             }
             s.pats.insert(pat.into(), (user_id.into(), id));
@@ -546,18 +533,13 @@ fn set_roles(s: &mut State, user_id: &str, roles: &[&str]) {
 }
 
 fn fake_user(u: &User) -> FakeUser {
-    let (p, email, ev, phone, pv, pw) = match &u.kind {
-        Kind::Human { profile, email, email_verified, phone, phone_verified, password_set } => {
-            (profile.clone(), email.clone(), *email_verified, phone.clone(), *phone_verified, *password_set)
+    let (p, email, ev, pw) = match &u.kind {
+        Kind::Human { profile, email, email_verified, password_set, .. } => {
+            (profile.clone(), email.clone(), *email_verified, *password_set)
         }
-        Kind::Machine { name, .. } => (
-            Profile { display_name: name.clone(), ..Profile::default() },
-            String::new(),
-            false,
-            String::new(),
-            false,
-            false,
-        ),
+        Kind::Machine { name, .. } => {
+            (Profile { display_name: name.clone(), ..Profile::default() }, String::new(), false, false)
+        }
     };
     FakeUser {
         id: u.id.clone(),
@@ -570,23 +552,16 @@ fn fake_user(u: &User) -> FakeUser {
         preferred_language: p.preferred_language,
         email,
         email_verified: ev,
-        phone,
-        phone_verified: pv,
         state: u.state.to_string(),
         metadata: u.metadata.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect(),
         idp_links: u
             .links
             .iter()
-            .map(|l| FakeIdpLink {
-                idp_id: l.idp_id.clone(),
-                user_id: l.user_id.clone(),
-                user_name: l.user_name.clone(),
-            })
+            .map(|l| FakeIdpLink { idp_id: l.idp_id.clone(), user_id: l.user_id.clone() })
             .collect(),
         is_machine: u.is_machine(),
         password_set: pw,
         key_ids: u.keys.iter().map(|k| k.id.clone()).collect(),
-        pat_ids: u.pats.iter().map(|k| k.id.clone()).collect(),
     }
 }
 
