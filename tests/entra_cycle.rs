@@ -1,5 +1,5 @@
 //! A full Entra ID provisioning cycle against the real binary, with the
-//! requests Entra sends (reference/entra-scim.md §1–§3).
+//! requests Entra sends (docs/entra-scim.md §1–§3).
 
 use reqwest::Method;
 use scim_test_support::{Server, patch_ops};

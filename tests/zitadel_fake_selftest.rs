@@ -1,4 +1,4 @@
-//! The ZITADEL fake keeps the rules of the reference (shared/reference/zitadel-api.md)
+//! The ZITADEL fake keeps the rules of `docs/zitadel-contract.md`
 //! that the projector and the operator depend on: uniqueness, the domain rule, error
 //! bodies of both transports, 429 with Retry-After, list lag, JWT-profile tokens.
 //! Its response shapes are checked against the official SDK by tests/contract/.

@@ -9,8 +9,8 @@ use crate::scim::error::{ScimError, ScimType};
 use crate::scim::patch::parse_patch;
 use crate::scim::resource::{etag, normalize};
 use crate::scim::schema::ResourceKind;
-use crate::store::Store;
 use crate::store::Durability;
+use crate::store::Store;
 
 struct Fixture {
     // Kept for the store's lifetime: the directory goes when it drops.

@@ -1,5 +1,5 @@
 //! Calls the operator makes with its admin credential: the SCIM server's
-//! machine user, its keys and its instance roles (reference §2, §3.1, §5.2).
+//! machine user, its keys and its instance roles (docs/zitadel-contract.md §2, §3.1, §5.2).
 
 use base64::Engine;
 use serde_json::{Value, json};

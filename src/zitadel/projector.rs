@@ -1,4 +1,5 @@
-//! Mirrors the SCIM store into ZITADEL, keeping the rules of DESIGN.md:
+//! Mirrors the SCIM store into ZITADEL, keeping the rules of
+//! `docs/ARCHITECTURE.md` ("Nothing acknowledged is lost"):
 //!
 //! 1. A permanent ZITADEL rejection fails the SCIM request with a 4xx whose
 //!    detail says what to fix, and nothing is stored.

@@ -1,4 +1,4 @@
-//! Every PATCH form Entra ID sends (reference/entra-scim.md §2.3–§2.7, §3), with
+//! Every PATCH form Entra ID sends (docs/entra-scim.md §2.3–§2.7, §3), with
 //! the JSON it sends.
 
 use super::*;

@@ -1,4 +1,4 @@
-//! `zitadel.authorization.v2.AuthorizationService` (reference §4.1, §4.4),
+//! `zitadel.authorization.v2.AuthorizationService` (docs/zitadel-contract.md §4.1, §4.4),
 //! `zitadel.internal_permission.v2.InternalPermissionService` (§5.2) and
 //! `zitadel.org.v2.OrganizationService` list calls (§5.1). Shapes follow the
 //! `zitadel-client` 4.1.9 SDK models.
@@ -39,7 +39,7 @@ fn check_roles(allowed: &[String], roles: &[String]) -> ApiResult<()> {
 }
 
 /// The roles an authorization on `project` created on `org` may carry, and its project
-/// grant id: the org owns the project, or holds a project grant for it (reference §4.1).
+/// grant id: the org owns the project, or holds a project grant for it (docs/zitadel-contract.md §4.1).
 fn allowed_roles(project: &Project, org: &str) -> ApiResult<(Vec<String>, Option<String>)> {
     if project.owner_org == org {
         return Ok((project.roles.clone(), None));
@@ -58,10 +58,10 @@ fn allowed_roles(project: &Project, org: &str) -> ApiResult<(Vec<String>, Option
 pub fn create_authorization(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let user_id = required(req, "userId")?;
     let project_id = required(req, "projectId")?;
-    // `organizationId` is REQUIRED in v2 (reference §4.4).
+    // `organizationId` is REQUIRED in v2 (docs/zitadel-contract.md §4.4).
     let org_id = required(req, "organizationId")?;
     let roles = strings(req, "roleKeys")?;
-    // An unknown org fails in the auth interceptor (reference §2.4); then ZITADEL checks
+    // An unknown org fails in the auth interceptor (docs/zitadel-contract.md §2.4); then ZITADEL checks
     // the user (`checkUserGrantPreCondition`), then project, grant and roles.
     if !s.orgs.contains_key(&org_id) {
         return Err(err(Code::PermissionDenied, "AUTH-5mWD2", "Errors.Org.NotFound", "Organisation doesn't exist"));
@@ -74,7 +74,7 @@ pub fn create_authorization(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     })?;
     let (allowed, grant_id) = allowed_roles(project, &org_id)?;
     check_roles(&allowed, &roles)?;
-    // Unique per (grant org, user, project, project grant) (reference §4.1).
+    // Unique per (grant org, user, project, project grant) (docs/zitadel-contract.md §4.1).
     if s.authorizations.iter().any(|a| a.org_id == org_id && a.user_id == user_id && a.project_id == project_id) {
         return Err(err(
             Code::AlreadyExists,
@@ -100,7 +100,7 @@ pub fn create_authorization(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     Ok(json!({"id": id, "creationDate": ts(now)}))
 }
 
-/// UpdateAuthorization replaces the role set; same roles is a success (reference §8.2).
+/// UpdateAuthorization replaces the role set; same roles is a success (docs/zitadel-contract.md §8.2).
 pub fn update_authorization(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let id = required(req, "id")?;
     let roles = strings(req, "roleKeys")?;
@@ -182,7 +182,7 @@ fn authorization_matches(s: &State, f: &Value, a: &Authorization) -> ApiResult<b
     if let Some(x) = field(f, "inUserIds") {
         return Ok(strings(x, "ids")?.contains(&a.user_id));
     }
-    // v2beta spelling (reference §4.3); the v2 SDK has only `inUserIds`.
+    // v2beta spelling (docs/zitadel-contract.md §4.3); the v2 SDK has only `inUserIds`.
     if let Some(x) = field(f, "userId") {
         return Ok(string(x, "id")? == a.user_id);
     }
@@ -310,7 +310,7 @@ fn member_key(resource: &Resource, what: &str) -> String {
     }
 }
 
-/// Role keys are resource-type specific (reference §5.2); unknown → InvalidArgument.
+/// Role keys are resource-type specific (docs/zitadel-contract.md §5.2); unknown → InvalidArgument.
 fn check_member_roles(s: &State, resource: &Resource, roles: &[String]) -> ApiResult<()> {
     let (valid, key): (&[&str], &str) = match resource {
         Resource::Instance => (&INSTANCE_ROLES, "Errors.IAM.MemberInvalid"),
@@ -358,7 +358,7 @@ pub fn create_administrator(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     Ok(json!({"creationDate": ts(now)}))
 }
 
-/// UpdateAdministrator replaces the role set; identical roles succeed (reference §5.2).
+/// UpdateAdministrator replaces the role set; identical roles succeed (docs/zitadel-contract.md §5.2).
 pub fn update_administrator(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let user_id = required(req, "userId")?;
     let resource = parse_resource(field(req, "resource"))?;
@@ -375,7 +375,7 @@ pub fn update_administrator(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     Ok(json!({"changeDate": ts(a.changed)}))
 }
 
-/// DeleteAdministrator is idempotent (reference §5.2).
+/// DeleteAdministrator is idempotent (docs/zitadel-contract.md §5.2).
 pub fn delete_administrator(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let user_id = required(req, "userId")?;
     let resource = parse_resource(field(req, "resource"))?;

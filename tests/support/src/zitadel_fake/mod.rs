@@ -1,7 +1,7 @@
 //! An in-process fake of the ZITADEL API, for tests and benchmarks.
 //!
-//! It follows the contract in `shared/reference/zitadel-api.md` (sections cited as
-//! "reference §N" in the code) for the calls the SCIM projector and the operator make:
+//! It follows the contract in `docs/zitadel-contract.md` (its sections are cited
+//! by number in the code) for the calls the SCIM projector and the operator make:
 //! Connect paths `POST /{package}.{Service}/{Method}` with protojson bodies, a few REST
 //! gateway paths of `UserService`, the JWT-profile token endpoint, the error bodies and
 //! status codes of both transports, org scoping and the username and IdP-link rules.
@@ -37,7 +37,7 @@ use wire::*;
 
 pub use oauth::jwt_assertion;
 
-/// Who is calling, for handlers that default to the caller's org (reference §2.4).
+/// Who is calling, for handlers that default to the caller's org (docs/zitadel-contract.md §2.4).
 pub(crate) struct Ctx {
     pub caller: String,
     pub caller_org: String,
@@ -100,7 +100,7 @@ fn rpc(name: &str) -> Option<(Handler, Perm)> {
     })
 }
 
-/// REST gateway routes of UserService v2 (reference §3.1): (RPC, body, success status).
+/// REST gateway routes of UserService v2 (docs/zitadel-contract.md §3.1): (RPC, body, success status).
 fn rest_route(method: &Method, path: &str, body: Value) -> Option<(String, Value, u16)> {
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let with = |mut b: Value, k: &str, v: &str| {
@@ -299,7 +299,7 @@ impl ZitadelFake {
         })
     }
 
-    /// Grants `project_id` to `granted_org` with a subset of its roles (reference §4.1 (b)).
+    /// Grants `project_id` to `granted_org` with a subset of its roles (docs/zitadel-contract.md §4.1 (b)).
     pub fn add_project_grant(&self, project_id: &str, granted_org: &str, role_keys: &[&str]) {
         self.with(|s| {
             let id = s.new_id();
@@ -385,7 +385,7 @@ impl ZitadelFake {
     }
 
     /// Requests must then name this instance in `x-zitadel-instance-host` (or `Host`),
-    /// else they get NotFound, as a ZITADEL that cannot find the instance (reference §1).
+    /// else they get NotFound, as a ZITADEL that cannot find the instance (docs/zitadel-contract.md §1).
     pub fn set_instance_host(&self, host: Option<&str>) {
         self.with(|s| s.instance_host = host.map(str::to_string))
     }
@@ -576,7 +576,7 @@ fn unavailable() -> ApiError {
     err(Code::Unavailable, "FAKE-down", "Errors.Unavailable", "service unavailable")
 }
 
-/// Bearer token → user id (reference §2, §8.1): PATs and issued access tokens.
+/// Bearer token → user id (docs/zitadel-contract.md §2, §8.1): PATs and issued access tokens.
 fn authenticate(s: &State, auth: Option<&str>) -> ApiResult<String> {
     let Some(auth) = auth else {
         return Err(err(Code::Unauthenticated, "AUTH-7fs1e", "auth header missing", "auth header missing"));
@@ -738,7 +738,7 @@ fn serve_call(
         let status = s.faults.fail_next.remove(0);
         return Err(err(Code::from_http(status), "FAKE-injected", "Errors.Internal", "injected failure"));
     }
-    // Instance routing (reference §1): Host or x-zitadel-instance-host must name the instance.
+    // Instance routing (docs/zitadel-contract.md §1): Host or x-zitadel-instance-host must name the instance.
     let effective = instance_host.or(host);
     let Some(effective) = effective else {
         return Err(err(Code::NotFound, "FAKE-instance", "Errors.IAM.NotFound", "instance not found: no host"));

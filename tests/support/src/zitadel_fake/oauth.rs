@@ -1,4 +1,4 @@
-//! OIDC discovery and the JWT-profile token endpoint (reference §2.2), plus the RSA
+//! OIDC discovery and the JWT-profile token endpoint (docs/zitadel-contract.md §2.2), plus the RSA
 //! helpers the fake needs (ring: PKCS#1 keys, RS256 signatures).
 
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ pub fn jwt_assertion(key_file: &str, audience: &str, iat_offset_secs: i64, lifet
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
-/// Verifies an assertion (reference §2.2): RS256 with header `kid` = a registered key id,
+/// Verifies an assertion (docs/zitadel-contract.md §2.2): RS256 with header `kid` = a registered key id,
 /// `iss = sub =` the key's user, `aud` (string or array) contains the issuer, `iat` not
 /// older than 1 h (and not in the future beyond a minute of skew), `exp` in the future,
 /// the key not expired, the user active. Returns the user id.

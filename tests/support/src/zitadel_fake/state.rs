@@ -35,13 +35,13 @@ pub struct Project {
     pub name: String,
     pub owner_org: String,
     pub roles: Vec<String>,
-    /// Project grants: granted org → (grant id, role keys granted to it) (reference §4.1 (b)).
+    /// Project grants: granted org → (grant id, role keys granted to it) (docs/zitadel-contract.md §4.1 (b)).
     pub grants: BTreeMap<String, (String, Vec<String>)>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Idp {
-    /// `None`: instance IdP, usable by users of every org (reference §3.1 idpLinks).
+    /// `None`: instance IdP, usable by users of every org (docs/zitadel-contract.md §3.1 idpLinks).
     pub org: Option<String>,
 }
 
@@ -113,7 +113,7 @@ pub struct User {
     pub created: OffsetDateTime,
     pub changed: OffsetDateTime,
     pub sequence: u64,
-    /// For the list lag (eventual consistency, reference §8.3).
+    /// For the list lag (eventual consistency, docs/zitadel-contract.md §8.3).
     pub written: Instant,
     /// Deleted users stay as tombstones that lagging lists still show.
     pub deleted: Option<Instant>,
@@ -180,7 +180,7 @@ impl User {
         })
     }
 
-    /// `zitadel.user.v2.User` (reference §3.1 GetUserByID; SDK `UserServiceUser`).
+    /// `zitadel.user.v2.User` (docs/zitadel-contract.md §3.1 GetUserByID; SDK `UserServiceUser`).
     pub fn to_json(&self) -> Value {
         let login_names = json!([self.username]);
         let mut u = json!({
@@ -459,7 +459,7 @@ impl State {
     }
 }
 
-/// The permission a method needs (reference §5.2 role → permission mappings, simplified
+/// The permission a method needs (docs/zitadel-contract.md §5.2 role → permission mappings, simplified
 /// to instance roles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Perm {

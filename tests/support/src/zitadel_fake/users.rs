@@ -1,4 +1,4 @@
-//! `zitadel.user.v2.UserService` (reference §3.1; shapes checked against the
+//! `zitadel.user.v2.UserService` (docs/zitadel-contract.md §3.1; shapes checked against the
 //! `zitadel-client` 4.1.9 SDK models).
 
 use std::time::Instant;
@@ -34,7 +34,7 @@ fn code6() -> String {
 }
 
 /// The org a create call targets: the request's org, else `x-zitadel-orgid`, else the
-/// caller's org (reference §2.4). An org that does not exist is PermissionDenied.
+/// caller's org (docs/zitadel-contract.md §2.4). An org that does not exist is PermissionDenied.
 fn target_org(s: &State, ctx: &Ctx, org_id: Option<String>, org_domain: Option<String>) -> ApiResult<String> {
     let org = match (org_id.filter(|x| !x.is_empty()), org_domain.filter(|x| !x.is_empty())) {
         (Some(id), _) => Some(id),
@@ -47,7 +47,7 @@ fn target_org(s: &State, ctx: &Ctx, org_id: Option<String>, org_domain: Option<S
     }
 }
 
-/// Username rules (reference §3.1 "Rules enforced"; `userValidateDomain` in ZITADEL's
+/// Username rules (docs/zitadel-contract.md §3.1 "Rules enforced"; `userValidateDomain` in ZITADEL's
 /// command layer): a domain part that is a verified domain of another org is
 /// InvalidArgument.
 fn check_username_domain(s: &State, username: &str, org: &str) -> ApiResult<()> {
@@ -202,7 +202,7 @@ fn parse_link(l: &Value) -> ApiResult<Link> {
     Ok(link)
 }
 
-/// IdP link rules (reference §3.1; `addLink`): the IdP is an instance IdP or one of the
+/// IdP link rules (docs/zitadel-contract.md §3.1; `addLink`): the IdP is an instance IdP or one of the
 /// user's org, else FailedPrecondition.
 fn check_idp(s: &State, link: &Link, user_org: &str) -> ApiResult<()> {
     match s.idps.get(&link.idp_id) {
@@ -256,7 +256,7 @@ fn create_human(s: &mut State, n: NewHuman) -> ApiResult<(String, Option<String>
             if !len_ok(&id, 1, 200) {
                 return Err(invalid("userId"));
             }
-            // Reference §3.1 / §8.2: an existing supplied id is FailedPrecondition, not 409.
+            // docs/zitadel-contract.md §3.1 / §8.2: an existing supplied id is FailedPrecondition, not 409.
             if s.user(&id).is_some() {
                 return Err(err(
                     Code::FailedPrecondition,
@@ -293,7 +293,7 @@ fn create_human(s: &mut State, n: NewHuman) -> ApiResult<(String, Option<String>
         Kind::Human { profile, email, email_verified, phone, phone_verified, password_set },
         Instant::now(),
     );
-    // v2-created users are ACTIVE at once (reference §3.1).
+    // v2-created users are ACTIVE at once (docs/zitadel-contract.md §3.1).
     let now = user.created;
     user.metadata = metadata.into_iter().map(|(k, v)| (k, MetaEntry { value: v, changed: now })).collect();
     user.links = links;
@@ -498,7 +498,7 @@ impl Query {
 
     /// One query against a user and (for the metadata filters) one of its metadata
     /// rows: ZITADEL left-joins the metadata table, so key and value filters in one AND
-    /// group must hold for the same row (reference §3.1 ListUsers).
+    /// group must hold for the same row (docs/zitadel-contract.md §3.1 ListUsers).
     fn matches(&self, u: &User, row: Option<(&String, &MetaEntry)>) -> bool {
         match self {
             Query::Text(f, method, wanted) => {
@@ -583,7 +583,7 @@ pub fn list_users(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let metadata = queries.iter().any(Query::uses_metadata);
     let sort = enum_name(req, "sortingColumn", &USER_SORT)?;
     // Eventual consistency: lists do not see users written within the lag, and still
-    // see users deleted within it (reference §8.3).
+    // see users deleted within it (docs/zitadel-contract.md §8.3).
     let mut found = Vec::new();
     let ids: Vec<&String> = match candidates(s, raw_queries)? {
         Some(c) => c,
@@ -655,7 +655,7 @@ fn merge_profile(old: &Profile, p: &Value) -> ApiResult<Profile> {
     check_profile(np)
 }
 
-/// UpdateHumanUser: every top-level part optional (reference §3.1). A sent profile
+/// UpdateHumanUser: every top-level part optional (docs/zitadel-contract.md §3.1). A sent profile
 /// (`SetHumanProfile`) must carry givenName and familyName; its other fields are proto3
 /// `optional`, so absent ones keep their value. Unchanged data is a no-op success.
 pub fn update_human_user(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
@@ -841,7 +841,7 @@ pub fn remove_phone(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
 }
 
 /// DeleteUser: hard delete; frees the username, cascades authorizations, memberships,
-/// links and credentials (reference §3.1).
+/// links and credentials (docs/zitadel-contract.md §3.1).
 pub fn delete_user(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let id = required_user_id(req)?;
     let u = s.user_mut(&id).ok_or_else(user_not_found)?;
@@ -995,7 +995,7 @@ fn expiration(req: &Value) -> ApiResult<OffsetDateTime> {
 }
 
 /// AddKey: `{userId, expirationDate?, publicKey?}` → `{keyId, keyContent, creationDate}`;
-/// `keyContent` is the base64 key-file JSON (reference §2.2), absent when the caller
+/// `keyContent` is the base64 key-file JSON (docs/zitadel-contract.md §2.2), absent when the caller
 /// brought its own public key.
 pub fn add_key(s: &mut State, _: &Ctx, req: &Value) -> ApiResult {
     let id = required_user_id(req)?;

@@ -1,5 +1,5 @@
 //! Wire format of the fake: protojson input helpers and the error bodies of the
-//! Connect protocol and the REST gateway (reference §1 "JSON conventions", §8.1).
+//! Connect protocol and the REST gateway (docs/zitadel-contract.md §1 "JSON conventions", §8.1).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// gRPC / Connect codes (reference §8.1 status mapping).
+/// gRPC / Connect codes (docs/zitadel-contract.md §8.1 status mapping).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
     InvalidArgument,
@@ -60,7 +60,7 @@ impl Code {
         }
     }
 
-    /// HTTP status (reference §8.1: FailedPrecondition is 400, not 412).
+    /// HTTP status (docs/zitadel-contract.md §8.1: FailedPrecondition is 400, not 412).
     pub fn http(self) -> u16 {
         match self {
             Code::InvalidArgument | Code::FailedPrecondition => 400,
@@ -156,7 +156,7 @@ impl ApiError {
         })
     }
 
-    /// grpc-gateway error body (reference §8.1).
+    /// grpc-gateway error body (docs/zitadel-contract.md §8.1).
     pub fn rest_body(&self) -> Value {
         json!({
             "code": self.code.grpc(),
@@ -322,7 +322,7 @@ pub fn timestamp(v: &Value, name: &str) -> ApiResult<Option<OffsetDateTime>> {
 }
 
 // ---------------------------------------------------------------------------
-// Output: zero/default values are omitted (reference §1: no EmitUnpopulated).
+// Output: zero/default values are omitted (docs/zitadel-contract.md §1: no EmitUnpopulated).
 
 pub fn ts(t: OffsetDateTime) -> Value {
     Value::String(t.format(&Rfc3339).unwrap_or_default())
@@ -395,7 +395,7 @@ pub fn text_match(method: &str, value: &str, wanted: &str) -> bool {
 }
 
 /// Offset/limit/asc of `object.v2.ListQuery` (`query`) or `filter.v2.PaginationRequest`
-/// (`pagination`). Default limit 100, maximum 1000 (reference §8.4).
+/// (`pagination`). Default limit 100, maximum 1000 (docs/zitadel-contract.md §8.4).
 pub struct Page {
     pub offset: usize,
     pub limit: usize,
