@@ -80,6 +80,7 @@ bench: $(VENV)/.stamp
 	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
 	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
+	cat bench/decisions.md >> BENCHMARKS.md
 
 ## 1,000 ScimTenants reconciled by the controller against the fakes, at ZITADEL's default
 ## rate limit and without it; prints Markdown.
