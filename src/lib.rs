@@ -2,6 +2,7 @@
 //! into ZITADEL, and the Kubernetes operator that runs it per tenant.
 
 pub mod config;
+pub mod keys;
 pub mod operator;
 pub mod preflight;
 pub mod scim;

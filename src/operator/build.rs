@@ -71,7 +71,7 @@ impl std::fmt::Debug for KeyMaterial {
 
 impl KeyMaterial {
     pub fn fingerprint(&self) -> String {
-        hex::encode(Sha256::digest(self.token.as_bytes()))[..12].to_string()
+        crate::keys::hash_hex(&self.token)[..12].to_string()
     }
 }
 
@@ -195,18 +195,7 @@ pub fn server_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> Stri
 
 /// The keys file the server reads: hashes of the keys that have not expired.
 pub fn keys_file(keys: &[KeyMaterial]) -> String {
-    let mut out = String::from("keys:\n");
-    for k in keys.iter().filter(|k| !k.expired) {
-        out.push_str(&format!(
-            "  - {{name: {}, sha256: {}}}\n",
-            k.name,
-            hex::encode(Sha256::digest(k.token.as_bytes()))
-        ));
-    }
-    if keys.iter().all(|k| k.expired) {
-        out = "keys: []\n".into();
-    }
-    out
+    crate::keys::render_keys_file(keys.iter().filter(|k| !k.expired).map(|k| (k.name.as_str(), k.token.as_str())))
 }
 
 fn secret(t: &ScimTenant, name: String, component: &str, data: BTreeMap<String, String>) -> Secret {
@@ -540,10 +529,10 @@ mod tests {
         assert!(text.contains("name: entra"));
         assert!(!text.contains("name: old"));
         assert!(!text.contains("scim_entra"), "no plaintext");
-        let parsed = crate::server::auth::parse_keys_file(std::path::Path::new("k"), &text).unwrap();
-        assert_eq!(parsed[0].sha256, crate::server::auth::hash_token("scim_entra"));
+        let parsed = crate::keys::parse_keys_file(std::path::Path::new("k"), &text).unwrap();
+        assert_eq!(parsed[0].sha256, crate::keys::hash_token("scim_entra"));
         let none = keys_file(&[key("old", true)]);
-        assert!(crate::server::auth::parse_keys_file(std::path::Path::new("k"), &none).unwrap().is_empty());
+        assert!(crate::keys::parse_keys_file(std::path::Path::new("k"), &none).unwrap().is_empty());
     }
 
     #[test]

@@ -720,7 +720,7 @@ async fn apply(t: Arc<ScimTenant>, ctx: &Context) -> Result<Action, Error> {
     let rotate = rotate_key.as_deref().filter(|_| !already).map(|key| keys::Rotate { key, tenant_version: &rv });
     // Keys whose Secret belongs to someone else are left out, never overwritten.
     let spec_keys: Vec<_> = t.spec.keys.iter().filter(|k| !found.conflicts.contains(&k.name)).cloned().collect();
-    let plan = keys::plan(&spec_keys, &found.keys, rotate, now, crate::server::auth::generate_token);
+    let plan = keys::plan(&spec_keys, &found.keys, rotate, now, crate::keys::generate_token);
     obs.keys = keys_check(&t, &plan, &found.conflicts);
 
     // ZITADEL.
