@@ -3,6 +3,7 @@
 //! randomness, so they are unit-tested and rendered offline (`render`).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
@@ -20,10 +21,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::crd::ScimTenant;
+use crate::config::ServeConfig;
+use crate::zitadel::config::{Credentials, ZitadelConfig};
 
 pub const MANAGER: &str = "scim-operator";
 /// On a key Secret: when its token was generated (expiry counts from here).
@@ -33,6 +35,11 @@ pub const ROTATED_FOR: &str = "scim.unique.app/rotated-for";
 const SCIM_PORT: i32 = 8080;
 const ADMIN_PORT: i32 = 9090;
 const RUN_AS: i64 = 65532;
+const CONFIG_MOUNT: &str = "/etc/scim/config";
+const KEYS_MOUNT: &str = "/etc/scim/keys";
+const ZITADEL_MOUNT: &str = "/etc/scim/zitadel";
+const DATA_MOUNT: &str = "/data";
+const TMP_MOUNT: &str = "/tmp";
 
 /// Operator-wide settings the builders need.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,37 +167,41 @@ pub fn endpoint(t: &ScimTenant) -> String {
     }
 }
 
-/// The server's `serve.yaml`.
+/// The server's `serve.yaml`: the same `ServeConfig` the server parses, so a
+/// key the server does not know cannot be written.
 pub fn server_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> String {
-    let z = &t.spec.zitadel;
-    let mut zitadel = json!({
-        "url": s.zitadel_url,
-        "credentials": if cred.is_key_file {
-            json!({"keyFile": format!("/etc/scim/zitadel/{}", cred.key)})
-        } else {
-            json!({"patFile": format!("/etc/scim/zitadel/{}", cred.key)})
-        },
-        "organizationId": z.organization_id,
-        "projectId": z.project_id,
-        "projectOrganizationId": z.project_organization_id,
-        "defaultRoles": z.default_roles,
-        "groupRoles": z.group_roles.iter().map(|g| json!({"group": g.group, "roles": g.roles})).collect::<Vec<_>>(),
-    });
-    if let Some(h) = &s.zitadel_instance_host {
-        zitadel["instanceHost"] = json!(h);
+    serde_yaml::to_string(&serve_config(t, s, cred)).unwrap_or_default()
+}
+
+pub fn serve_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> ServeConfig {
+    let spec = &t.spec.zitadel;
+    let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
+    let credentials = if cred.is_key_file {
+        Credentials { key_file: Some(mounted), pat_file: None }
+    } else {
+        Credentials { pat_file: Some(mounted), key_file: None }
+    };
+    let zitadel = ZitadelConfig {
+        url: s.zitadel_url.clone(),
+        credentials,
+        organization_id: spec.organization_id.clone(),
+        project_id: spec.project_id.clone(),
+        project_organization_id: spec.project_organization_id.clone(),
+        default_roles: spec.default_roles.clone(),
+        group_roles: spec.group_roles.clone(),
+        instance_host: s.zitadel_instance_host.clone(),
+        idp_id: spec.idp_id.clone(),
+        ..Default::default()
+    };
+    ServeConfig {
+        listen: Some(format!("0.0.0.0:{SCIM_PORT}")),
+        admin_listen: Some(format!("0.0.0.0:{ADMIN_PORT}")),
+        data_dir: Some(PathBuf::from(DATA_MOUNT)),
+        keys_file: Some(PathBuf::from(format!("{KEYS_MOUNT}/keys.yaml"))),
+        public_url: Some(endpoint(t)),
+        zitadel: Some(zitadel),
+        ..Default::default()
     }
-    if let Some(idp) = &z.idp_id {
-        zitadel["idpId"] = json!(idp);
-    }
-    let cfg = json!({
-        "listen": format!("0.0.0.0:{SCIM_PORT}"),
-        "adminListen": format!("0.0.0.0:{ADMIN_PORT}"),
-        "dataDir": "/data",
-        "keysFile": "/etc/scim/keys/keys.yaml",
-        "publicUrl": endpoint(t),
-        "zitadel": zitadel,
-    });
-    serde_yaml::to_string(&cfg).unwrap_or_default()
 }
 
 /// The keys file the server reads: hashes of the keys that have not expired.
@@ -291,7 +302,7 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
         name: n.into(),
         mount_path: path.into(),
         // `false` is omitted by the API server (omitempty), so only `true` is sent.
-        read_only: (path != "/data" && path != "/tmp").then_some(true),
+        read_only: (path != DATA_MOUNT && path != TMP_MOUNT).then_some(true),
         ..Default::default()
     };
     let config_hash = hex::encode(Sha256::digest(config_text.as_bytes()))[..16].to_string();
@@ -325,7 +336,7 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
                     containers: vec![Container {
                         name: "scim-server".into(),
                         image: Some(server.image.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| s.image.clone())),
-                        args: Some(vec!["serve".into(), "--config".into(), "/etc/scim/config/serve.yaml".into()]),
+                        args: Some(vec!["serve".into(), "--config".into(), format!("{CONFIG_MOUNT}/serve.yaml")]),
                         ports: Some(vec![
                             ContainerPort {
                                 name: Some("scim".into()),
@@ -353,11 +364,11 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
                             ..Default::default()
                         }),
                         volume_mounts: Some(vec![
-                            mount("config", "/etc/scim/config"),
-                            mount("keys", "/etc/scim/keys"),
-                            mount("zitadel", "/etc/scim/zitadel"),
-                            mount("data", "/data"),
-                            mount("tmp", "/tmp"),
+                            mount("config", CONFIG_MOUNT),
+                            mount("keys", KEYS_MOUNT),
+                            mount("zitadel", ZITADEL_MOUNT),
+                            mount("data", DATA_MOUNT),
+                            mount("tmp", TMP_MOUNT),
                         ]),
                         ..Default::default()
                     }],
@@ -459,97 +470,4 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::operator::crd::ScimTenant;
-
-    pub fn tenant(yaml: &str) -> ScimTenant {
-        let mut t: ScimTenant = serde_yaml::from_str(yaml).unwrap();
-        t.metadata.uid = Some("uid-1".into());
-        t
-    }
-
-    const ACME: &str = "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {name: acme, namespace: tenants}\nspec:\n  zitadel:\n    organizationId: o1\n    projectId: p1\n    projectOrganizationId: o0\n    idpId: idp1\n    defaultRoles: [Chat.User]\n    groupRoles: [{group: Unique Admins, roles: [Chat.Admin.All]}]\n  keys: [{name: entra}]\n";
-
-    fn settings() -> Settings {
-        Settings {
-            image: "ghcr.io/unique/scim-operator:0.1.0".into(),
-            zitadel_url: "http://zitadel.zitadel.svc:8080".into(),
-            zitadel_instance_host: Some("id.example.com".into()),
-        }
-    }
-
-    fn key(name: &str, expired: bool) -> KeyMaterial {
-        KeyMaterial {
-            name: name.into(),
-            token: format!("scim_{name}"),
-            created_at: "2026-11-28T00:00:00Z".into(),
-            expires_at: None,
-            expired,
-            rotated_for: None,
-        }
-    }
-
-    fn cred() -> CredentialRef {
-        CredentialRef { secret_name: "acme-scim-zitadel".into(), key: "key.json".into(), is_key_file: true }
-    }
-
-    #[test]
-    fn builds_every_child_with_owner_and_labels() {
-        let t = tenant(ACME);
-        let d = build(&t, &settings(), &[key("entra", false)], &cred());
-        assert_eq!(d.endpoint, "http://acme-scim.tenants.svc/scim/v2");
-        assert_eq!(d.key_secrets[0].metadata.name.as_deref(), Some("acme-scim-key-entra"));
-        let dep = &d.deployment;
-        assert_eq!(dep.metadata.owner_references.as_ref().unwrap()[0].controller, Some(true));
-        assert_eq!(dep.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"], "scim-operator");
-        let spec = dep.spec.as_ref().unwrap();
-        assert_eq!(spec.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"));
-        let pod = spec.template.spec.as_ref().unwrap();
-        let c = &pod.containers[0];
-        let sc = c.security_context.as_ref().unwrap();
-        assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
-        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
-        assert_eq!(c.image.as_deref(), Some("ghcr.io/unique/scim-operator:0.1.0"));
-        assert!(d.ingress.is_none());
-        let cfg = &d.config.data.as_ref().unwrap()["serve.yaml"];
-        assert!(cfg.contains("keyFile: /etc/scim/zitadel/key.json"), "{cfg}");
-        assert!(cfg.contains("instanceHost: id.example.com"), "{cfg}");
-        let parsed: crate::config::ServeConfig = serde_yaml::from_str(cfg).unwrap();
-        parsed.validate().unwrap();
-        assert_eq!(parsed.zitadel.unwrap().group_roles[0].roles, ["Chat.Admin.All"]);
-    }
-
-    #[test]
-    fn hash_secret_holds_hashes_of_unexpired_keys_only() {
-        let t = tenant(ACME);
-        let d = build(&t, &settings(), &[key("entra", false), key("old", true)], &cred());
-        let text = String::from_utf8(d.hash_secret.data.as_ref().unwrap()["keys.yaml"].0.clone()).unwrap();
-        assert!(text.contains("name: entra"));
-        assert!(!text.contains("name: old"));
-        assert!(!text.contains("scim_entra"), "no plaintext");
-        let parsed = crate::keys::parse_keys_file(std::path::Path::new("k"), &text).unwrap();
-        assert_eq!(parsed[0].sha256, crate::keys::hash_token("scim_entra"));
-        let none = keys_file(&[key("old", true)]);
-        assert!(crate::keys::parse_keys_file(std::path::Path::new("k"), &none).unwrap().is_empty());
-    }
-
-    #[test]
-    fn ingress_sets_the_endpoint_and_the_config_hash_follows_the_config() {
-        let t = tenant(&format!(
-            "{ACME}  server: {{ingress: {{host: scim.acme.example.com, className: nginx, tlsSecretName: acme-tls}}, storage: {{size: 5Gi}}}}\n"
-        ));
-        let d = build(&t, &settings(), &[key("entra", false)], &cred());
-        assert_eq!(d.endpoint, "https://scim.acme.example.com/scim/v2");
-        assert_eq!(d.ingress.as_ref().unwrap().spec.as_ref().unwrap().ingress_class_name.as_deref(), Some("nginx"));
-        assert_eq!(
-            d.pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
-            "5Gi"
-        );
-        let h1 = d.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone();
-        let d2 = build(&t, &settings(), &[key("entra", false), key("second", false)], &cred());
-        let h2 = d2.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone();
-        assert_eq!(h1, h2, "adding a key does not restart the server");
-    }
-}
+mod tests;
