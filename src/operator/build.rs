@@ -27,11 +27,8 @@ use super::crd::ScimTenant;
 use crate::config::ServeConfig;
 use crate::zitadel::config::{Credentials, ZitadelConfig};
 
-pub const MANAGER: &str = "scim-operator";
-/// On a key Secret: when its token was generated (expiry counts from here).
-pub const CREATED_AT: &str = "scim.unique.app/created-at";
-/// On a key Secret: the tenant resourceVersion whose rotate annotation was served.
-pub const ROTATED_FOR: &str = "scim.unique.app/rotated-for";
+pub use super::names::FIELD_MANAGER as MANAGER;
+pub use super::names::annotation::{CREATED_AT, ROTATED_FOR};
 const SCIM_PORT: i32 = 8080;
 const ADMIN_PORT: i32 = 9090;
 const RUN_AS: i64 = 65532;
@@ -41,14 +38,17 @@ const ZITADEL_MOUNT: &str = "/etc/scim/zitadel";
 const DATA_MOUNT: &str = "/data";
 const TMP_MOUNT: &str = "/tmp";
 
-/// Operator-wide settings the builders need.
+/// Operator-wide defaults of every tenant's server (from the controller's flags).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
+pub struct TenantDefaults {
     /// The image of the SCIM server when the tenant names none (the operator's own).
     pub image: String,
     pub zitadel_url: String,
     pub zitadel_instance_host: Option<String>,
 }
+
+/// The former name, still used by `main.rs` and `tests/operator.rs`.
+pub type Settings = TenantDefaults;
 
 /// One SCIM key as the controller found or generated it.
 #[derive(Clone, PartialEq, Eq)]
@@ -169,11 +169,11 @@ pub fn endpoint(t: &ScimTenant) -> String {
 
 /// The server's `serve.yaml`: the same `ServeConfig` the server parses, so a
 /// key the server does not know cannot be written.
-pub fn server_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> String {
-    serde_yaml::to_string(&serve_config(t, s, cred)).unwrap_or_default()
+pub fn server_config(t: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
+    serde_yaml::to_string(&serve_config(t, defaults, cred)).unwrap_or_default()
 }
 
-pub fn serve_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> ServeConfig {
+pub fn serve_config(t: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
     let spec = &t.spec.zitadel;
     let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
     let credentials = if cred.is_key_file {
@@ -182,14 +182,14 @@ pub fn serve_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> Serve
         Credentials { pat_file: Some(mounted), key_file: None }
     };
     let zitadel = ZitadelConfig {
-        url: s.zitadel_url.clone(),
+        url: defaults.zitadel_url.clone(),
         credentials,
         organization_id: spec.organization_id.clone(),
         project_id: spec.project_id.clone(),
         project_organization_id: spec.project_organization_id.clone(),
         default_roles: spec.default_roles.clone(),
         group_roles: spec.group_roles.clone(),
-        instance_host: s.zitadel_instance_host.clone(),
+        instance_host: defaults.zitadel_instance_host.clone(),
         idp_id: spec.idp_id.clone(),
         ..Default::default()
     };
@@ -230,7 +230,7 @@ pub fn credential_secret(t: &ScimTenant, data: &BTreeMap<String, ByteString>) ->
     }
 }
 
-pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
+pub fn build(t: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
     let name = server_name(t);
     let server = t.spec.server.clone().unwrap_or_default();
     let key_secrets = keys
@@ -258,7 +258,7 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
         })
         .collect();
     let hash_secret = secret(t, hash_secret_name(t), "keys", BTreeMap::from([("keys.yaml".into(), keys_file(keys))]));
-    let config_text = server_config(t, s, cred);
+    let config_text = server_config(t, defaults, cred);
     let config = ConfigMap {
         metadata: meta(t, config_name(t), "config"),
         data: Some(BTreeMap::from([("serve.yaml".into(), config_text.clone())])),
@@ -335,7 +335,9 @@ pub fn build(t: &ScimTenant, s: &Settings, keys: &[KeyMaterial], cred: &Credenti
                     }),
                     containers: vec![Container {
                         name: "scim-server".into(),
-                        image: Some(server.image.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| s.image.clone())),
+                        image: Some(
+                            server.image.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| defaults.image.clone()),
+                        ),
                         args: Some(vec!["serve".into(), "--config".into(), format!("{CONFIG_MOUNT}/serve.yaml")]),
                         ports: Some(vec![
                             ContainerPort {

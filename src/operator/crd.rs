@@ -14,9 +14,8 @@ pub use crate::zitadel::config::GroupRoles;
 
 pub const GROUP: &str = "scim.unique.app";
 pub const VERSION: &str = "v1alpha1";
-/// `kubectl annotate st NAME scim.unique.app/rotate=<key name>` replaces that key now.
-pub const ROTATE_ANNOTATION: &str = "scim.unique.app/rotate";
-pub const FINALIZER: &str = "scim.unique.app/zitadel-cleanup";
+pub use super::names::FINALIZER;
+pub use super::names::annotation::ROTATE as ROTATE_ANNOTATION;
 
 // Several printcolumn(...) entries repeat `type_ = ...`, which clippy reads as
 // duplicated attributes.
