@@ -23,7 +23,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use super::crd::ScimTenant;
+use super::crd::{ScimTenant, ServerSpec};
+use super::names::{annotation, label};
 use crate::config::ServeConfig;
 use crate::zitadel::config::{Credentials, ZitadelConfig};
 
@@ -103,44 +104,42 @@ pub struct Desired {
     pub endpoint: String,
 }
 
-pub fn server_name(t: &ScimTenant) -> String {
-    format!("{}-scim", t.name_any())
+pub fn server_name(tenant: &ScimTenant) -> String {
+    format!("{}-scim", tenant.name_any())
 }
-pub fn key_secret_name(t: &ScimTenant, key: &str) -> String {
-    format!("{}-scim-key-{key}", t.name_any())
+pub fn key_secret_name(tenant: &ScimTenant, key: &str) -> String {
+    format!("{}-scim-key-{key}", tenant.name_any())
 }
-pub fn hash_secret_name(t: &ScimTenant) -> String {
-    format!("{}-scim-keys", t.name_any())
+pub fn hash_secret_name(tenant: &ScimTenant) -> String {
+    format!("{}-scim-keys", tenant.name_any())
 }
-pub fn config_name(t: &ScimTenant) -> String {
-    format!("{}-scim-config", t.name_any())
+pub fn config_name(tenant: &ScimTenant) -> String {
+    format!("{}-scim-config", tenant.name_any())
 }
-pub fn pvc_name(t: &ScimTenant) -> String {
-    format!("{}-scim-data", t.name_any())
+pub fn pvc_name(tenant: &ScimTenant) -> String {
+    format!("{}-scim-data", tenant.name_any())
 }
-pub fn credential_secret_name(t: &ScimTenant) -> String {
-    format!("{}-scim-zitadel", t.name_any())
+pub fn credential_secret_name(tenant: &ScimTenant) -> String {
+    format!("{}-scim-zitadel", tenant.name_any())
 }
 
-pub fn labels(t: &ScimTenant, component: &str) -> BTreeMap<String, String> {
+pub fn labels(tenant: &ScimTenant, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "scim-server".into()),
-        ("app.kubernetes.io/instance".into(), t.name_any()),
-        ("app.kubernetes.io/component".into(), component.into()),
-        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
-        ("app.kubernetes.io/part-of".into(), "scim-operator".into()),
+        (label::NAME.into(), label::SERVER_APP.into()),
+        (label::INSTANCE.into(), tenant.name_any()),
+        (label::COMPONENT.into(), component.into()),
+        (label::MANAGED_BY.into(), MANAGER.into()),
+        (label::PART_OF.into(), label::PART_OF_OPERATOR.into()),
     ])
 }
 
-fn selector(t: &ScimTenant) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "scim-server".into()),
-        ("app.kubernetes.io/instance".into(), t.name_any()),
-    ])
+fn selector(tenant: &ScimTenant) -> BTreeMap<String, String> {
+    BTreeMap::from([(label::NAME.into(), label::SERVER_APP.into()), (label::INSTANCE.into(), tenant.name_any())])
 }
 
-fn owner(t: &ScimTenant) -> Vec<OwnerReference> {
-    t.controller_owner_ref(&())
+fn owner(tenant: &ScimTenant) -> Vec<OwnerReference> {
+    tenant
+        .controller_owner_ref(&())
         .map(|mut o| {
             o.block_owner_deletion = Some(true);
             o
@@ -149,32 +148,36 @@ fn owner(t: &ScimTenant) -> Vec<OwnerReference> {
         .collect()
 }
 
-fn meta(t: &ScimTenant, name: String, component: &str) -> ObjectMeta {
+fn meta(tenant: &ScimTenant, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
-        namespace: t.namespace(),
-        labels: Some(labels(t, component)),
-        owner_references: Some(owner(t)),
+        namespace: tenant.namespace(),
+        labels: Some(labels(tenant, component)),
+        owner_references: Some(owner(tenant)),
         ..Default::default()
     }
 }
 
 /// The Tenant URL Entra is given.
-pub fn endpoint(t: &ScimTenant) -> String {
-    match t.spec.server.as_ref().and_then(|s| s.ingress.as_ref()).filter(|i| !i.host.is_empty()) {
+pub fn endpoint(tenant: &ScimTenant) -> String {
+    match tenant.spec.server.as_ref().and_then(|s| s.ingress.as_ref()).filter(|i| !i.host.is_empty()) {
         Some(i) => format!("https://{}/scim/v2", i.host),
-        None => format!("http://{}.{}.svc/scim/v2", server_name(t), t.namespace().unwrap_or_else(|| "default".into())),
+        None => format!(
+            "http://{}.{}.svc/scim/v2",
+            server_name(tenant),
+            tenant.namespace().unwrap_or_else(|| "default".into())
+        ),
     }
 }
 
 /// The server's `serve.yaml`: the same `ServeConfig` the server parses, so a
 /// key the server does not know cannot be written.
-pub fn server_config(t: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
-    serde_yaml::to_string(&serve_config(t, defaults, cred)).unwrap_or_default()
+pub fn server_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
+    serde_yaml::to_string(&serve_config(tenant, defaults, cred)).unwrap_or_default()
 }
 
-pub fn serve_config(t: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
-    let spec = &t.spec.zitadel;
+pub fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
+    let spec = &tenant.spec.zitadel;
     let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
     let credentials = if cred.is_key_file {
         Credentials { key_file: Some(mounted), pat_file: None }
@@ -198,7 +201,7 @@ pub fn serve_config(t: &ScimTenant, defaults: &TenantDefaults, cred: &Credential
         admin_listen: Some(format!("0.0.0.0:{ADMIN_PORT}")),
         data_dir: Some(PathBuf::from(DATA_MOUNT)),
         keys_file: Some(PathBuf::from(format!("{KEYS_MOUNT}/keys.yaml"))),
-        public_url: Some(endpoint(t)),
+        public_url: Some(endpoint(tenant)),
         zitadel: Some(zitadel),
         ..Default::default()
     }
@@ -209,9 +212,9 @@ pub fn keys_file(keys: &[KeyMaterial]) -> String {
     crate::keys::render_keys_file(keys.iter().filter(|k| !k.expired).map(|k| (k.name.as_str(), k.token.as_str())))
 }
 
-fn secret(t: &ScimTenant, name: String, component: &str, data: BTreeMap<String, String>) -> Secret {
+fn secret(tenant: &ScimTenant, name: String, component: &str, data: BTreeMap<String, String>) -> Secret {
     Secret {
-        metadata: meta(t, name, component),
+        metadata: meta(tenant, name, component),
         type_: Some("Opaque".into()),
         // `data`, not `stringData`: server-side apply of stringData never
         // converges (kubernetes#123843).
@@ -221,59 +224,75 @@ fn secret(t: &ScimTenant, name: String, component: &str, data: BTreeMap<String, 
 }
 
 /// The managed service user's key file, which the server mounts.
-pub fn credential_secret(t: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+pub fn credential_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
     Secret {
-        metadata: meta(t, credential_secret_name(t), "zitadel-credential"),
+        metadata: meta(tenant, credential_secret_name(tenant), "zitadel-credential"),
         type_: Some("Opaque".into()),
         data: Some(data.clone()),
         ..Default::default()
     }
 }
 
-pub fn build(t: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
-    let name = server_name(t);
-    let server = t.spec.server.clone().unwrap_or_default();
-    let key_secrets = keys
-        .iter()
-        .map(|k| {
-            let mut sec = secret(
-                t,
-                key_secret_name(t, &k.name),
-                "key",
-                BTreeMap::from([("token".into(), k.token.clone()), ("endpoint".into(), endpoint(t))]),
-            );
-            let mut ann = BTreeMap::from([
-                ("scim.unique.app/key-name".to_string(), k.name.clone()),
-                (CREATED_AT.to_string(), k.created_at.clone()),
-                ("scim.unique.app/fingerprint".to_string(), k.fingerprint()),
-            ]);
-            if let Some(e) = &k.expires_at {
-                ann.insert("scim.unique.app/expires-at".into(), e.clone());
-            }
-            if let Some(r) = &k.rotated_for {
-                ann.insert(ROTATED_FOR.into(), r.clone());
-            }
-            sec.metadata.annotations = Some(ann);
-            sec
-        })
-        .collect();
-    let hash_secret = secret(t, hash_secret_name(t), "keys", BTreeMap::from([("keys.yaml".into(), keys_file(keys))]));
-    let config_text = server_config(t, defaults, cred);
-    let config = ConfigMap {
-        metadata: meta(t, config_name(t), "config"),
-        data: Some(BTreeMap::from([("serve.yaml".into(), config_text.clone())])),
-        ..Default::default()
-    };
+/// Every child of `tenant`, as the controller applies them.
+pub fn build(tenant: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
+    let server = tenant.spec.server.clone().unwrap_or_default();
+    let config_text = server_config(tenant, defaults, cred);
+    Desired {
+        key_secrets: keys.iter().map(|key| key_secret(tenant, key)).collect(),
+        hash_secret: secret(
+            tenant,
+            hash_secret_name(tenant),
+            "keys",
+            BTreeMap::from([("keys.yaml".into(), keys_file(keys))]),
+        ),
+        config: ConfigMap {
+            metadata: meta(tenant, config_name(tenant), "config"),
+            data: Some(BTreeMap::from([("serve.yaml".into(), config_text.clone())])),
+            ..Default::default()
+        },
+        pvc: pvc(tenant, &server),
+        deployment: deployment(tenant, defaults, &server, cred, &config_text),
+        service: service(tenant),
+        ingress: ingress(tenant, &server),
+        endpoint: endpoint(tenant),
+    }
+}
+
+/// A key's token and the URL to give Entra, annotated with what `kubectl
+/// describe` readers need to tell keys apart without reading the token.
+fn key_secret(tenant: &ScimTenant, key: &KeyMaterial) -> Secret {
+    let mut key_secret = secret(
+        tenant,
+        key_secret_name(tenant, &key.name),
+        "key",
+        BTreeMap::from([("token".into(), key.token.clone()), ("endpoint".into(), endpoint(tenant))]),
+    );
+    let mut annotations = BTreeMap::from([
+        (annotation::KEY_NAME.to_string(), key.name.clone()),
+        (CREATED_AT.to_string(), key.created_at.clone()),
+        (annotation::FINGERPRINT.to_string(), key.fingerprint()),
+    ]);
+    if let Some(expires_at) = &key.expires_at {
+        annotations.insert(annotation::EXPIRES_AT.into(), expires_at.clone());
+    }
+    if let Some(version) = &key.rotated_for {
+        annotations.insert(ROTATED_FOR.into(), version.clone());
+    }
+    key_secret.metadata.annotations = Some(annotations);
+    key_secret
+}
+
+fn pvc(tenant: &ScimTenant, server: &ServerSpec) -> PersistentVolumeClaim {
     let storage = server.storage.clone().unwrap_or_default();
-    let pvc = PersistentVolumeClaim {
+    PersistentVolumeClaim {
         // No owner reference: deleting the tenant must not delete the store.
         metadata: ObjectMeta {
             owner_references: None,
             annotations: Some(BTreeMap::from([(
-                "scim.unique.app/retained".to_string(),
+                annotation::RETAINED.to_string(),
                 "kept when the ScimTenant is deleted; delete it yourself to drop the data".to_string(),
             )])),
-            ..meta(t, pvc_name(t), "data")
+            ..meta(tenant, pvc_name(tenant), "data")
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
@@ -288,39 +307,32 @@ pub fn build(t: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cr
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("admin".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        ..Default::default()
-    };
-    let mount = |n: &str, path: &str| VolumeMount {
-        name: n.into(),
-        mount_path: path.into(),
-        // `false` is omitted by the API server (omitempty), so only `true` is sent.
-        read_only: (path != DATA_MOUNT && path != TMP_MOUNT).then_some(true),
-        ..Default::default()
-    };
+    }
+}
+
+fn deployment(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    server: &ServerSpec,
+    cred: &CredentialRef,
+    config_text: &str,
+) -> Deployment {
     let config_hash = hex::encode(Sha256::digest(config_text.as_bytes()))[..16].to_string();
-    let mut pod_labels = labels(t, "server");
-    pod_labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
-    let deployment = Deployment {
-        metadata: meta(t, name.clone(), "server"),
+    let mut pod_labels = labels(tenant, "server");
+    pod_labels.retain(|k, _| k != label::MANAGED_BY);
+    Deployment {
+        metadata: meta(tenant, server_name(tenant), "server"),
         spec: Some(DeploymentSpec {
             replicas: Some(server.replicas.unwrap_or(1)),
             // One writer on the embedded store: never two pods at once.
             strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), ..Default::default() }),
-            selector: LabelSelector { match_labels: Some(selector(t)), ..Default::default() },
+            selector: LabelSelector { match_labels: Some(selector(tenant)), ..Default::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
                     // The keys file is reloaded in place; only a config change
                     // needs a new pod.
-                    annotations: Some(BTreeMap::from([("scim.unique.app/config-hash".into(), config_hash)])),
+                    annotations: Some(BTreeMap::from([(annotation::CONFIG_HASH.into(), config_hash)])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -333,142 +345,139 @@ pub fn build(t: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cr
                         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
                     }),
-                    containers: vec![Container {
-                        name: "scim-server".into(),
-                        image: Some(
-                            server.image.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| defaults.image.clone()),
-                        ),
-                        args: Some(vec!["serve".into(), "--config".into(), format!("{CONFIG_MOUNT}/serve.yaml")]),
-                        ports: Some(vec![
-                            ContainerPort {
-                                name: Some("scim".into()),
-                                container_port: SCIM_PORT,
-                                ..Default::default()
-                            },
-                            ContainerPort {
-                                name: Some("admin".into()),
-                                container_port: ADMIN_PORT,
-                                ..Default::default()
-                            },
-                        ]),
-                        liveness_probe: Some(probe("/healthz", 10)),
-                        readiness_probe: Some(probe("/readyz", 5)),
-                        resources: server.resources.clone(),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
-                            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        volume_mounts: Some(vec![
-                            mount("config", CONFIG_MOUNT),
-                            mount("keys", KEYS_MOUNT),
-                            mount("zitadel", ZITADEL_MOUNT),
-                            mount("data", DATA_MOUNT),
-                            mount("tmp", TMP_MOUNT),
-                        ]),
-                        ..Default::default()
-                    }],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource { name: config_name(t), ..Default::default() }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "keys".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(hash_secret_name(t)),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "zitadel".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(cred.secret_name.clone()),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "data".into(),
-                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                claim_name: pvc_name(t),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Default::default()
-                        },
-                    ]),
+                    containers: vec![server_container(defaults, server)],
+                    volumes: Some(volumes(tenant, cred)),
                     ..Default::default()
                 }),
             },
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+fn server_container(defaults: &TenantDefaults, server: &ServerSpec) -> Container {
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
     };
-    let service = Service {
-        metadata: meta(t, name.clone(), "server"),
+    let mount = |volume: &str, path: &str| VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        // `false` is omitted by the API server (omitempty), so only `true` is sent.
+        read_only: (path != DATA_MOUNT && path != TMP_MOUNT).then_some(true),
+        ..Default::default()
+    };
+    let port = |name: &str, container_port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port,
+        ..Default::default()
+    };
+    Container {
+        name: "scim-server".into(),
+        image: Some(server.image.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| defaults.image.clone())),
+        args: Some(vec!["serve".into(), "--config".into(), format!("{CONFIG_MOUNT}/serve.yaml")]),
+        ports: Some(vec![port("scim", SCIM_PORT), port("admin", ADMIN_PORT)]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: server.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("config", CONFIG_MOUNT),
+            mount("keys", KEYS_MOUNT),
+            mount("zitadel", ZITADEL_MOUNT),
+            mount("data", DATA_MOUNT),
+            mount("tmp", TMP_MOUNT),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn volumes(tenant: &ScimTenant, cred: &CredentialRef) -> Vec<Volume> {
+    let from_secret = |name: &str, secret_name: String| Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource { secret_name: Some(secret_name), ..Default::default() }),
+        ..Default::default()
+    };
+    vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource { name: config_name(tenant), ..Default::default() }),
+            ..Default::default()
+        },
+        from_secret("keys", hash_secret_name(tenant)),
+        from_secret("zitadel", cred.secret_name.clone()),
+        Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(tenant),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+    ]
+}
+
+fn service(tenant: &ScimTenant) -> Service {
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
+    };
+    Service {
+        metadata: meta(tenant, server_name(tenant), "server"),
         spec: Some(ServiceSpec {
-            selector: Some(selector(t)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("scim".into()),
-                    port: 80,
-                    target_port: Some(IntOrString::String("scim".into())),
-                    ..Default::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: ADMIN_PORT,
-                    target_port: Some(IntOrString::String("admin".into())),
-                    ..Default::default()
-                },
-            ]),
+            selector: Some(selector(tenant)),
+            ports: Some(vec![port("scim", 80), port("admin", ADMIN_PORT)]),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Only SCIM is exposed; the admin port stays inside the cluster.
+fn ingress(tenant: &ScimTenant, server: &ServerSpec) -> Option<Ingress> {
+    let spec = server.ingress.as_ref().filter(|i| !i.host.is_empty())?;
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: server_name(tenant),
+            port: Some(ServiceBackendPort { name: Some("scim".into()), ..Default::default() }),
+        }),
+        ..Default::default()
     };
-    let ingress = server.ingress.as_ref().filter(|i| !i.host.is_empty()).map(|i| Ingress {
-        metadata: meta(t, name.clone(), "server"),
+    Some(Ingress {
+        metadata: meta(tenant, server_name(tenant), "server"),
         spec: Some(IngressSpec {
-            ingress_class_name: i.class_name.clone().filter(|c| !c.is_empty()),
-            tls: i
+            ingress_class_name: spec.class_name.clone().filter(|c| !c.is_empty()),
+            tls: spec
                 .tls_secret_name
                 .clone()
                 .filter(|s| !s.is_empty())
-                .map(|s| vec![IngressTLS { hosts: Some(vec![i.host.clone()]), secret_name: Some(s) }]),
+                .map(|s| vec![IngressTLS { hosts: Some(vec![spec.host.clone()]), secret_name: Some(s) }]),
             rules: Some(vec![IngressRule {
-                host: Some(i.host.clone()),
+                host: Some(spec.host.clone()),
                 http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/scim/v2".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: name.clone(),
-                                port: Some(ServiceBackendPort { name: Some("scim".into()), ..Default::default() }),
-                            }),
-                            ..Default::default()
-                        },
-                    }],
+                    paths: vec![HTTPIngressPath { path: Some("/scim/v2".into()), path_type: "Prefix".into(), backend }],
                 }),
             }]),
             ..Default::default()
         }),
         ..Default::default()
-    });
-    Desired { key_secrets, hash_secret, config, pvc, deployment, service, ingress, endpoint: endpoint(t) }
+    })
 }
 
 #[cfg(test)]
