@@ -104,7 +104,7 @@ pub async fn ensure_managed(
     known_id: Option<&str>,
     stored_key: Option<&str>,
 ) -> Result<Bound, ZitadelError> {
-    let mut b = Bound::default();
+    let mut bound = Bound::default();
     let username = service_username(namespace, name);
     let (user_id, created) = match find_managed(admin, org, &username, known_id).await? {
         Some(id) => (id, false),
@@ -118,24 +118,26 @@ pub async fn ensure_managed(
                 )
                 .await?;
             let why = if known_id.is_some() { "was missing and is created again" } else { "created" };
-            b.events.push((event::SERVICE_USER_CREATED, format!("ZITADEL machine user {username} ({id}) {why}")));
+            bound.events.push((event::SERVICE_USER_CREATED, format!("ZITADEL machine user {username} ({id}) {why}")));
             (id, true)
         }
     };
     let roles = if created { None } else { admin.instance_roles(&user_id).await? };
-    ensure_roles(admin, &user_id, roles, &mut b).await?;
+    ensure_roles(admin, &user_id, roles, &mut bound).await?;
     let stored = stored_key.and_then(key_file_ids).filter(|(_, uid)| *uid == user_id);
     let keys = if created { Vec::new() } else { admin.list_machine_keys(&user_id).await? };
     if stored.as_ref().is_none_or(|(kid, _)| !keys.contains(kid)) {
-        let k = admin.add_machine_key(&user_id).await?;
-        b.events.push((event::SERVICE_USER_KEY_ISSUED, format!("new machine key {} for {username}", k.key_id)));
-        b.new_key = Some(k);
-        b.stale_keys = keys;
+        let issued = admin.add_machine_key(&user_id).await?;
+        bound
+            .events
+            .push((event::SERVICE_USER_KEY_ISSUED, format!("new machine key {} for {username}", issued.key_id)));
+        bound.new_key = Some(issued);
+        bound.stale_keys = keys;
     } else if let Some((kid, _)) = &stored {
-        b.stale_keys = keys.into_iter().filter(|k| k != kid).collect();
+        bound.stale_keys = keys.into_iter().filter(|k| k != kid).collect();
     }
-    b.user_id = user_id;
-    Ok(b)
+    bound.user_id = user_id;
+    Ok(bound)
 }
 
 /// Revokes keys no Secret holds any more.
@@ -150,7 +152,7 @@ async fn ensure_roles(
     admin: &Client,
     user_id: &str,
     have: Option<Vec<String>>,
-    b: &mut Bound,
+    bound: &mut Bound,
 ) -> Result<(), ZitadelError> {
     let held = have.clone().unwrap_or_default();
     if SERVICE_ROLES.iter().all(|r| held.iter().any(|h| h == r)) {
@@ -163,7 +165,9 @@ async fn ensure_roles(
         }
     }
     admin.set_instance_roles(user_id, &roles, have.is_some()).await?;
-    b.events.push((event::ROLES_GRANTED, format!("instance roles {} granted to {user_id}", SERVICE_ROLES.join(", "))));
+    bound
+        .events
+        .push((event::ROLES_GRANTED, format!("instance roles {} granted to {user_id}", SERVICE_ROLES.join(", "))));
     Ok(())
 }
 
@@ -186,11 +190,11 @@ pub async fn ensure_existing(admin: &Client, admin_cfg: &ZitadelConfig, credenti
         }
         Err(e) => return Err(classify(&e, "the service user's credential")),
     };
-    let mut b = Bound { user_id: user_id.clone(), ..Default::default() };
+    let mut bound = Bound { user_id: user_id.clone(), ..Default::default() };
     let admin_err = |e: ZitadelError| classify(&e, "the operator's admin credential");
     let roles = admin.instance_roles(&user_id).await.map_err(admin_err)?;
-    ensure_roles(admin, &user_id, roles, &mut b).await.map_err(admin_err)?;
-    Ok(b)
+    ensure_roles(admin, &user_id, roles, &mut bound).await.map_err(admin_err)?;
+    Ok(bound)
 }
 
 /// Where the SCIM server reads its ZITADEL credential from.
@@ -345,7 +349,7 @@ async fn remove_unused_managed_user(
 }
 
 /// The stored key file's text and key id.
-fn stored_key(secret: &Option<Secret>) -> (Option<String>, Option<String>) {
+fn stored_key_file(secret: &Option<Secret>) -> (Option<String>, Option<String>) {
     let text = secret.as_ref().and_then(|s| secret_text(s, KEY_FILE));
     let key_id = text.as_deref().and_then(key_file_ids).map(|(key_id, _)| key_id);
     (text, key_id)
@@ -357,13 +361,13 @@ async fn bind_managed(pass: &BindPass<'_>) -> Result<BindOutcome, BindError> {
     let secret_name = build::credential_secret_name(tenant);
     let cred = CredentialRef { secret_name: secret_name.clone(), key: KEY_FILE.into(), is_key_file: true };
     let (mut stored_text, mut stored_id) =
-        stored_key(&observe::secret_now(pass.ctx, &pass.namespace, &secret_name).await?);
+        stored_key_file(&observe::secret_now(pass.ctx, &pass.namespace, &secret_name).await?);
     if pass.remembered.as_ref().is_some_and(|m| m.credential != stored_id) {
         // Either someone changed the Secret or the cache has not seen our
         // own write yet; only the API server can tell, and issuing a key on a
         // stale view would revoke the one just stored.
         (stored_text, stored_id) =
-            stored_key(&observe::secret_from_api(pass.ctx, &pass.namespace, &secret_name).await?);
+            stored_key_file(&observe::secret_from_api(pass.ctx, &pass.namespace, &secret_name).await?);
     }
     if let Some(memo) = pass.fresh(&stored_id) {
         return Ok(BindOutcome::bound(cred, memo.user_id));
