@@ -48,7 +48,7 @@ pub struct TenantDefaults {
     pub zitadel_instance_host: Option<String>,
 }
 
-/// The former name, still used by `main.rs` and `tests/operator.rs`.
+/// The former name, still used by `tests/operator.rs`.
 pub type Settings = TenantDefaults;
 
 /// One SCIM key as the controller found or generated it.

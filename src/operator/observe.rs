@@ -124,3 +124,44 @@ pub async fn found_keys(
     }
     Ok(FoundKeys { keys, conflicts })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn key_secret(token: &str, annotations: &[(&str, &str)], created: Option<i64>) -> Secret {
+        let mut secret = Secret {
+            data: Some(BTreeMap::from([("token".to_string(), ByteString(token.as_bytes().to_vec()))])),
+            ..Default::default()
+        };
+        secret.metadata.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        secret.metadata.creation_timestamp =
+            created.map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap()));
+        secret
+    }
+
+    #[test]
+    fn a_keys_age_counts_from_its_created_at_annotation_then_from_the_secret() {
+        let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        let annotated = key_secret("scim_a", &[(annotation::CREATED_AT, "2026-01-01T00:00:00Z")], Some(1_800_000_000));
+        let found = found_key(&annotated, now).unwrap();
+        assert_eq!(found.created_at, keys::parse_rfc3339("2026-01-01T00:00:00Z").unwrap());
+        assert_eq!(found.token, "scim_a");
+        let bare = key_secret("scim_a", &[], Some(1_800_000_000));
+        assert_eq!(found_key(&bare, now).unwrap().created_at.unix_timestamp(), 1_800_000_000);
+        assert_eq!(found_key(&key_secret("scim_a", &[], None), now).unwrap().created_at, now);
+        let rotated = key_secret("scim_a", &[(annotation::ROTATED_FOR, "42")], None);
+        assert_eq!(found_key(&rotated, now).unwrap().rotated_for.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn a_secret_without_a_token_holds_no_key() {
+        let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        assert!(found_key(&key_secret("", &[], None), now).is_none(), "an emptied token is generated again");
+        assert!(found_key(&Secret::default(), now).is_none());
+    }
+}
