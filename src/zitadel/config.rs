@@ -58,20 +58,14 @@ pub struct Credentials {
 
 // Roles granted to members of a SCIM group. One type for the server's config
 // and the `ScimTenant` spec. Plain comments here: doc comments would become
-// descriptions in the CRD schema, which is checked in byte for byte.
+// descriptions in the CRD schema, which is checked in byte for byte
+// (`deny_unknown_fields`, for the server's config file, leaves it unchanged).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(transform = allow_unknown_fields)]
 pub struct GroupRoles {
     /// SCIM group displayName (case-insensitive).
     pub group: String,
     pub roles: Vec<String>,
-}
-
-/// The CRD never rejected unknown fields in `groupRoles` entries (the API
-/// server prunes them); `deny_unknown_fields` is for the server's config file.
-fn allow_unknown_fields(schema: &mut schemars::Schema) {
-    schema.remove("additionalProperties");
 }
 
 pub const DEFAULT_RATE: f64 = 40.0;
