@@ -17,7 +17,7 @@ use super::apply::{self, write_status};
 use super::binding::{self, BindOutcome};
 use super::build::{self, Desired};
 use super::context::ReconcileContext;
-use super::crd::{KeyStatus, ScimTenant, ScimTenantStatus};
+use super::crd::{KeyStatus, ProvisioningStatus, ScimTenant, ScimTenantStatus};
 use super::error::Error;
 use super::events::{self, EventNote};
 use super::keys::{self, KeyPlan};
@@ -95,6 +95,8 @@ struct PlannedKeys {
     tenant_version: String,
 }
 
+/// A pass over a live tenant. A suspended tenant only gets its conditions
+/// refreshed; an invalid one is reported and left until its spec changes.
 pub async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Action, Error> {
     if tokio::time::timeout(CACHE_SYNC_TIMEOUT, ctx.stores.ready()).await.is_err() {
         return Err(Error::CachesNotSynced);
@@ -206,7 +208,7 @@ fn fresh_status(
     desired: &Desired,
     binding: &BindOutcome,
     plan: &KeyPlan,
-    provisioning: Option<crate::operator::crd::ProvisioningStatus>,
+    provisioning: Option<ProvisioningStatus>,
 ) -> ScimTenantStatus {
     let keys = plan
         .keys
