@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -15,7 +15,7 @@ pub enum ConfigError {
 }
 
 /// How durable an acknowledged write is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum DurabilityConfig {
     /// fsync before acknowledging: survives power loss.
@@ -26,25 +26,35 @@ pub enum DurabilityConfig {
     Process,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Also what the operator writes into each tenant's ConfigMap, so both sides
+/// share one schema. Field order is the order of keys in that file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServeConfig {
     /// SCIM listener, default 127.0.0.1:8080.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Admin listener (/healthz /readyz /metrics /status), default 127.0.0.1:9090.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
     /// Where the embedded store keeps its files, default ./data.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// YAML `keys: [{name, sha256}]`, reloaded when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keys_file: Option<PathBuf>,
     /// The externally visible SCIM base URL (for `meta.location` and the
     /// printed Tenant URL), e.g. https://scim.example.com/scim/v2. Default:
     /// derived from the listen address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<DurabilityConfig>,
     /// Largest request body accepted, default 1 MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
     /// Project users into ZITADEL; without it the server is standalone.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub zitadel: Option<crate::zitadel::config::ZitadelConfig>,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod keys;
 pub mod operator;
 pub mod preflight;
 pub mod provisioning;

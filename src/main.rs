@@ -221,7 +221,7 @@ fn preflight(config: &std::path::Path, users: &std::path::Path, json: bool) -> R
 }
 
 fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<(), String> {
-    use scim_operator::operator::build::{self, CredentialRef, KeyMaterial, Settings};
+    use scim_operator::operator::build::{self, CredentialRef, KeyMaterial, TenantDefaults};
     use scim_operator::operator::crd::ScimTenant;
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut tenant: ScimTenant =
@@ -249,7 +249,7 @@ fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<
         key: "key.json".into(),
         is_key_file: true,
     };
-    let settings = Settings { image, zitadel_url, zitadel_instance_host: None };
+    let settings = TenantDefaults { image, zitadel_url, zitadel_instance_host: None };
     let d = build::build(&tenant, &settings, &keys, &cred);
     let mut docs: Vec<String> = Vec::new();
     let mut push = |v: Result<String, serde_yaml::Error>| v.map(|y| docs.push(y)).map_err(|e| e.to_string());
@@ -292,7 +292,7 @@ fn controller(a: ControllerArgs) -> Result<(), String> {
     if !(a.zitadel_url.starts_with("https://") || a.zitadel_url.starts_with("http://")) {
         return Err(format!("--zitadel-url '{}' must start with https:// (or http:// in-cluster)", a.zitadel_url));
     }
-    let settings = build::Settings {
+    let settings = build::TenantDefaults {
         image: a.server_image,
         zitadel_url: a.zitadel_url,
         zitadel_instance_host: a.zitadel_instance_host.filter(|h| !h.is_empty()),

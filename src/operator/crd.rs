@@ -9,11 +9,13 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Shared with the server's config, which the operator renders from the spec.
+pub use crate::zitadel::config::GroupRoles;
+
 pub const GROUP: &str = "scim.unique.app";
 pub const VERSION: &str = "v1alpha1";
-/// `kubectl annotate st NAME scim.unique.app/rotate=<key name>` replaces that key now.
-pub const ROTATE_ANNOTATION: &str = "scim.unique.app/rotate";
-pub const FINALIZER: &str = "scim.unique.app/zitadel-cleanup";
+pub use super::names::FINALIZER;
+pub use super::names::annotation::ROTATE as ROTATE_ANNOTATION;
 
 // Several printcolumn(...) entries repeat `type_ = ...`, which clippy reads as
 // duplicated attributes.
@@ -70,14 +72,6 @@ pub struct ZitadelSpec {
     pub group_roles: Vec<GroupRoles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_user: Option<ServiceUserSpec>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupRoles {
-    /// SCIM group displayName (case-insensitive).
-    pub group: String,
-    pub roles: Vec<String>,
 }
 
 /// The machine user the SCIM server writes to ZITADEL with: managed by the

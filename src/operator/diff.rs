@@ -8,7 +8,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub const APPLIED_HASH: &str = "scim.unique.app/applied-hash";
+pub use super::names::annotation::APPLIED_HASH;
 
 /// True when `live` holds every field of `desired` with the same value.
 /// Fields the API server or other managers add are ignored.

@@ -32,7 +32,7 @@ struct ReadyLabel {
     ready: &'static str,
 }
 
-pub struct Metrics {
+pub struct OperatorMetrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
@@ -45,13 +45,13 @@ pub struct Metrics {
     pub ready: AtomicBool,
 }
 
-impl Default for Metrics {
+impl Default for OperatorMetrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metrics {
+impl OperatorMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("scim_operator");
         let reconciles = Family::<ResultLabel, Counter>::default();
@@ -64,7 +64,7 @@ impl Metrics {
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
         registry.register("tenants", "ScimTenants by Ready condition", tenants.clone());
         registry.register("leader", "1 while this replica holds the lease", leader.clone());
-        Metrics {
+        OperatorMetrics {
             registry,
             reconciles,
             errors,
@@ -120,7 +120,7 @@ impl Metrics {
     }
 }
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<OperatorMetrics>) -> Router {
     let m = metrics.clone();
     Router::new()
         .route(

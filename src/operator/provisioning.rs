@@ -2,12 +2,17 @@
 //! most once a minute per tenant, turned into `status.provisioning` and the
 //! `ProvisioningHealthy` condition.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use serde_json::Value;
 
-use super::crd::ProvisioningStatus;
+use super::build;
+use super::context::{ProvisioningMemo, ReconcileContext};
+use super::crd::{ProvisioningStatus, ScimTenant};
+use super::names::reason;
 use super::status::Check;
+use super::status::checks::{provisioning_unobservable, provisioning_unreachable};
 
 /// Pending work older than this means the projection is stuck, not busy.
 const BACKLOG_AGE_SECS: i64 = 300;
@@ -36,7 +41,7 @@ pub fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
     };
     let check = if v.pointer("/zitadel/reachable").and_then(Value::as_bool) == Some(false) {
         Check::Pending {
-            reason: "ZitadelUnreachableFromServer",
+            reason: reason::ZITADEL_UNREACHABLE_FROM_SERVER,
             message: format!(
                 "the SCIM server cannot reach ZITADEL; {pending} operations wait: {}",
                 last_error.unwrap_or_default()
@@ -44,16 +49,16 @@ pub fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
         }
     } else if failing > 0 {
         Check::Pending {
-            reason: "ProjectionFailing",
+            reason: reason::PROJECTION_FAILING,
             message: format!("{failing} operations failed and are retried: {}", last_error.unwrap_or_default()),
         }
     } else if oldest.is_some_and(|a| a > BACKLOG_AGE_SECS) {
         Check::Pending {
-            reason: "ProjectionBacklog",
+            reason: reason::PROJECTION_BACKLOG,
             message: format!("{pending} operations pending, the oldest for {}s", oldest.unwrap_or_default()),
         }
     } else {
-        Check::Ok { reason: "Healthy", message: format!("{} users and {} groups provisioned", p.users, p.groups) }
+        Check::Ok { reason: reason::HEALTHY, message: format!("{} users and {} groups provisioned", p.users, p.groups) }
     };
     (p, check)
 }
@@ -65,6 +70,39 @@ pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
         return Err(format!("{url} answered {}", resp.status()));
     }
     resp.json().await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// Step 7's input from the tenant's server: its `/status`, asked at most
+/// once per `status_poll`; on failure the last known counts are kept.
+pub async fn observe(
+    ctx: &ReconcileContext,
+    tenant: &ScimTenant,
+    uid: &str,
+    server: &Check,
+) -> (Option<ProvisioningStatus>, Check) {
+    let operator = &ctx.operator;
+    let previous = tenant.status.as_ref().and_then(|s| s.provisioning.clone());
+    if let Some(check) = provisioning_unobservable(server) {
+        return (previous, check);
+    }
+    if let Some(memo) = operator.memo.lock().get(uid).and_then(|m| m.provisioning.clone())
+        && memo.at.elapsed() < operator.cfg.status_poll
+    {
+        return (memo.status, memo.check);
+    }
+    let namespace = tenant.namespace().unwrap_or_default();
+    let url =
+        status_url(&operator.cfg.status_url_template, &build::server_name(tenant), &namespace, &tenant.name_any());
+    let (status, check) = match fetch(&operator.http, &url).await {
+        Ok(body) => {
+            let (status, check) = interpret(&body);
+            (Some(status), check)
+        }
+        Err(e) => (previous, provisioning_unreachable(e)),
+    };
+    let memo = ProvisioningMemo { at: Instant::now(), status: status.clone(), check: check.clone() };
+    operator.memo.lock().entry(uid.into()).or_default().provisioning = Some(memo);
+    (status, check)
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-use super::controller::{self, ControllerConfig, Shared};
+use super::controller::{self, ControllerConfig, OperatorContext};
 use super::crd::ScimTenant;
 use super::leader::{self, LeaseConfig};
-use super::metrics::{self, Metrics};
+use super::metrics::{self, OperatorMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -59,13 +59,13 @@ pub async fn run_with(
         None => Api::all(client.clone()),
     };
     tenants.list_metadata(&ListParams::default().limit(1)).await.map_err(RunError::Crd)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(OperatorMetrics::new());
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoints: /metrics /healthz /readyz");
     let app = metrics::router(metrics.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let shared = Shared::new(client.clone(), opts.config, metrics.clone());
+    let operator = OperatorContext::new(client.clone(), opts.config, metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -78,7 +78,7 @@ pub async fn run_with(
         }
     };
     let Some(lease_cfg) = opts.lease else {
-        controller::run(shared, stopped()).await;
+        controller::run(operator, stopped()).await;
         return Ok(());
     };
     let leases: Api<Lease> = Api::namespaced(client, &lease_cfg.namespace);
@@ -92,7 +92,7 @@ pub async fn run_with(
     metrics.set_leader(true);
     let lost = tokio::select! {
         _ = leader::hold(&leases, &lease_cfg) => true,
-        _ = controller::run(shared, stopped()) => false,
+        _ = controller::run(operator, stopped()) => false,
     };
     metrics.set_leader(false);
     if lost {

@@ -5,6 +5,14 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::names::condition::{
+    FALSE, KEYS_READY, PROVISIONING_HEALTHY, READY, RECONCILING, SERVER_AVAILABLE, STALLED, TRUE, UNKNOWN,
+    ZITADEL_BOUND,
+};
+use super::names::reason;
+
+pub mod checks;
+
 /// One detail condition's observed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
@@ -73,11 +81,11 @@ fn cond(t: &str, status: &str, reason: &str, message: &str, generation: i64, now
 
 fn detail(t: &str, c: &Check, generation: i64, now: &Time) -> Condition {
     match c {
-        Check::Ok { reason, message } => cond(t, "True", reason, message, generation, now),
+        Check::Ok { reason, message } => cond(t, TRUE, reason, message, generation, now),
         Check::Pending { reason, message } | Check::Failed { reason, message } => {
-            cond(t, "False", reason, message, generation, now)
+            cond(t, FALSE, reason, message, generation, now)
         }
-        Check::Unknown { reason, message } => cond(t, "Unknown", reason, message, generation, now),
+        Check::Unknown { reason, message } => cond(t, UNKNOWN, reason, message, generation, now),
     }
 }
 
@@ -86,12 +94,12 @@ fn detail(t: &str, c: &Check, generation: i64, now: &Time) -> Condition {
 pub fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Condition> {
     let g = obs.generation;
     let details = [
-        ("KeysReady", &obs.keys),
-        ("ZitadelBound", &obs.zitadel),
-        ("ServerAvailable", &obs.server),
-        ("ProvisioningHealthy", &obs.provisioning),
+        (KEYS_READY, &obs.keys),
+        (ZITADEL_BOUND, &obs.zitadel),
+        (SERVER_AVAILABLE, &obs.server),
+        (PROVISIONING_HEALTHY, &obs.provisioning),
     ];
-    let stalled = obs.invalid.as_ref().map(|m| ("InvalidSpec", m.clone())).or_else(|| {
+    let stalled = obs.invalid.as_ref().map(|m| (reason::INVALID_SPEC, m.clone())).or_else(|| {
         details.iter().find_map(|(_, c)| match c {
             Check::Failed { reason, message } => Some((*reason, message.clone())),
             _ => None,
@@ -106,27 +114,27 @@ pub fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Conditi
     let mut out = Vec::new();
     let (ready, reconciling) = if obs.suspended {
         (
-            cond("Ready", "False", "Suspended", "spec.suspend is true: nothing is reconciled", g, now),
-            cond("Reconciling", "False", "Suspended", "", g, now),
+            cond(READY, FALSE, reason::SUSPENDED, "spec.suspend is true: nothing is reconciled", g, now),
+            cond(RECONCILING, FALSE, reason::SUSPENDED, "", g, now),
         )
     } else if let Some((reason, message)) = &stalled {
-        (cond("Ready", "False", reason, message, g, now), cond("Reconciling", "False", reason, "", g, now))
+        (cond(READY, FALSE, reason, message, g, now), cond(RECONCILING, FALSE, reason, "", g, now))
     } else if let Some((t, reason, message)) = &blocking {
         (
-            cond("Ready", "False", reason, &format!("{t}: {message}"), g, now),
-            cond("Reconciling", "True", reason, message, g, now),
+            cond(READY, FALSE, reason, &format!("{t}: {message}"), g, now),
+            cond(RECONCILING, TRUE, reason, message, g, now),
         )
     } else {
         (
-            cond("Ready", "True", "Ready", "keys, ZITADEL bindings and the SCIM server are ready", g, now),
-            cond("Reconciling", "False", "Ready", "", g, now),
+            cond(READY, TRUE, reason::READY, "keys, ZITADEL bindings and the SCIM server are ready", g, now),
+            cond(RECONCILING, FALSE, reason::READY, "", g, now),
         )
     };
     out.push(ready);
     out.push(reconciling);
     out.push(match &stalled {
-        Some((reason, message)) => cond("Stalled", "True", reason, message, g, now),
-        None => cond("Stalled", "False", "Progressing", "", g, now),
+        Some((reason, message)) => cond(STALLED, TRUE, reason, message, g, now),
+        None => cond(STALLED, FALSE, reason::PROGRESSING, "", g, now),
     });
     for (t, c) in details {
         out.push(detail(t, c, g, now));

@@ -7,79 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
 use parking_lot::RwLock;
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read the keys file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error(
-        "the keys file {path} is not valid YAML of the form 'keys: [{{name: entra, sha256: <64 hex digits>}}]': {why}"
-    )]
-    Parse { path: PathBuf, why: String },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyHash {
-    pub name: String,
-    pub sha256: [u8; 32],
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct KeysFile {
-    #[serde(default)]
-    keys: Vec<KeysFileEntry>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct KeysFileEntry {
-    name: String,
-    sha256: String,
-}
-
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// A new key: 256 random bits, URL-safe, with a prefix secret scanners can
-/// recognise.
-pub fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("scim_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// The line to add to a keys file for `token`.
-pub fn keys_file_line(name: &str, token: &str) -> String {
-    format!("  - {{name: {name}, sha256: {}}}", hex::encode(hash_token(token)))
-}
-
-pub fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError> {
-    let perr = |why: String| KeyError::Parse { path: path.into(), why };
-    let file: KeysFile = if text.trim().is_empty() {
-        KeysFile { keys: Vec::new() }
-    } else {
-        serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?
-    };
-    file.keys
-        .into_iter()
-        .map(|e| {
-            let bytes =
-                hex::decode(e.sha256.trim()).map_err(|_| perr(format!("key '{}': sha256 is not hex", e.name)))?;
-            let sha256: [u8; 32] =
-                bytes.try_into().map_err(|_| perr(format!("key '{}': sha256 must be 64 hex digits", e.name)))?;
-            Ok(KeyHash { name: e.name, sha256 })
-        })
-        .collect()
-}
+// Re-exported for the server's startup (`server/mod.rs`) and `scim-operator keys`
+// (`main.rs`), which name them through `server::auth`.
+pub use crate::keys::{KeyError, KeyHash, generate_token, hash_token, keys_file_line, parse_keys_file};
 
 /// The keys the server accepts: fixed ones (SCIM_TOKEN, the standalone dev key)
 /// plus the current content of the keys file.
@@ -118,7 +50,7 @@ impl KeyRing {
         let file = self.from_file.read().clone();
         let mut found: Option<&KeyHash> = None;
         for k in self.fixed.iter().chain(file.iter()) {
-            if bool::from(k.sha256.ct_eq(&h)) && found.is_none() {
+            if k.matches(&h) && found.is_none() {
                 found = Some(k);
             }
         }
@@ -198,15 +130,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_keys_are_long_random_and_url_safe() {
-        let a = generate_token();
-        let b = generate_token();
-        assert_ne!(a, b);
-        assert!(a.len() >= 5 + 43);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-    }
-
-    #[test]
     fn ring_verifies_by_hash() {
         let t = generate_token();
         let line = keys_file_line("entra", &t);
@@ -217,15 +140,6 @@ mod tests {
         assert_eq!(ring.verify("wrong"), None);
         ring.replace_file_keys(Vec::new());
         assert_eq!(ring.verify(&t), None);
-    }
-
-    #[test]
-    fn bad_keys_files_say_what_is_wrong() {
-        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: zz}]").unwrap_err().to_string();
-        assert!(e.contains("not hex"), "{e}");
-        let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: abcd}]").unwrap_err().to_string();
-        assert!(e.contains("64 hex"), "{e}");
-        assert!(parse_keys_file(Path::new("k"), "").unwrap().is_empty());
     }
 
     #[test]

@@ -2,18 +2,21 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Every field defaults, so a config missing several keys gets all of them
 /// named at once by `problems()` rather than the first by serde.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+///
+/// The operator serialises this into each tenant's `serve.yaml`. Field order
+/// is the order of the keys there, and the pod template carries a hash of that
+/// text: reordering fields restarts every tenant's server on upgrade.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ZitadelConfig {
     /// API base, e.g. https://id.example.com (an in-cluster http:// URL works
     /// with `instanceHost`).
     pub url: String,
-    /// Sent as Host / x-zitadel-instance-host when `url` is not the external domain.
-    pub instance_host: Option<String>,
     pub credentials: Credentials,
     /// The customer organisation users are created in.
     pub organization_id: String,
@@ -21,33 +24,46 @@ pub struct ZitadelConfig {
     pub project_id: String,
     /// The organisation owning the project; authorizations are created there.
     pub project_organization_id: String,
-    /// IdP users are linked to (link userId = SCIM externalId = Entra objectId).
-    pub idp_id: Option<String>,
     #[serde(default)]
     pub default_roles: Vec<String>,
     #[serde(default)]
     pub group_roles: Vec<GroupRoles>,
+    /// Sent as Host / x-zitadel-instance-host when `url` is not the external domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_host: Option<String>,
+    /// IdP users are linked to (link userId = SCIM externalId = Entra objectId).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idp_id: Option<String>,
     /// Most ZITADEL requests per second (default 40; ZITADEL Cloud bans above 50).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_requests_per_second: Option<f64>,
     /// Per-request timeout in seconds (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
     /// Longest wait between retries of a failed projection (default 300).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retry_delay_seconds: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Credentials {
     /// A file holding a personal access token of the service user.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pat_file: Option<PathBuf>,
     /// A machine key file (JSON, as ZITADEL's console downloads it) for the JWT profile grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+// Roles granted to members of a SCIM group. One type for the server's config
+// and the `ScimTenant` spec. Plain comments here: doc comments would become
+// descriptions in the CRD schema, which is checked in byte for byte
+// (`deny_unknown_fields`, for the server's config file, leaves it unchanged).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupRoles {
-    /// SCIM group displayName (compared case-insensitively, as SCIM does).
+    /// SCIM group displayName (case-insensitive).
     pub group: String,
     pub roles: Vec<String>,
 }

@@ -1,0 +1,170 @@
+use super::*;
+use crate::operator::crd::ScimTenant;
+
+pub fn tenant(yaml: &str) -> ScimTenant {
+    let mut t: ScimTenant = serde_yaml::from_str(yaml).unwrap();
+    t.metadata.uid = Some("uid-1".into());
+    t
+}
+
+const ACME: &str = "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {name: acme, namespace: tenants}\nspec:\n  zitadel:\n    organizationId: o1\n    projectId: p1\n    projectOrganizationId: o0\n    idpId: idp1\n    defaultRoles: [Chat.User]\n    groupRoles: [{group: Unique Admins, roles: [Chat.Admin.All]}]\n  keys: [{name: entra}]\n";
+
+fn settings() -> Settings {
+    Settings {
+        image: "ghcr.io/unique/scim-operator:0.1.0".into(),
+        zitadel_url: "http://zitadel.zitadel.svc:8080".into(),
+        zitadel_instance_host: Some("id.example.com".into()),
+    }
+}
+
+fn key(name: &str, expired: bool) -> KeyMaterial {
+    KeyMaterial {
+        name: name.into(),
+        token: format!("scim_{name}"),
+        created_at: "2026-11-28T00:00:00Z".into(),
+        expires_at: None,
+        expired,
+        rotated_for: None,
+    }
+}
+
+fn cred() -> CredentialRef {
+    CredentialRef { secret_name: "acme-scim-zitadel".into(), key: "key.json".into(), is_key_file: true }
+}
+
+#[test]
+fn builds_every_child_with_owner_and_labels() {
+    let t = tenant(ACME);
+    let d = build(&t, &settings(), &[key("entra", false)], &cred());
+    assert_eq!(d.endpoint, "http://acme-scim.tenants.svc/scim/v2");
+    assert_eq!(d.key_secrets[0].metadata.name.as_deref(), Some("acme-scim-key-entra"));
+    let dep = &d.deployment;
+    assert_eq!(dep.metadata.owner_references.as_ref().unwrap()[0].controller, Some(true));
+    assert_eq!(dep.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"], "scim-operator");
+    let spec = dep.spec.as_ref().unwrap();
+    assert_eq!(spec.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+    assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/unique/scim-operator:0.1.0"));
+    assert!(d.ingress.is_none());
+    let cfg = &d.config.data.as_ref().unwrap()["serve.yaml"];
+    assert!(cfg.contains("keyFile: /etc/scim/zitadel/key.json"), "{cfg}");
+    assert!(cfg.contains("instanceHost: id.example.com"), "{cfg}");
+    let parsed: crate::config::ServeConfig = serde_yaml::from_str(cfg).unwrap();
+    parsed.validate().unwrap();
+    assert_eq!(parsed.zitadel.unwrap().group_roles[0].roles, ["Chat.Admin.All"]);
+}
+
+#[test]
+fn hash_secret_holds_hashes_of_unexpired_keys_only() {
+    let t = tenant(ACME);
+    let d = build(&t, &settings(), &[key("entra", false), key("old", true)], &cred());
+    let text = String::from_utf8(d.hash_secret.data.as_ref().unwrap()["keys.yaml"].0.clone()).unwrap();
+    assert!(text.contains("name: entra"));
+    assert!(!text.contains("name: old"));
+    assert!(!text.contains("scim_entra"), "no plaintext");
+    let parsed = crate::keys::parse_keys_file(std::path::Path::new("k"), &text).unwrap();
+    assert_eq!(parsed[0].sha256, crate::keys::hash_token("scim_entra"));
+    let none = keys_file(&[key("old", true)]);
+    assert!(crate::keys::parse_keys_file(std::path::Path::new("k"), &none).unwrap().is_empty());
+}
+
+#[test]
+fn ingress_sets_the_endpoint_and_the_config_hash_follows_the_config() {
+    let t = tenant(&format!(
+        "{ACME}  server: {{ingress: {{host: scim.acme.example.com, className: nginx, tlsSecretName: acme-tls}}, storage: {{size: 5Gi}}}}\n"
+    ));
+    let d = build(&t, &settings(), &[key("entra", false)], &cred());
+    assert_eq!(d.endpoint, "https://scim.acme.example.com/scim/v2");
+    assert_eq!(d.ingress.as_ref().unwrap().spec.as_ref().unwrap().ingress_class_name.as_deref(), Some("nginx"));
+    assert_eq!(d.pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "5Gi");
+    let h1 = d.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone();
+    let d2 = build(&t, &settings(), &[key("entra", false), key("second", false)], &cred());
+    let h2 = d2.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone();
+    assert_eq!(h1, h2, "adding a key does not restart the server");
+}
+
+/// The `json!` renderer `serve.yaml` had before it was typed. The pod
+/// template's config hash is taken from this text, so the typed one must
+/// produce the same bytes or every tenant's server restarts on upgrade.
+fn legacy_server_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> String {
+    use serde_json::json;
+    let z = &t.spec.zitadel;
+    let mut zitadel = json!({
+        "url": s.zitadel_url,
+        "credentials": if cred.is_key_file {
+            json!({"keyFile": format!("/etc/scim/zitadel/{}", cred.key)})
+        } else {
+            json!({"patFile": format!("/etc/scim/zitadel/{}", cred.key)})
+        },
+        "organizationId": z.organization_id,
+        "projectId": z.project_id,
+        "projectOrganizationId": z.project_organization_id,
+        "defaultRoles": z.default_roles,
+        "groupRoles": z.group_roles.iter().map(|g| json!({"group": g.group, "roles": g.roles})).collect::<Vec<_>>(),
+    });
+    if let Some(h) = &s.zitadel_instance_host {
+        zitadel["instanceHost"] = json!(h);
+    }
+    if let Some(idp) = &z.idp_id {
+        zitadel["idpId"] = json!(idp);
+    }
+    let cfg = json!({
+        "listen": "0.0.0.0:8080",
+        "adminListen": "0.0.0.0:9090",
+        "dataDir": "/data",
+        "keysFile": "/etc/scim/keys/keys.yaml",
+        "publicUrl": endpoint(t),
+        "zitadel": zitadel,
+    });
+    serde_yaml::to_string(&cfg).unwrap()
+}
+
+const MINIMAL: &str = "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {name: plain, namespace: tenants}\nspec:\n  zitadel: {organizationId: o1, projectId: p1, projectOrganizationId: o0}\n";
+
+/// Every shape of config the operator renders: (tenant, settings, credential).
+fn rendered_variants() -> Vec<(ScimTenant, Settings, CredentialRef)> {
+    let no_host = Settings { zitadel_instance_host: None, ..settings() };
+    let pat = CredentialRef { secret_name: "own-pat".into(), key: "pat".into(), is_key_file: false };
+    let with_ingress = tenant(&format!("{ACME}  server: {{ingress: {{host: scim.acme.example.com}}}}\n"));
+    vec![
+        (tenant(MINIMAL), no_host.clone(), cred()),
+        (tenant(MINIMAL), no_host, pat.clone()),
+        (tenant(ACME), settings(), cred()),
+        (tenant(ACME), settings(), pat),
+        (with_ingress, settings(), cred()),
+    ]
+}
+
+#[test]
+fn serve_yaml_is_byte_identical_to_the_untyped_rendering() {
+    for (t, s, c) in rendered_variants() {
+        assert_eq!(server_config(&t, &s, &c), legacy_server_config(&t, &s, &c), "{}", t.name_any());
+    }
+}
+
+#[test]
+fn every_rendered_serve_yaml_is_a_valid_server_config_with_the_tenants_values() {
+    for (t, s, c) in rendered_variants() {
+        let text = server_config(&t, &s, &c);
+        let parsed = ServeConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        parsed.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(parsed, serve_config(&t, &s, &c), "values survive the round trip:\n{text}");
+        assert_eq!(parsed.public_url.as_deref(), Some(endpoint(&t).as_str()));
+        let z = parsed.zitadel.expect("the operator always configures ZITADEL");
+        assert!(z.problems().is_empty(), "{:?}", z.problems());
+        let mounted = PathBuf::from(format!("/etc/scim/zitadel/{}", c.key));
+        let (key_file, pat_file) = if c.is_key_file { (Some(mounted), None) } else { (None, Some(mounted)) };
+        assert_eq!((z.credentials.key_file, z.credentials.pat_file), (key_file, pat_file));
+        assert_eq!(z.url, s.zitadel_url);
+        assert_eq!(z.instance_host, s.zitadel_instance_host);
+        assert_eq!(z.idp_id, t.spec.zitadel.idp_id);
+        assert_eq!(z.group_roles, t.spec.zitadel.group_roles);
+        assert_eq!(z.default_roles, t.spec.zitadel.default_roles);
+        assert_eq!(z.organization_id, t.spec.zitadel.organization_id);
+    }
+}

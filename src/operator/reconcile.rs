@@ -1,0 +1,262 @@
+//! One pass over a live tenant, as a sequence of steps: observe → validate →
+//! plan keys → bind ZITADEL → build → apply → status → events. Each step is
+//! a function of its own module; this file only orders them and carries what
+//! one step hands the next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::apply::{self, write_status};
+use super::binding::{self, BindOutcome};
+use super::build::{self, Desired};
+use super::context::ReconcileContext;
+use super::crd::{KeyStatus, ProvisioningStatus, ScimTenant, ScimTenantStatus};
+use super::error::Error;
+use super::events::{self, EventNote};
+use super::keys::{self, KeyPlan};
+use super::names::{annotation, reason};
+use super::observe::{self, ObserveError};
+use super::provisioning;
+use super::status::{self, Check, Observed, checks};
+use super::validate::validate;
+
+/// Child caches that never sync (a missing RBAC grant, usually) fail the pass
+/// instead of holding it.
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a pass knows about its tenant before any step runs.
+struct Pass {
+    tenant: Arc<ScimTenant>,
+    namespace: String,
+    uid: String,
+    generation: i64,
+    previous: ScimTenantStatus,
+    now: OffsetDateTime,
+    now_k8s: Time,
+}
+
+impl Pass {
+    fn start(tenant: Arc<ScimTenant>) -> Result<Self, Error> {
+        let namespace = tenant.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+        let uid = tenant.uid().ok_or(Error::MissingField("metadata.uid"))?;
+        let (now, now_k8s) = observe::now();
+        Ok(Pass {
+            generation: tenant.metadata.generation.unwrap_or(0),
+            previous: tenant.status.clone().unwrap_or_default(),
+            tenant,
+            namespace,
+            uid,
+            now,
+            now_k8s,
+        })
+    }
+
+    /// Nothing checked yet: every detail condition Unknown for `reason`.
+    fn unchecked(&self, reason: &'static str) -> Observed {
+        let unknown = || Check::Unknown { reason, message: String::new() };
+        Observed {
+            generation: self.generation,
+            suspended: self.tenant.spec.suspend,
+            invalid: None,
+            keys: unknown(),
+            zitadel: unknown(),
+            server: unknown(),
+            provisioning: unknown(),
+        }
+    }
+
+    /// `status` with this pass's generation and the conditions for `observed`.
+    fn status(&self, mut status: ScimTenantStatus, observed: &Observed) -> ScimTenantStatus {
+        status.observed_generation = Some(self.generation);
+        status.conditions = status::conditions(&self.previous.conditions, observed, &self.now_k8s);
+        status
+    }
+
+    /// The previous status with fresh conditions (nothing else was learnt).
+    fn previous_with(&self, observed: &Observed) -> ScimTenantStatus {
+        self.status(self.previous.clone(), observed)
+    }
+}
+
+/// The key plan and what it was made from.
+struct PlannedKeys {
+    plan: KeyPlan,
+    /// Spec keys whose Secret belongs to something else.
+    conflicts: Vec<String>,
+    /// A rotate annotation not yet served for this tenant version.
+    rotation_requested: bool,
+    tenant_version: String,
+}
+
+/// A pass over a live tenant. A suspended tenant only gets its conditions
+/// refreshed; an invalid one is reported and left until its spec changes.
+pub async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Action, Error> {
+    if tokio::time::timeout(CACHE_SYNC_TIMEOUT, ctx.stores.ready()).await.is_err() {
+        return Err(Error::CachesNotSynced);
+    }
+    let pass = Pass::start(tenant)?;
+    let tenant = pass.tenant.clone();
+    let mut observed = pass.unchecked(reason::SUSPENDED);
+    if tenant.spec.suspend {
+        write_status(ctx, &tenant, pass.previous_with(&observed)).await?;
+        return Ok(Action::await_change());
+    }
+    if let Err(problems) = validate(&tenant.spec) {
+        return reject_invalid_spec(ctx, &pass, problems).await;
+    }
+
+    let keys = plan_keys(ctx, &pass).await?;
+    observed.keys = checks::keys_check(&tenant, &keys.plan, &keys.conflicts);
+    let binding = binding::bind(ctx, &tenant, &pass.uid, pass.generation).await?;
+    observed.zitadel = binding.check.clone();
+    if let Err(e) = binding::store_credential(ctx, &tenant, &binding).await {
+        return record_failure(ctx, &pass, observed, e.into()).await;
+    }
+
+    let desired = build::build(&tenant, &ctx.operator.cfg.settings, &keys.plan.keys, &binding.cred);
+    let deployment = match apply::apply_children(ctx, &tenant, &desired).await {
+        Ok(deployment) => deployment,
+        Err(e) => return record_failure(ctx, &pass, observed, e.into()).await,
+    };
+    remove_keys_left_out(ctx, &pass, &keys.plan).await?;
+    announce_keys(ctx, &pass, &keys).await?;
+    let binding_notes: Vec<EventNote> = binding.events.iter().map(|(r, m)| EventNote::normal(r, m.clone())).collect();
+    ctx.operator.publish_all(&tenant, &binding_notes).await;
+
+    observed.server = checks::server_check(&tenant, Some(&deployment));
+    let (provisioning, provisioning_check) = provisioning::observe(ctx, &tenant, &pass.uid, &observed.server).await;
+    observed.provisioning = provisioning_check;
+    let new_status = fresh_status(&pass, &desired, &binding, &keys.plan, provisioning);
+    write_status(ctx, &tenant, pass.status(new_status, &observed)).await?;
+    Ok(requeue(ctx, &pass, &observed, &keys.plan))
+}
+
+/// The spec cannot be acted on: say why in `Stalled` (and once in an event),
+/// then wait for the spec to change; retrying would not help.
+async fn reject_invalid_spec(ctx: &ReconcileContext, pass: &Pass, problems: Vec<String>) -> Result<Action, Error> {
+    let mut observed = pass.unchecked(reason::INVALID_SPEC);
+    observed.invalid = Some(problems.join("; "));
+    let reported = checks::invalid_spec_reported(&pass.previous.conditions, pass.generation);
+    write_status(ctx, &pass.tenant, pass.previous_with(&observed)).await?;
+    if !reported {
+        ctx.operator.publish(&pass.tenant, &EventNote::warning(reason::INVALID_SPEC, problems.join("; "))).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// The annotation asks once per tenant resourceVersion: the key Secret
+/// records the version it served (surviving restarts), and the memo covers a
+/// cache that still shows the annotation after we removed it.
+async fn plan_keys(ctx: &ReconcileContext, pass: &Pass) -> Result<PlannedKeys, ObserveError> {
+    let tenant = &pass.tenant;
+    let found = observe::found_keys(ctx, tenant, &pass.uid, pass.now).await?;
+    let tenant_version = tenant.resource_version().unwrap_or_default();
+    let requested = tenant.annotations().get(annotation::ROTATE).cloned();
+    let served = ctx
+        .operator
+        .memo
+        .lock()
+        .get(&pass.uid)
+        .is_some_and(|m| m.rotated_at.as_deref() == Some(tenant_version.as_str()));
+    let rotate =
+        requested.as_deref().filter(|_| !served).map(|key| keys::Rotate { key, tenant_version: &tenant_version });
+    // Keys whose Secret belongs to someone else are left out, never overwritten.
+    let spec_keys: Vec<_> = tenant.spec.keys.iter().filter(|k| !found.conflicts.contains(&k.name)).cloned().collect();
+    let plan = keys::plan(&spec_keys, &found.keys, rotate, pass.now, crate::keys::generate_token);
+    let rotation_requested = rotate.is_some();
+    Ok(PlannedKeys { plan, conflicts: found.conflicts, rotation_requested, tenant_version })
+}
+
+/// Deletes the Secrets of keys that left `spec.keys`.
+async fn remove_keys_left_out(ctx: &ReconcileContext, pass: &Pass, plan: &KeyPlan) -> Result<(), Error> {
+    let operator = &ctx.operator;
+    for gone in &plan.removed {
+        let secret_name = build::key_secret_name(&pass.tenant, gone);
+        if apply::delete_if_present(&operator.client, &ctx.stores.secrets, &pass.namespace, &secret_name).await? {
+            operator.publish(&pass.tenant, &events::key_removed(gone)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Tells about generated and rotated keys, and marks a served rotation
+/// request done (in the memo, then by removing the annotation).
+async fn announce_keys(ctx: &ReconcileContext, pass: &Pass, keys: &PlannedKeys) -> Result<(), Error> {
+    let operator = &ctx.operator;
+    operator.publish_all(&pass.tenant, &events::keys_generated(&keys.plan, &pass.previous.keys)).await;
+    if !keys.rotation_requested {
+        return Ok(());
+    }
+    operator.publish_all(&pass.tenant, &events::rotation(&keys.plan)).await;
+    operator.memo.lock().entry(pass.uid.clone()).or_default().rotated_at = Some(keys.tenant_version.clone());
+    let api: Api<ScimTenant> = Api::namespaced(operator.client.clone(), &pass.namespace);
+    let patch = json!({"metadata": {"annotations": {annotation::ROTATE: null}}});
+    api.patch(&pass.tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// The status fields this pass learnt (conditions are added by `Pass::status`).
+fn fresh_status(
+    pass: &Pass,
+    desired: &Desired,
+    binding: &BindOutcome,
+    plan: &KeyPlan,
+    provisioning: Option<ProvisioningStatus>,
+) -> ScimTenantStatus {
+    let keys = plan
+        .keys
+        .iter()
+        .map(|k| KeyStatus {
+            name: k.name.clone(),
+            secret_name: build::key_secret_name(&pass.tenant, &k.name),
+            fingerprint: k.fingerprint(),
+            created_at: k.created_at.clone(),
+            expires_at: k.expires_at.clone(),
+        })
+        .collect();
+    ScimTenantStatus {
+        observed_generation: Some(pass.generation),
+        conditions: vec![],
+        endpoint: Some(desired.endpoint.clone()),
+        service_user_id: binding.user_id.clone(),
+        keys,
+        provisioning,
+    }
+}
+
+/// A write to the API server failed: say so in status (when that changes
+/// it), then let the error policy retry with backoff.
+async fn record_failure(
+    ctx: &ReconcileContext,
+    pass: &Pass,
+    mut observed: Observed,
+    e: Error,
+) -> Result<Action, Error> {
+    observed.server = Check::Pending { reason: reason::APPLY_FAILED, message: e.to_string() };
+    if let Err(w) = write_status(ctx, &pass.tenant, pass.previous_with(&observed)).await {
+        tracing::debug!(error = %w, "cannot record the failure in status");
+    }
+    Err(e)
+}
+
+/// Not converged: retry with backoff (a rejected credential needs a human,
+/// so the backoff grows to its maximum).
+fn requeue(ctx: &ReconcileContext, pass: &Pass, observed: &Observed, plan: &KeyPlan) -> Action {
+    let operator = &ctx.operator;
+    let cfg = &operator.cfg;
+    let next = checks::requeue(observed, cfg.resync, cfg.status_poll, plan.next_change, pass.now);
+    if next.converged {
+        operator.succeeded(&pass.uid);
+        return Action::requeue(next.after);
+    }
+    let delay = operator.backoff(&pass.uid);
+    tracing::info!(tenant = %format!("{}/{}", pass.namespace, pass.tenant.name_any()), zitadel = observed.zitadel.reason(), server = observed.server.reason(), retry_in = ?delay, "not ready yet");
+    Action::requeue(delay.min(next.after))
+}
