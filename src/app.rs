@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
+use crate::keys::{self, KeyError, KeyHash};
 use crate::provisioning::Provisioning;
-use crate::server::auth::{self, DevKey, KeyError, KeyHash, KeyRing};
+use crate::server::auth::{self, DevKey, KeyRing};
 use crate::server::metrics::ServerMetrics;
 use crate::server::{AppState, BASE_PATH, admin_router, scim_router};
 use crate::store::Durability;
@@ -148,12 +149,12 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
 fn key_ring(settings: &ServeSettings) -> Result<Keys, ServeError> {
     let mut fixed: Vec<KeyHash> = Vec::new();
     if let Some(t) = &settings.env_token {
-        fixed.push(KeyHash { name: "SCIM_TOKEN".into(), sha256: auth::hash_token(t) });
+        fixed.push(KeyHash { name: "SCIM_TOKEN".into(), sha256: keys::hash_token(t) });
     }
     let file_keys = match &settings.keys_file {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read { path: p.clone(), source })?;
-            auth::parse_keys_file(p, &text)?
+            keys::parse_keys_file(p, &text)?
         }
         None => Vec::new(),
     };

@@ -1,11 +1,9 @@
 //! `scim-operator`: the SCIM server (`serve`) and its tools.
 
 // The store's writer builds documents that request handlers drop on another
-// thread. glibc returns such blocks to the writer's arena, where every larger
-// allocation then sweeps them up again (malloc_consolidate): 15% of a durable
-// write's CPU. mimalloc frees across threads cheaply; measured on one core,
-// PATCH and create gain about 15%, RSS with 10,000 users stays within 1 MB
-// (see .cargo/config.toml for the commit setting that keeps it there).
+// thread; glibc's arenas make every later allocation sweep those up again,
+// mimalloc frees across threads cheaply (figures: BENCHMARKS.md; the commit
+// setting that keeps RSS low is in .cargo/config.toml).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -16,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use scim_operator::app::{self, ServeSettings};
 use scim_operator::config::{DurabilityConfig, ServeConfig};
-use scim_operator::server::auth;
+use scim_operator::keys;
 
 #[derive(Parser)]
 #[command(
@@ -333,10 +331,10 @@ fn main() -> ExitCode {
             controller(args)
         }
         Command::Key { command: KeyCommand::Generate { name } } => {
-            let token = auth::generate_token();
+            let token = keys::generate_token();
             println!("Key (paste into Entra as \"Secret token\"; it is not stored anywhere): {token}");
             println!("Add this line under 'keys:' in the keys file:");
-            println!("{}", auth::keys_file_line(&name, &token));
+            println!("{}", keys::keys_file_line(&name, &token));
             Ok(())
         }
     };

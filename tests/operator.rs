@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use parking_lot::Mutex;
-use scim_operator::operator::build::Settings;
+use scim_operator::operator::build::TenantDefaults;
 use scim_operator::operator::controller::ControllerConfig;
 use scim_operator::operator::crd::ScimTenant;
 use scim_operator::operator::leader::LeaseConfig;
@@ -93,7 +93,7 @@ impl Env {
     }
 
     fn config(&self) -> ControllerConfig {
-        let settings = Settings {
+        let settings = TenantDefaults {
             image: "ghcr.io/unique-app/scim-operator:test".into(),
             zitadel_url: self.zitadel.url.clone(),
             zitadel_instance_host: None,

@@ -48,9 +48,6 @@ pub struct TenantDefaults {
     pub zitadel_instance_host: Option<String>,
 }
 
-/// The former name, still used by `tests/operator.rs`.
-pub type Settings = TenantDefaults;
-
 /// One SCIM key as the controller found or generated it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyMaterial {

@@ -1,6 +1,6 @@
 //! The `ScimTenant` custom resource (scim.unique.app/v1alpha1).
 //!
-//! Defaults live in code (`defaults.rs`), not in the schema, so GitOps tools
+//! Defaults live in code (the builders in `build.rs`), not in the schema, so GitOps tools
 //! see no drift between what was applied and what is stored.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;

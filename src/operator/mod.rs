@@ -20,7 +20,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod observe;
-pub mod provisioning;
+pub mod provisioning_health;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -13,7 +13,7 @@ pub const FINALIZER: &str = "scim.unique.app/zitadel-cleanup";
 pub const EVENT_REPORTER: &str = "scim-operator";
 /// The `action` of every event.
 pub const EVENT_ACTION: &str = "Reconcile";
-/// The instance roles the SCIM server's machine user needs (reference §5.2).
+/// The instance roles the SCIM server's machine user needs (`docs/zitadel-contract.md` §5.2).
 pub const SERVICE_ROLES: [&str; 2] = ["IAM_OWNER_VIEWER", "IAM_USER_MANAGER"];
 
 /// `status.conditions[].type`, and the `True`/`False`/`Unknown` statuses.

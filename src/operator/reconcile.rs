@@ -23,7 +23,7 @@ use super::events::{self, EventNote};
 use super::keys::{self, KeyPlan};
 use super::names::{annotation, reason};
 use super::observe::{self, ObserveError};
-use super::provisioning;
+use super::provisioning_health;
 use super::status::{self, Check, Observed, checks};
 use super::validate::validate;
 
@@ -131,7 +131,7 @@ pub async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Ac
     ctx.operator.publish_all(&tenant, &binding_notes).await;
 
     observed.server = checks::server_check(&tenant, Some(&deployment));
-    let (provisioning, provisioning_check) = provisioning::observe(ctx, &tenant, &pass.uid, &observed.server).await;
+    let (provisioning, provisioning_check) = provisioning_health::observe(ctx, &tenant, &pass.uid, &observed.server).await;
     observed.provisioning = provisioning_check;
     let new_status = fresh_status(&pass, &desired, &binding, &keys.plan, provisioning);
     write_status(ctx, &tenant, pass.status(new_status, &observed)).await?;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
+use crate::keys::{KeyError, KeyHash, generate_token, hash_token, parse_keys_file};
+
 // Re-exported for the server's startup (`server/mod.rs`) and `scim-operator keys`
 // (`main.rs`), which name them through `server::auth`.
-pub use crate::keys::{KeyError, KeyHash, generate_token, hash_token, keys_file_line, parse_keys_file};
 
 /// The keys the server accepts: fixed ones (SCIM_TOKEN, the standalone dev key)
 /// plus the current content of the keys file.
@@ -128,6 +129,7 @@ pub fn load_or_create_dev_key(data_dir: &Path) -> Result<DevKey, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::keys_file_line;
 
     #[test]
     fn ring_verifies_by_hash() {

@@ -9,8 +9,8 @@ pub fn tenant(yaml: &str) -> ScimTenant {
 
 const ACME: &str = "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {name: acme, namespace: tenants}\nspec:\n  zitadel:\n    organizationId: o1\n    projectId: p1\n    projectOrganizationId: o0\n    idpId: idp1\n    defaultRoles: [Chat.User]\n    groupRoles: [{group: Unique Admins, roles: [Chat.Admin.All]}]\n  keys: [{name: entra}]\n";
 
-fn settings() -> Settings {
-    Settings {
+fn settings() -> TenantDefaults {
+    TenantDefaults {
         image: "ghcr.io/unique/scim-operator:0.1.0".into(),
         zitadel_url: "http://zitadel.zitadel.svc:8080".into(),
         zitadel_instance_host: Some("id.example.com".into()),
@@ -91,7 +91,7 @@ fn ingress_sets_the_endpoint_and_the_config_hash_follows_the_config() {
 /// The `json!` renderer `serve.yaml` had before it was typed. The pod
 /// template's config hash is taken from this text, so the typed one must
 /// produce the same bytes or every tenant's server restarts on upgrade.
-fn legacy_server_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> String {
+fn legacy_server_config(t: &ScimTenant, s: &TenantDefaults, cred: &CredentialRef) -> String {
     use serde_json::json;
     let z = &t.spec.zitadel;
     let mut zitadel = json!({
@@ -127,8 +127,8 @@ fn legacy_server_config(t: &ScimTenant, s: &Settings, cred: &CredentialRef) -> S
 const MINIMAL: &str = "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {name: plain, namespace: tenants}\nspec:\n  zitadel: {organizationId: o1, projectId: p1, projectOrganizationId: o0}\n";
 
 /// Every shape of config the operator renders: (tenant, settings, credential).
-fn rendered_variants() -> Vec<(ScimTenant, Settings, CredentialRef)> {
-    let no_host = Settings { zitadel_instance_host: None, ..settings() };
+fn rendered_variants() -> Vec<(ScimTenant, TenantDefaults, CredentialRef)> {
+    let no_host = TenantDefaults { zitadel_instance_host: None, ..settings() };
     let pat = CredentialRef { secret_name: "own-pat".into(), key: "pat".into(), is_key_file: false };
     let with_ingress = tenant(&format!("{ACME}  server: {{ingress: {{host: scim.acme.example.com}}}}\n"));
     vec![
