@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use scim_operator::scim::filter::Filter;
 use scim_operator::scim::patch::{apply_patch, parse_patch};
-use scim_operator::scim::resource::{Projection, attributes_of, build_document, normalize};
+use scim_operator::scim::resource::{AttributeSelection, attributes_of, build_document, normalize};
 use scim_operator::scim::schema::ResourceKind;
 
 const KINDS: [ResourceKind; 2] = [ResourceKind::User, ResourceKind::Group];
@@ -67,7 +67,7 @@ const FILTERS: [&str; 4] = [
 ];
 
 /// Stores, reads back and projects a resource as the server does.
-fn read_back(kind: ResourceKind, attrs: Map<String, Value>, projections: &[Projection]) {
+fn read_back(kind: ResourceKind, attrs: Map<String, Value>, projections: &[AttributeSelection]) {
     let doc = build_document(kind, "id-1", attrs, "2026-01-02T03:04:05.000Z", "2026-01-02T03:04:05.000Z", 2);
     for p in projections {
         let _ = p.apply(kind, &doc);
@@ -80,20 +80,20 @@ fn read_back(kind: ResourceKind, attrs: Map<String, Value>, projections: &[Proje
     let _ = attributes_of(&doc);
 }
 
-fn projections(kind: ResourceKind, body: &Value) -> Vec<Projection> {
+fn projections(kind: ResourceKind, body: &Value) -> Vec<AttributeSelection> {
     let field = |name: &str| body.get(name).and_then(Value::as_str);
     let mut out = vec![
-        Projection::parse(kind, None, None),
-        Projection::parse(kind, Some("userName,emails.value,members"), Some("name.formatted")),
-        Projection::parse(kind, None, Some("members,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User")),
+        AttributeSelection::parse(kind, None, None),
+        AttributeSelection::parse(kind, Some("userName,emails.value,members"), Some("name.formatted")),
+        AttributeSelection::parse(kind, None, Some("members,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User")),
     ];
     let attributes = field("attributes").or(field("path"));
     let excluded = field("excludedAttributes").or(field("filter"));
     if attributes.is_some() || excluded.is_some() {
-        out.push(Projection::parse(kind, attributes, excluded));
+        out.push(AttributeSelection::parse(kind, attributes, excluded));
     }
     if let Value::String(s) = body {
-        out.push(Projection::parse(kind, Some(s), Some(s)));
+        out.push(AttributeSelection::parse(kind, Some(s), Some(s)));
     }
     out
 }
