@@ -21,7 +21,7 @@ use crate::zitadel::config::ZitadelConfig;
 use crate::zitadel::projector::Projector;
 
 /// How often the keys file is re-read; a removed key stops working within this.
-pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a reachable ZITADEL is checked again.
 const ZITADEL_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// How soon an unreachable ZITADEL is checked again.

@@ -58,9 +58,9 @@ pub struct ServeConfig {
     pub zitadel: Option<crate::zitadel::config::ZitadelConfig>,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub(crate) const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
 impl ServeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -68,7 +68,7 @@ impl ServeConfig {
         Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
     }
 
-    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
+    pub(crate) fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }

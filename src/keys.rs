@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Prefix of every generated token, so secret scanners can recognise one.
-pub const TOKEN_PREFIX: &str = "scim_";
+pub(crate) const TOKEN_PREFIX: &str = "scim_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -28,18 +28,14 @@ pub enum KeyError {
 
 /// A key as the server knows it: its name and the SHA-256 of its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyHash {
+pub(crate) struct KeyHash {
     pub name: String,
     pub sha256: [u8; 32],
 }
 
 impl KeyHash {
-    pub fn of(name: &str, token: &str) -> Self {
-        KeyHash { name: name.to_string(), sha256: hash_token(token) }
-    }
-
     /// Compared in constant time, so timing does not tell how close a guess was.
-    pub fn matches(&self, hash: &[u8; 32]) -> bool {
+    pub(crate) fn matches(&self, hash: &[u8; 32]) -> bool {
         bool::from(self.sha256.ct_eq(hash))
     }
 }
@@ -57,12 +53,12 @@ struct KeysFileEntry {
     sha256: String,
 }
 
-pub fn hash_token(token: &str) -> [u8; 32] {
+pub(crate) fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
 /// The token's SHA-256 as lowercase hex, as the keys file holds it.
-pub fn hash_hex(token: &str) -> String {
+pub(crate) fn hash_hex(token: &str) -> String {
     hex::encode(hash_token(token))
 }
 
@@ -80,7 +76,7 @@ pub fn keys_file_line(name: &str, token: &str) -> String {
 
 /// A whole keys file for `(name, token)` pairs. Flow-style entries keep one
 /// key per line, which reads well in `kubectl get secret -o yaml`.
-pub fn render_keys_file<'a>(keys: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn render_keys_file<'a>(keys: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let lines: Vec<String> = keys.into_iter().map(|(name, token)| keys_file_line(name, token)).collect();
     if lines.is_empty() {
         return "keys: []\n".into();
@@ -95,7 +91,7 @@ pub fn render_keys_file<'a>(keys: impl IntoIterator<Item = (&'a str, &'a str)>) 
 
 /// Parses a keys file; `path` only names the file in errors. An empty file
 /// holds no keys.
-pub fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError> {
+pub(crate) fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError> {
     let perr = |why: String| KeyError::Parse { path: path.into(), why };
     let file: KeysFile = if text.trim().is_empty() {
         KeysFile { keys: Vec::new() }
@@ -136,7 +132,8 @@ mod tests {
             format!("keys:\n{}\n{}\n", keys_file_line("entra", "scim_a"), keys_file_line("second", "scim_b"))
         );
         let parsed = parse_keys_file(Path::new("k"), &text).unwrap();
-        assert_eq!(parsed, [KeyHash::of("entra", "scim_a"), KeyHash::of("second", "scim_b")]);
+        let key = |name: &str, token: &str| KeyHash { name: name.into(), sha256: hash_token(token) };
+        assert_eq!(parsed, [key("entra", "scim_a"), key("second", "scim_b")]);
         assert!(parsed[0].matches(&hash_token("scim_a")) && !parsed[0].matches(&hash_token("scim_b")));
         let none = render_keys_file([]);
         assert_eq!(none, "keys: []\n");

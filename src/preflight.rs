@@ -69,7 +69,7 @@ pub fn read_export(path: &Path) -> Result<Vec<EntraUser>, PreflightError> {
     parse_export(&p, &text)
 }
 
-pub fn parse_export(path: &str, text: &str) -> Result<Vec<EntraUser>, PreflightError> {
+pub(crate) fn parse_export(path: &str, text: &str) -> Result<Vec<EntraUser>, PreflightError> {
     let perr = |why: String| PreflightError::Parse { path: path.to_string(), why };
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {

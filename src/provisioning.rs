@@ -31,11 +31,11 @@ use crate::zitadel::projector::Projector;
 
 /// The entity tags an `If-Match` header accepts (`*` for any); `None` when
 /// the request carries no condition.
-pub type IfMatch = Option<Vec<String>>;
+pub(crate) type IfMatch = Option<Vec<String>>;
 
 /// Creates, changes and deletes SCIM resources, with or without ZITADEL.
 #[derive(Clone)]
-pub struct Provisioning {
+pub(crate) struct Provisioning {
     store: Arc<dyn Store>,
     zitadel: Option<Arc<Projector>>,
 }
@@ -43,13 +43,13 @@ pub struct Provisioning {
 impl Provisioning {
     /// `zitadel` is the projector when ZITADEL is configured: user writes then
     /// go through it, and group writes queue the members whose roles change.
-    pub fn new(store: Arc<dyn Store>, zitadel: Option<Arc<Projector>>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, zitadel: Option<Arc<Projector>>) -> Self {
         Provisioning { store, zitadel }
     }
 
     /// Stores a new resource from validated attributes (see
     /// `scim::resource::normalize`) under a fresh id, at version 1.
-    pub async fn create(&self, kind: ResourceKind, attrs: Map<String, Value>) -> Result<Record, ScimError> {
+    pub(crate) async fn create(&self, kind: ResourceKind, attrs: Map<String, Value>) -> Result<Record, ScimError> {
         let t = now();
         // Time-ordered ids: each insert lands at the end of the id index instead of
         // on a random page, which halves the pages a durable write dirties.
@@ -73,7 +73,7 @@ impl Provisioning {
 
     /// Replaces every writable attribute (PUT). Identical attributes write
     /// nothing and keep the version.
-    pub async fn replace(
+    pub(crate) async fn replace(
         &self,
         kind: ResourceKind,
         id: &str,
@@ -89,7 +89,7 @@ impl Provisioning {
 
     /// Applies PATCH operations to the current attributes, atomically with
     /// respect to other writes of the same resource.
-    pub async fn patch(
+    pub(crate) async fn patch(
         &self,
         kind: ResourceKind,
         id: &str,
@@ -107,7 +107,7 @@ impl Provisioning {
 
     /// Deletes a resource; 404 when it does not exist, 412 when `if_match`
     /// names another version.
-    pub async fn delete(&self, kind: ResourceKind, id: &str, if_match: IfMatch) -> Result<(), ScimError> {
+    pub(crate) async fn delete(&self, kind: ResourceKind, id: &str, if_match: IfMatch) -> Result<(), ScimError> {
         if if_match.is_some() {
             let rec =
                 self.store.get(kind, id).await.map_err(StoreError::into_scim)?.ok_or_else(|| not_found(kind, id))?;

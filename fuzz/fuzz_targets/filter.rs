@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use scim_operator::scim::filter::{Filter, PatchPath, sort_key_cmp};
 use scim_operator::scim::resource::{build_document, normalize};
 use scim_operator::scim::schema::{ResourceKind, resolve_path};
-use scim_operator::store::IndexHint;
+use scim_operator::scim::filter::IndexHint;
 
 const KINDS: [ResourceKind; 2] = [ResourceKind::User, ResourceKind::Group];
 

@@ -18,7 +18,7 @@ use super::events;
 use super::names::{FIELD_MANAGER, condition};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     #[error("Kubernetes API: {source}")]
     Kube {
         /// `Kind namespace/name` of the object written.
@@ -34,7 +34,7 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// The metrics label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ApplyError::Kube { .. } => "KubernetesApi",
             ApplyError::Encode { .. } | ApplyError::MissingField(_) => "Internal",
@@ -53,7 +53,7 @@ fn kube_error<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> imp
 
 /// Applies `desired` unless the cached live object already matches it.
 /// Returns the live object afterwards.
-pub async fn ensure<K>(client: &kube::Client, store: &Store<K>, desired: &K) -> Result<K, ApplyError>
+pub(crate) async fn ensure<K>(client: &kube::Client, store: &Store<K>, desired: &K) -> Result<K, ApplyError>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
     K: Resource<Scope = kube::core::NamespaceResourceScope>,
@@ -77,7 +77,7 @@ where
 }
 
 /// Deletes a child the cache shows; true when something was deleted.
-pub async fn delete_if_present<K>(
+pub(crate) async fn delete_if_present<K>(
     client: &kube::Client,
     store: &Store<K>,
     namespace: &str,
@@ -101,7 +101,7 @@ where
 /// Applies every built child, in the order the server needs them (its keys
 /// and config before the Deployment that mounts them). Returns the Deployment
 /// as applied, for `ServerAvailable`.
-pub async fn apply_children(
+pub(crate) async fn apply_children(
     ctx: &ReconcileContext,
     tenant: &ScimTenant,
     desired: &Desired,
@@ -131,7 +131,7 @@ pub async fn apply_children(
 /// Writes `new` as the tenant's status unless it is what the tenant already
 /// shows, then sends the events its transitions call for. The readiness
 /// metric is refreshed either way.
-pub async fn write_status(
+pub(crate) async fn write_status(
     ctx: &ReconcileContext,
     tenant: &ScimTenant,
     new: ScimTenantStatus,

@@ -24,13 +24,13 @@ use crate::zitadel::client::Client;
 use crate::zitadel::config::ZitadelConfig;
 use crate::zitadel::error::{Code, ZitadelError};
 
-pub use super::names::SERVICE_ROLES;
+pub(crate) use super::names::SERVICE_ROLES;
 /// The key in the managed credential Secret.
-pub const KEY_FILE: &str = "key.json";
+pub(crate) const KEY_FILE: &str = "key.json";
 
 /// What a binding pass found or did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Bound {
+pub(crate) struct Bound {
     pub user_id: String,
     /// A new key file to store (managed users only); its old keys are removed
     /// once the Secret holds the new one.
@@ -42,18 +42,18 @@ pub struct Bound {
 }
 
 /// The key id and user id in a stored key file.
-pub fn key_file_ids(text: &str) -> Option<(String, String)> {
+pub(crate) fn key_file_ids(text: &str) -> Option<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     Some((v.get("keyId")?.as_str()?.to_string(), v.get("userId")?.as_str()?.to_string()))
 }
 
 /// A Secret payload as `data` (never `stringData`, see build.rs).
-pub fn data(entries: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+pub(crate) fn data(entries: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
     entries.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()
 }
 
 /// How a ZITADEL failure shows in `ZitadelBound`.
-pub fn classify(e: &ZitadelError, whose: &str) -> Check {
+pub(crate) fn classify(e: &ZitadelError, whose: &str) -> Check {
     let message = format!("{whose}: {e}");
     if e.is_transient() {
         return Check::Pending { reason: reason::ZITADEL_UNAVAILABLE, message };
@@ -69,13 +69,13 @@ pub fn classify(e: &ZitadelError, whose: &str) -> Check {
 
 /// The machine user's username: unique per tenant (a namespace has no dot,
 /// so `ns.name` cannot collide), readable in the console.
-pub fn service_username(namespace: &str, name: &str) -> String {
+pub(crate) fn service_username(namespace: &str, name: &str) -> String {
     format!("scim-{namespace}.{name}")
 }
 
 /// The tenant's managed machine user, if it exists: by the id last recorded
 /// (only if it still is that user) or by its username.
-pub async fn find_managed(
+pub(crate) async fn find_managed(
     admin: &Client,
     org: &str,
     username: &str,
@@ -96,7 +96,7 @@ pub async fn find_managed(
 /// `known_id` is the id from the last status; `stored_key` the key file in the
 /// credential Secret, if any. A user created in this pass has no roles and no
 /// keys to read back, which keeps a new tenant at four calls.
-pub async fn ensure_managed(
+pub(crate) async fn ensure_managed(
     admin: &Client,
     org: &str,
     namespace: &str,
@@ -141,7 +141,7 @@ pub async fn ensure_managed(
 }
 
 /// Revokes keys no Secret holds any more.
-pub async fn revoke_keys(admin: &Client, user_id: &str, keys: &[String]) -> Result<(), ZitadelError> {
+pub(crate) async fn revoke_keys(admin: &Client, user_id: &str, keys: &[String]) -> Result<(), ZitadelError> {
     for k in keys {
         admin.remove_machine_key(user_id, k).await?;
     }
@@ -173,7 +173,11 @@ async fn ensure_roles(
 
 /// For `existingSecretRef`: the credential must work, and its user gets the
 /// same roles a managed user would.
-pub async fn ensure_existing(admin: &Client, admin_cfg: &ZitadelConfig, credential: &str) -> Result<Bound, Check> {
+pub(crate) async fn ensure_existing(
+    admin: &Client,
+    admin_cfg: &ZitadelConfig,
+    credential: &str,
+) -> Result<Bound, Check> {
     let cred = Credential::parse(credential).map_err(|e| Check::Failed {
         reason: reason::INVALID_CREDENTIAL,
         message: format!("spec.zitadel.serviceUser.existingSecretRef: {e}"),
@@ -198,20 +202,20 @@ pub async fn ensure_existing(admin: &Client, admin_cfg: &ZitadelConfig, credenti
 }
 
 /// Where the SCIM server reads its ZITADEL credential from.
-pub fn credential_ref(secret_name: String, key: String, text: Option<&str>) -> CredentialRef {
+pub(crate) fn credential_ref(secret_name: String, key: String, text: Option<&str>) -> CredentialRef {
     let is_key_file = text.map(|t| t.trim_start().starts_with('{')).unwrap_or(key.ends_with(".json"));
     CredentialRef { secret_name, key, is_key_file }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
+pub(crate) enum BindError {
     #[error(transparent)]
     Read(#[from] ObserveError),
 }
 
 /// The ZITADEL binding for this pass: a check, the server's credential, and
 /// what to do once the credential Secret is stored.
-pub struct BindOutcome {
+pub(crate) struct BindOutcome {
     pub check: Check,
     pub cred: CredentialRef,
     pub user_id: Option<String>,
@@ -271,7 +275,7 @@ impl BindPass<'_> {
 
 /// Step 4, bind ZITADEL: the machine user the tenant's server writes with,
 /// either managed by the operator or named by `existingSecretRef`.
-pub async fn bind(
+pub(crate) async fn bind(
     ctx: &ReconcileContext,
     tenant: &ScimTenant,
     uid: &str,
@@ -399,7 +403,7 @@ async fn bind_managed(pass: &BindPass<'_>) -> Result<BindOutcome, BindError> {
 /// Stores a newly issued machine key, then revokes the user's older keys.
 /// Storing first means a later failure cannot make the next pass issue yet
 /// another key.
-pub async fn store_credential(
+pub(crate) async fn store_credential(
     ctx: &ReconcileContext,
     tenant: &ScimTenant,
     outcome: &BindOutcome,

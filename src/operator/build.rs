@@ -28,8 +28,8 @@ use super::names::{annotation, label};
 use crate::config::ServeConfig;
 use crate::zitadel::config::{Credentials, ZitadelConfig};
 
-pub use super::names::FIELD_MANAGER as MANAGER;
-pub use super::names::annotation::{CREATED_AT, ROTATED_FOR};
+pub(crate) use super::names::FIELD_MANAGER as MANAGER;
+pub(crate) use super::names::annotation::{CREATED_AT, ROTATED_FOR};
 const SCIM_PORT: i32 = 8080;
 const ADMIN_PORT: i32 = 9090;
 const RUN_AS: i64 = 65532;
@@ -75,7 +75,7 @@ impl std::fmt::Debug for KeyMaterial {
 }
 
 impl KeyMaterial {
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         crate::keys::hash_hex(&self.token)[..12].to_string()
     }
 }
@@ -101,26 +101,26 @@ pub struct Desired {
     pub endpoint: String,
 }
 
-pub fn server_name(tenant: &ScimTenant) -> String {
+pub(crate) fn server_name(tenant: &ScimTenant) -> String {
     format!("{}-scim", tenant.name_any())
 }
-pub fn key_secret_name(tenant: &ScimTenant, key: &str) -> String {
+pub(crate) fn key_secret_name(tenant: &ScimTenant, key: &str) -> String {
     format!("{}-scim-key-{key}", tenant.name_any())
 }
-pub fn hash_secret_name(tenant: &ScimTenant) -> String {
+pub(crate) fn hash_secret_name(tenant: &ScimTenant) -> String {
     format!("{}-scim-keys", tenant.name_any())
 }
-pub fn config_name(tenant: &ScimTenant) -> String {
+pub(crate) fn config_name(tenant: &ScimTenant) -> String {
     format!("{}-scim-config", tenant.name_any())
 }
-pub fn pvc_name(tenant: &ScimTenant) -> String {
+pub(crate) fn pvc_name(tenant: &ScimTenant) -> String {
     format!("{}-scim-data", tenant.name_any())
 }
 pub fn credential_secret_name(tenant: &ScimTenant) -> String {
     format!("{}-scim-zitadel", tenant.name_any())
 }
 
-pub fn labels(tenant: &ScimTenant, component: &str) -> BTreeMap<String, String> {
+pub(crate) fn labels(tenant: &ScimTenant, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (label::NAME.into(), label::SERVER_APP.into()),
         (label::INSTANCE.into(), tenant.name_any()),
@@ -156,7 +156,7 @@ fn meta(tenant: &ScimTenant, name: String, component: &str) -> ObjectMeta {
 }
 
 /// The Tenant URL Entra is given.
-pub fn endpoint(tenant: &ScimTenant) -> String {
+pub(crate) fn endpoint(tenant: &ScimTenant) -> String {
     match tenant.spec.server.as_ref().and_then(|s| s.ingress.as_ref()).filter(|i| !i.host.is_empty()) {
         Some(i) => format!("https://{}/scim/v2", i.host),
         None => format!(
@@ -169,11 +169,11 @@ pub fn endpoint(tenant: &ScimTenant) -> String {
 
 /// The server's `serve.yaml`: the same `ServeConfig` the server parses, so a
 /// key the server does not know cannot be written.
-pub fn server_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
+pub(crate) fn server_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
     serde_yaml::to_string(&serve_config(tenant, defaults, cred)).unwrap_or_default()
 }
 
-pub fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
+pub(crate) fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
     let spec = &tenant.spec.zitadel;
     let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
     let credentials = if cred.is_key_file {
@@ -205,7 +205,7 @@ pub fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &Crede
 }
 
 /// The keys file the server reads: hashes of the keys that have not expired.
-pub fn keys_file(keys: &[KeyMaterial]) -> String {
+pub(crate) fn keys_file(keys: &[KeyMaterial]) -> String {
     crate::keys::render_keys_file(keys.iter().filter(|k| !k.expired).map(|k| (k.name.as_str(), k.token.as_str())))
 }
 

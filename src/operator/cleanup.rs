@@ -16,14 +16,14 @@ use super::status::Check;
 use crate::zitadel::error::ZitadelError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CleanupError {
+pub(crate) enum CleanupError {
     #[error("ZITADEL cleanup: {0:?}")]
     AdminCredential(Check),
     #[error("ZITADEL cleanup: {0}")]
     Zitadel(#[from] ZitadelError),
 }
 
-pub async fn cleanup(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Action, CleanupError> {
+pub(crate) async fn cleanup(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Action, CleanupError> {
     let operator = &ctx.operator;
     let skip = tenant.annotations().get(annotation::SKIP_CLEANUP).is_some_and(|v| v == "true");
     let org = &tenant.spec.zitadel.project_organization_id;

@@ -44,7 +44,7 @@ impl ControllerConfig {
     }
 
     /// How the operator itself talks to ZITADEL (its credential is added by the caller).
-    pub fn admin_zitadel(&self) -> ZitadelConfig {
+    pub(crate) fn admin_zitadel(&self) -> ZitadelConfig {
         ZitadelConfig {
             url: self.settings.zitadel_url.clone(),
             instance_host: self.settings.zitadel_instance_host.clone(),

@@ -28,7 +28,7 @@ const EVENT_NOTE_CHARS: usize = 1000;
 
 /// The caches of children, filled by the controller's watches.
 #[derive(Clone)]
-pub struct Stores {
+pub(crate) struct Stores {
     pub secrets: Store<Secret>,
     pub configmaps: Store<ConfigMap>,
     pub pvcs: Store<PersistentVolumeClaim>,
@@ -38,7 +38,7 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         let _ = futures::join!(
             self.secrets.wait_until_ready(),
             self.configmaps.wait_until_ready(),
@@ -52,7 +52,7 @@ impl Stores {
 
 /// The last successful binding of a tenant.
 #[derive(Clone)]
-pub struct BoundMemo {
+pub(crate) struct BoundMemo {
     pub at: Instant,
     pub generation: i64,
     /// What the binding was made for: the managed key id, or the existing Secret's resourceVersion.
@@ -62,7 +62,7 @@ pub struct BoundMemo {
 
 /// The last answer of a tenant server's `/status`.
 #[derive(Clone)]
-pub struct ProvisioningMemo {
+pub(crate) struct ProvisioningMemo {
     pub at: Instant,
     pub status: Option<ProvisioningStatus>,
     pub check: Check,
@@ -70,7 +70,7 @@ pub struct ProvisioningMemo {
 
 /// What is remembered per tenant (by uid) between passes.
 #[derive(Default)]
-pub struct TenantMemo {
+pub(crate) struct TenantMemo {
     pub bound: Option<BoundMemo>,
     pub provisioning: Option<ProvisioningMemo>,
     pub failures: u32,
@@ -79,7 +79,7 @@ pub struct TenantMemo {
 }
 
 /// Shared by the controllers of every watched namespace.
-pub struct OperatorContext {
+pub(crate) struct OperatorContext {
     pub client: Client,
     pub cfg: ControllerConfig,
     pub metrics: Arc<OperatorMetrics>,
@@ -90,7 +90,7 @@ pub struct OperatorContext {
 }
 
 impl OperatorContext {
-    pub fn new(client: Client, cfg: ControllerConfig, metrics: Arc<OperatorMetrics>) -> Arc<Self> {
+    pub(crate) fn new(client: Client, cfg: ControllerConfig, metrics: Arc<OperatorMetrics>) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter { controller: EVENT_REPORTER.into(), instance: Some(cfg.instance.clone()) },
@@ -108,7 +108,7 @@ impl OperatorContext {
 
     /// The admin client, rebuilt whenever the credential file changes (a
     /// rotated Secret is picked up without a restart).
-    pub fn admin(&self) -> Result<Arc<Zitadel>, Check> {
+    pub(crate) fn admin(&self) -> Result<Arc<Zitadel>, Check> {
         let unusable = |message: String| Check::Failed { reason: reason::ZITADEL_UNAUTHORIZED, message };
         let path = &self.cfg.admin_credential_file;
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -130,7 +130,7 @@ impl OperatorContext {
     }
 
     /// Publishes an event on the tenant; a failure to do so only is logged.
-    pub async fn publish(&self, tenant: &ScimTenant, note: &EventNote) {
+    pub(crate) async fn publish(&self, tenant: &ScimTenant, note: &EventNote) {
         let event = Event {
             type_: if note.warning { EventType::Warning } else { EventType::Normal },
             reason: note.reason.clone(),
@@ -143,7 +143,7 @@ impl OperatorContext {
         }
     }
 
-    pub async fn publish_all(&self, tenant: &ScimTenant, notes: &[EventNote]) {
+    pub(crate) async fn publish_all(&self, tenant: &ScimTenant, notes: &[EventNote]) {
         for note in notes {
             self.publish(tenant, note).await;
         }
@@ -151,7 +151,7 @@ impl OperatorContext {
 
     /// The delay before retrying a failing tenant: doubling from
     /// `backoff_base` up to `backoff_max`.
-    pub fn backoff(&self, uid: &str) -> Duration {
+    pub(crate) fn backoff(&self, uid: &str) -> Duration {
         let mut memo = self.memo.lock();
         let tenant = memo.entry(uid.to_string()).or_default();
         tenant.failures = tenant.failures.saturating_add(1);
@@ -161,7 +161,7 @@ impl OperatorContext {
         delay + delay.mul_f64(rand::random::<f64>() * 0.1)
     }
 
-    pub fn succeeded(&self, uid: &str) {
+    pub(crate) fn succeeded(&self, uid: &str) {
         if let Some(tenant) = self.memo.lock().get_mut(uid) {
             tenant.failures = 0;
         }
@@ -170,7 +170,7 @@ impl OperatorContext {
 
 /// One scope's (namespace's, or all namespaces') view: the shared context
 /// plus that scope's caches.
-pub struct ReconcileContext {
+pub(crate) struct ReconcileContext {
     pub operator: Arc<OperatorContext>,
     pub stores: Stores,
 }

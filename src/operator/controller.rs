@@ -22,16 +22,13 @@ use super::cleanup::cleanup;
 use super::context::{ReconcileContext, Stores};
 use super::crd::ScimTenant;
 use super::events::EventNote;
-use super::names::{FINALIZER, annotation, event, label};
+use super::names::{FINALIZER, event, label};
 use super::reconcile;
 
 pub use super::config::ControllerConfig;
-pub use super::context::OperatorContext;
-pub use super::error::Error;
+pub(crate) use super::context::OperatorContext;
+pub(crate) use super::error::Error;
 
-/// `scim.unique.app/skip-zitadel-cleanup=true`: delete the tenant without
-/// touching ZITADEL (when ZITADEL is gone for good).
-pub const SKIP_CLEANUP_ANNOTATION: &str = annotation::SKIP_CLEANUP;
 /// ZITADEL's rate limit, not parallelism, bounds a large initial sync; many
 /// more in-flight passes would only hold memory.
 const RECONCILE_CONCURRENCY: u16 = 32;
@@ -132,7 +129,7 @@ async fn run_scope(
 }
 
 /// Runs the controllers (one per watched namespace, or one for all) until `shutdown` resolves.
-pub async fn run(operator: Arc<OperatorContext>, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub(crate) async fn run(operator: Arc<OperatorContext>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scopes: Vec<Option<String>> = if operator.cfg.watch_namespaces.is_empty() {
         vec![None]

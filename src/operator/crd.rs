@@ -10,12 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Shared with the server's config, which the operator renders from the spec.
-pub use crate::zitadel::config::GroupRoles;
-
-pub const GROUP: &str = "scim.unique.app";
-pub const VERSION: &str = "v1alpha1";
-pub use super::names::FINALIZER;
-pub use super::names::annotation::ROTATE as ROTATE_ANNOTATION;
+pub(crate) use crate::zitadel::config::GroupRoles;
 
 // Several printcolumn(...) entries repeat `type_ = ...`, which clippy reads as
 // duplicated attributes.

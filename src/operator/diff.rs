@@ -8,11 +8,11 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use super::names::annotation::APPLIED_HASH;
+pub(crate) use super::names::annotation::APPLIED_HASH;
 
 /// True when `live` holds every field of `desired` with the same value.
 /// Fields the API server or other managers add are ignored.
-pub fn covers(live: &Value, desired: &Value) -> bool {
+pub(crate) fn covers(live: &Value, desired: &Value) -> bool {
     covers_in(None, live, desired)
 }
 
@@ -86,7 +86,7 @@ fn quantity(s: &str) -> Option<f64> {
 }
 
 /// The hash recorded on an object for `desired` (computed without the hash annotation itself).
-pub fn applied_hash(desired: &Value) -> String {
+pub(crate) fn applied_hash(desired: &Value) -> String {
     let mut d = desired.clone();
     if let Some(a) = d.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
         a.remove(APPLIED_HASH);
@@ -95,7 +95,7 @@ pub fn applied_hash(desired: &Value) -> String {
 }
 
 /// Puts the hash annotation on `desired`.
-pub fn stamp(desired: &mut Value) {
+pub(crate) fn stamp(desired: &mut Value) {
     let h = applied_hash(desired);
     if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
         let ann = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
@@ -107,7 +107,7 @@ pub fn stamp(desired: &mut Value) {
 
 /// Nothing to send: `live` exists, was last applied from this same desired
 /// object, and nobody changed a field of ours since.
-pub fn up_to_date(live: Option<&Value>, stamped_desired: &Value) -> bool {
+pub(crate) fn up_to_date(live: Option<&Value>, stamped_desired: &Value) -> bool {
     let Some(live) = live else { return false };
     let want = stamped_desired.pointer(&format!("/metadata/annotations/{}", APPLIED_HASH.replace('/', "~1")));
     let have = live.pointer(&format!("/metadata/annotations/{}", APPLIED_HASH.replace('/', "~1")));

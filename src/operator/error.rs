@@ -7,7 +7,7 @@ use super::cleanup::CleanupError;
 use super::observe::ObserveError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error(transparent)]
     Observe(#[from] ObserveError),
     #[error(transparent)]
@@ -31,7 +31,7 @@ pub enum Error {
 
 impl Error {
     /// The metrics label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Error::Observe(_) | Error::Bind(_) | Error::Kube(_) => "KubernetesApi",
             Error::Apply(e) => e.reason(),

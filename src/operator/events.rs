@@ -8,18 +8,18 @@ use super::names::{annotation, condition, event, reason};
 
 /// One event to publish on the tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventNote {
+pub(crate) struct EventNote {
     pub warning: bool,
     pub reason: String,
     pub message: String,
 }
 
 impl EventNote {
-    pub fn normal(reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn normal(reason: &str, message: impl Into<String>) -> Self {
         EventNote { warning: false, reason: reason.into(), message: message.into() }
     }
 
-    pub fn warning(reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn warning(reason: &str, message: impl Into<String>) -> Self {
         EventNote { warning: true, reason: reason.into(), message: message.into() }
     }
 }
@@ -34,7 +34,7 @@ fn condition_of<'a>(status: &'a ScimTenantStatus, type_: &str) -> Option<(&'a st
 
 /// Events for a status write: `Ready` changing status or reason (a warning
 /// unless it became True), and a key entering its warning window or expiring.
-pub fn transition_notes(previous: &ScimTenantStatus, new: &ScimTenantStatus) -> Vec<EventNote> {
+pub(crate) fn transition_notes(previous: &ScimTenantStatus, new: &ScimTenantStatus) -> Vec<EventNote> {
     let mut notes = Vec::new();
     let (was_ready, is_ready) = (condition_of(previous, condition::READY), condition_of(new, condition::READY));
     if was_ready.map(|(s, r, _)| (s, r)) != is_ready.map(|(s, r, _)| (s, r))
@@ -52,7 +52,7 @@ pub fn transition_notes(previous: &ScimTenantStatus, new: &ScimTenantStatus) -> 
     notes
 }
 
-pub fn key_removed(name: &str) -> EventNote {
+pub(crate) fn key_removed(name: &str) -> EventNote {
     EventNote::normal(
         event::KEY_REMOVED,
         format!("key {name} left spec.keys: its Secret is deleted and the server no longer accepts it"),
@@ -61,7 +61,7 @@ pub fn key_removed(name: &str) -> EventNote {
 
 /// Keys given a token in this pass. A key the status listed before lost its
 /// Secret: its new token must reach Entra, hence a warning.
-pub fn keys_generated(plan: &KeyPlan, previous_keys: &[KeyStatus]) -> Vec<EventNote> {
+pub(crate) fn keys_generated(plan: &KeyPlan, previous_keys: &[KeyStatus]) -> Vec<EventNote> {
     plan.generated
         .iter()
         .map(|name| {
@@ -77,7 +77,7 @@ pub fn keys_generated(plan: &KeyPlan, previous_keys: &[KeyStatus]) -> Vec<EventN
 }
 
 /// The outcome of a rotate annotation.
-pub fn rotation(plan: &KeyPlan) -> Vec<EventNote> {
+pub(crate) fn rotation(plan: &KeyPlan) -> Vec<EventNote> {
     let mut notes = Vec::new();
     if let Some(name) = &plan.rotated {
         notes.push(EventNote::normal(

@@ -18,7 +18,7 @@ const WARN_AHEAD: Duration = Duration::from_secs(14 * 86_400);
 
 /// A key as stored in its Secret.
 #[derive(Clone, PartialEq, Eq)]
-pub struct FoundKey {
+pub(crate) struct FoundKey {
     pub token: String,
     pub created_at: OffsetDateTime,
     /// The tenant resourceVersion whose rotate annotation produced it.
@@ -32,7 +32,7 @@ impl std::fmt::Debug for FoundKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct KeyPlan {
+pub(crate) struct KeyPlan {
     /// One per spec entry, in spec order.
     pub keys: Vec<KeyMaterial>,
     /// Names of keys given a new token in this pass (missing Secret).
@@ -51,29 +51,29 @@ pub struct KeyPlan {
 }
 
 impl KeyPlan {
-    pub fn valid_keys(&self) -> usize {
+    pub(crate) fn valid_keys(&self) -> usize {
         self.keys.iter().filter(|k| !k.expired).count()
     }
 }
 
-pub fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.replace_nanosecond(0).unwrap_or(t).format(&Rfc3339).unwrap_or_default()
 }
 
-pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
 
 /// A rotation request: the key named by the annotation, and the tenant's
 /// resourceVersion (a request is served once per version).
 #[derive(Debug, Clone, Copy)]
-pub struct Rotate<'a> {
+pub(crate) struct Rotate<'a> {
     pub key: &'a str,
     pub tenant_version: &'a str,
 }
 
 /// Plans the keys. `generate` makes a new token.
-pub fn plan(
+pub(crate) fn plan(
     spec: &[KeySpec],
     found: &BTreeMap<String, FoundKey>,
     rotate: Option<Rotate<'_>>,

@@ -29,7 +29,7 @@ fn now() -> MicroTime {
 }
 
 /// One attempt: true when we hold the lease afterwards.
-pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+pub(crate) async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
     let secs = i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX);
     let current = api.get_opt(&cfg.name).await?;
     let Some(mut lease) = current else {
@@ -81,7 +81,7 @@ async fn attempt(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, String> {
 }
 
 /// Waits until we hold the lease.
-pub async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig) {
+pub(crate) async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig) {
     loop {
         match attempt(api, cfg).await {
             Ok(true) => return,
@@ -96,7 +96,7 @@ pub async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig) {
 /// thirds of the lease duration without a renewal, counted from the start of
 /// the last successful attempt (the renewTime we wrote is no later), so we
 /// stop before a standby may take over.
-pub async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) {
+pub(crate) async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) {
     let give_up_after = cfg.duration * 2 / 3;
     let mut renewed_at = tokio::time::Instant::now();
     loop {
@@ -114,7 +114,7 @@ pub async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) {
 }
 
 /// Gives the lease up on shutdown so a standby takes over at once.
-pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
+pub(crate) async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     if let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await
         && let Some(spec) = lease.spec.as_mut()
         && spec.holder_identity.as_deref() == Some(cfg.identity.as_str())

@@ -32,7 +32,7 @@ struct ReadyLabel {
     ready: &'static str,
 }
 
-pub struct OperatorMetrics {
+pub(crate) struct OperatorMetrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
@@ -52,7 +52,7 @@ impl Default for OperatorMetrics {
 }
 
 impl OperatorMetrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("scim_operator");
         let reconciles = Family::<ResultLabel, Counter>::default();
         let errors = Family::<ReasonLabel, Counter>::default();
@@ -76,17 +76,17 @@ impl OperatorMetrics {
         }
     }
 
-    pub fn reconciled(&self, ok: bool, seconds: f64) {
+    pub(crate) fn reconciled(&self, ok: bool, seconds: f64) {
         self.reconciles.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
         self.duration.observe(seconds);
     }
 
-    pub fn failed(&self, reason: &str) {
+    pub(crate) fn failed(&self, reason: &str) {
         self.errors.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     }
 
     /// `ready` is the Ready condition's status ("True", "False", "Unknown"), or None once the tenant is gone.
-    pub fn set_readiness(&self, tenant: &str, ready: Option<&str>) {
+    pub(crate) fn set_readiness(&self, tenant: &str, ready: Option<&str>) {
         let mut m = self.readiness.lock();
         let state = ready.map(|r| match r {
             "True" => "true",
@@ -107,11 +107,11 @@ impl OperatorMetrics {
         }
     }
 
-    pub fn set_leader(&self, leading: bool) {
+    pub(crate) fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -120,7 +120,7 @@ impl OperatorMetrics {
     }
 }
 
-pub fn router(metrics: Arc<OperatorMetrics>) -> Router {
+pub(crate) fn router(metrics: Arc<OperatorMetrics>) -> Router {
     let m = metrics.clone();
     Router::new()
         .route(

@@ -4,24 +4,24 @@
 //! `events`. `reconcile` orders the steps, `controller` drives them, and
 //! `names` holds every condition, reason, annotation and label string.
 
-pub mod apply;
-pub mod binding;
+pub(crate) mod apply;
+pub(crate) mod binding;
 pub mod build;
-pub mod cleanup;
-pub mod config;
-pub mod context;
+pub(crate) mod cleanup;
+pub(crate) mod config;
+pub(crate) mod context;
 pub mod controller;
 pub mod crd;
-pub mod diff;
-pub mod error;
-pub mod events;
-pub mod keys;
+pub(crate) mod diff;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod keys;
 pub mod leader;
-pub mod metrics;
-pub mod names;
-pub mod observe;
-pub mod provisioning_health;
-pub mod reconcile;
+pub(crate) mod metrics;
+pub(crate) mod names;
+pub(crate) mod observe;
+pub(crate) mod provisioning_health;
+pub(crate) mod reconcile;
 pub mod run;
-pub mod status;
+pub(crate) mod status;
 pub mod validate;

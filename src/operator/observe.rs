@@ -17,7 +17,7 @@ use super::keys::{self, FoundKey};
 use super::names::annotation;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ObserveError {
+pub(crate) enum ObserveError {
     #[error("Kubernetes API: {source}")]
     ReadSecret {
         namespace: String,
@@ -29,7 +29,7 @@ pub enum ObserveError {
 
 /// Now, to the second (status timestamps have no fraction), as `time` and as
 /// a Kubernetes `Time`.
-pub fn now() -> (OffsetDateTime, Time) {
+pub(crate) fn now() -> (OffsetDateTime, Time) {
     let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc());
     let timestamp = k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp())
         .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
@@ -37,12 +37,12 @@ pub fn now() -> (OffsetDateTime, Time) {
 }
 
 /// A Secret value as text (`data`, which is all the operator writes).
-pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+pub(crate) fn secret_text(secret: &Secret, key: &str) -> Option<String> {
     secret.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
 }
 
 /// A Secret read from the API server, bypassing the cache.
-pub async fn secret_from_api(
+pub(crate) async fn secret_from_api(
     ctx: &ReconcileContext,
     namespace: &str,
     name: &str,
@@ -56,7 +56,11 @@ pub async fn secret_from_api(
 /// A Secret from the cache, or from the API server when the cache has none:
 /// the cache can lag behind our own write, and acting on that lag would
 /// generate a key twice.
-pub async fn secret_now(ctx: &ReconcileContext, namespace: &str, name: &str) -> Result<Option<Secret>, ObserveError> {
+pub(crate) async fn secret_now(
+    ctx: &ReconcileContext,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, ObserveError> {
     if let Some(cached) = ctx.stores.secrets.get(&ObjectRef::new(name).within(namespace)) {
         return Ok(Some(cached.as_ref().clone()));
     }
@@ -84,14 +88,14 @@ fn found_key(secret: &Secret, now: OffsetDateTime) -> Option<FoundKey> {
 
 /// Key Secrets of the tenant, and the names of spec keys whose Secret exists
 /// but belongs to something else (never overwritten).
-pub struct FoundKeys {
+pub(crate) struct FoundKeys {
     pub keys: BTreeMap<String, FoundKey>,
     pub conflicts: Vec<String>,
 }
 
 /// The key Secrets of this tenant, by key name: every one in the cache, and
 /// each key of the spec the cache lacks, read directly.
-pub async fn found_keys(
+pub(crate) async fn found_keys(
     ctx: &ReconcileContext,
     tenant: &ScimTenant,
     uid: &str,

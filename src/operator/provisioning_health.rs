@@ -18,12 +18,12 @@ use super::status::checks::{provisioning_unobservable, provisioning_unreachable}
 const BACKLOG_AGE_SECS: i64 = 300;
 
 /// `http://{service}.{namespace}.svc:9090/status` with the placeholders filled.
-pub fn status_url(template: &str, service: &str, namespace: &str, name: &str) -> String {
+pub(crate) fn status_url(template: &str, service: &str, namespace: &str, name: &str) -> String {
     template.replace("{service}", service).replace("{namespace}", namespace).replace("{name}", name)
 }
 
 /// The server's `/status` body → what the tenant's status shows.
-pub fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
+pub(crate) fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
     let int = |p: &str| v.pointer(p).and_then(Value::as_i64).unwrap_or(0);
     let text = |p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     let pending = int("/projection/pendingOperations");
@@ -64,7 +64,7 @@ pub fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
 }
 
 /// Reads the server's `/status`.
-pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+pub(crate) async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
     let resp = http.get(url).timeout(Duration::from_secs(3)).send().await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("{url} answered {}", resp.status()));
@@ -74,7 +74,7 @@ pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
 
 /// Step 7's input from the tenant's server: its `/status`, asked at most
 /// once per `status_poll`; on failure the last known counts are kept.
-pub async fn observe(
+pub(crate) async fn observe(
     ctx: &ReconcileContext,
     tenant: &ScimTenant,
     uid: &str,

@@ -97,7 +97,7 @@ struct PlannedKeys {
 
 /// A pass over a live tenant. A suspended tenant only gets its conditions
 /// refreshed; an invalid one is reported and left until its spec changes.
-pub async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Action, Error> {
+pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Action, Error> {
     if tokio::time::timeout(CACHE_SYNC_TIMEOUT, ctx.stores.ready()).await.is_err() {
         return Err(Error::CachesNotSynced);
     }
@@ -131,7 +131,8 @@ pub async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Result<Ac
     ctx.operator.publish_all(&tenant, &binding_notes).await;
 
     observed.server = checks::server_check(&tenant, Some(&deployment));
-    let (provisioning, provisioning_check) = provisioning_health::observe(ctx, &tenant, &pass.uid, &observed.server).await;
+    let (provisioning, provisioning_check) =
+        provisioning_health::observe(ctx, &tenant, &pass.uid, &observed.server).await;
     observed.provisioning = provisioning_check;
     let new_status = fresh_status(&pass, &desired, &binding, &keys.plan, provisioning);
     write_status(ctx, &tenant, pass.status(new_status, &observed)).await?;

@@ -11,11 +11,11 @@ use super::names::condition::{
 };
 use super::names::reason;
 
-pub mod checks;
+pub(crate) mod checks;
 
 /// One detail condition's observed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     Ok {
         reason: &'static str,
         message: String,
@@ -37,7 +37,7 @@ pub enum Check {
 }
 
 impl Check {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Check::Ok { reason, .. }
             | Check::Pending { reason, .. }
@@ -46,7 +46,7 @@ impl Check {
         }
     }
 
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             Check::Ok { message, .. }
             | Check::Pending { message, .. }
@@ -57,7 +57,7 @@ impl Check {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub generation: i64,
     pub suspended: bool,
     /// Problems from `validate`.
@@ -91,7 +91,7 @@ fn detail(t: &str, c: &Check, generation: i64, now: &Time) -> Condition {
 
 /// The conditions for `obs`, keeping each previous `lastTransitionTime` whose
 /// status did not change.
-pub fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Condition> {
+pub(crate) fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Condition> {
     let g = obs.generation;
     let details = [
         (KEYS_READY, &obs.keys),

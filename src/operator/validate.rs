@@ -35,7 +35,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 /// Every problem, each naming the field and the fix.
-pub fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
+pub(crate) fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
     let mut p = Vec::new();
     let z = &spec.zitadel;
     for (field, v) in [

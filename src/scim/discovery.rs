@@ -9,14 +9,14 @@ use super::schema::{
     LIST_RESPONSE_SCHEMA, Mutability, ResourceKind, Returned, USER_ATTRIBUTES, USER_SCHEMA, USER_X509,
 };
 
-pub const SPC_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
-pub const RESOURCE_TYPE_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ResourceType";
-pub const SCHEMA_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Schema";
+pub(crate) const SPC_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
+pub(crate) const RESOURCE_TYPE_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ResourceType";
+pub(crate) const SCHEMA_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Schema";
 
 /// Most results one list page returns; larger `count`s are capped (RFC 7644 §3.4.2.4).
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 
-pub fn service_provider_config(base_url: &str) -> Value {
+pub(crate) fn service_provider_config(base_url: &str) -> Value {
     json!({
         "schemas": [SPC_SCHEMA],
         "documentationUri": "https://github.com/unique-app/scim-operator",
@@ -36,7 +36,7 @@ pub fn service_provider_config(base_url: &str) -> Value {
     })
 }
 
-pub fn resource_type(kind: ResourceKind, base_url: &str) -> Value {
+pub(crate) fn resource_type(kind: ResourceKind, base_url: &str) -> Value {
     let extensions: Vec<Value> =
         kind.extensions().iter().map(|(urn, _)| json!({"schema": urn, "required": false})).collect();
     let mut v = json!({
@@ -89,7 +89,7 @@ fn attribute(def: &AttrDef) -> Value {
 }
 
 /// The schema documents: core User, core Group, enterprise User.
-pub fn schemas(base_url: &str) -> Vec<Value> {
+pub(crate) fn schemas(base_url: &str) -> Vec<Value> {
     // `id` and `meta` are common attributes (RFC 7643 §3.1) and are not listed
     // in the schemas; `externalId` is, so clients that discover the schema
     // (Entra's validator) find it.
@@ -117,7 +117,7 @@ pub fn schemas(base_url: &str) -> Vec<Value> {
 }
 
 /// A ListResponse of everything, for the discovery endpoints' collections.
-pub fn list_of(resources: Vec<Value>) -> Value {
+pub(crate) fn list_of(resources: Vec<Value>) -> Value {
     json!({
         "schemas": [LIST_RESPONSE_SCHEMA],
         "totalResults": resources.len(),

@@ -1,7 +1,7 @@
 //! The SCIM protocol, pure: no I/O, so it can be tested and fuzzed alone.
 
-pub mod discovery;
-pub mod error;
+pub(crate) mod discovery;
+pub(crate) mod error;
 pub mod filter;
 pub mod patch;
 pub mod resource;

@@ -15,7 +15,7 @@ use super::schema::{
 
 /// Parses `"True"`, `"false"`, `true`… as Entra sends `active` without the
 /// aadOptscim062020 flag.
-pub fn coerce_bool(v: &Value) -> Option<bool> {
+pub(crate) fn coerce_bool(v: &Value) -> Option<bool> {
     match v {
         Value::Bool(b) => Some(*b),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
@@ -39,7 +39,7 @@ fn type_error(path: &str, def: &AttrDef, got: &Value) -> ScimError {
 
 /// Checks and canonicalises one value for `def`. `Ok(None)` means "no value"
 /// (null, empty string, empty array or object): the attribute is absent.
-pub fn coerce(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<Value>> {
+pub(crate) fn coerce(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<Value>> {
     if v.is_null() {
         return Ok(None);
     }
@@ -72,7 +72,7 @@ pub fn coerce(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<Value>>
 }
 
 /// Coerces a single (non-array) value of `def`.
-pub fn coerce_single(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<Value>> {
+pub(crate) fn coerce_single(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<Value>> {
     match (def.ty, v) {
         (_, Value::Null) => Ok(None),
         (AttrType::Complex, Value::Object(o)) => {
@@ -118,18 +118,9 @@ pub fn coerce_single(def: &AttrDef, v: &Value, path: &str) -> ScimResult<Option<
     }
 }
 
-/// Reads a value at a resolved attribute in a document.
-pub fn get_attr<'a>(doc: &'a Value, r: &ResolvedAttr) -> Option<&'a Value> {
-    let obj = match r.container {
-        Container::Core => doc.as_object()?,
-        Container::Extension(urn) => doc.get(urn)?.as_object()?,
-    };
-    obj.get(r.attr.name)
-}
-
 /// Sets (or with `None` removes) a top-level attribute, creating or dropping
 /// the extension object as needed.
-pub fn set_attr(doc: &mut Map<String, Value>, container: Container, def: &AttrDef, value: Option<Value>) {
+pub(crate) fn set_attr(doc: &mut Map<String, Value>, container: Container, def: &AttrDef, value: Option<Value>) {
     match container {
         Container::Core => {
             match value {
@@ -216,7 +207,7 @@ fn put(
 }
 
 /// Required attributes must be present and non-empty.
-pub fn check_required(kind: ResourceKind, attrs: &Map<String, Value>) -> ScimResult<()> {
+pub(crate) fn check_required(kind: ResourceKind, attrs: &Map<String, Value>) -> ScimResult<()> {
     for def in kind.core_attributes().iter().filter(|a| a.required) {
         if !attrs.get(def.name).is_some_and(|v| matches!(v, Value::String(s) if !s.is_empty())) {
             return Err(ScimError::invalid_value(format!("'{}' is required for a {}", def.name, kind.name())));
@@ -226,7 +217,7 @@ pub fn check_required(kind: ResourceKind, attrs: &Map<String, Value>) -> ScimRes
 }
 
 /// RFC 3339 UTC with milliseconds: what `meta.created`/`lastModified` carry.
-pub fn timestamp(t: OffsetDateTime) -> String {
+pub(crate) fn timestamp(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -240,13 +231,13 @@ pub fn timestamp(t: OffsetDateTime) -> String {
     )
 }
 
-pub fn etag(version: u64) -> String {
+pub(crate) fn etag(version: u64) -> String {
     format!("W/\"{version}\"")
 }
 
 /// Whether a conditional header's tags (weak prefix already stripped) admit
 /// `etag`: weak comparison, as our tags are weak, and `*` admits any.
-pub fn etag_matches(tags: &[String], etag: &str) -> bool {
+pub(crate) fn etag_matches(tags: &[String], etag: &str) -> bool {
     let bare = etag.trim_start_matches("W/");
     tags.iter().any(|t| t == "*" || t == bare)
 }
@@ -305,7 +296,7 @@ pub fn attributes_of(doc: &Value) -> Map<String, Value> {
 /// `attrs == attributes_of(doc)` without copying the document (a PATCH
 /// compares every time to decide whether anything changed). Order does not
 /// matter, as for map equality.
-pub fn same_attributes(attrs: &Map<String, Value>, doc: &Value) -> bool {
+pub(crate) fn same_attributes(attrs: &Map<String, Value>, doc: &Value) -> bool {
     let Some(obj) = doc.as_object() else { return attrs.is_empty() };
     let mut n = 0;
     for (k, v) in obj {
@@ -320,7 +311,7 @@ pub fn same_attributes(attrs: &Map<String, Value>, doc: &Value) -> bool {
     n == attrs.len()
 }
 
-pub fn created_of(doc: &Value) -> &str {
+pub(crate) fn created_of(doc: &Value) -> &str {
     doc.pointer("/meta/created").and_then(Value::as_str).unwrap_or_default()
 }
 
@@ -344,7 +335,7 @@ impl AttributeSelection {
         AttributeSelection { include: list(attributes), exclude: list(excluded) }
     }
 
-    pub fn excludes_top(&self, name: &str) -> bool {
+    pub(crate) fn excludes_top(&self, name: &str) -> bool {
         self.exclude.iter().any(|r| r.sub.is_none() && r.container == Container::Core && r.attr.name == name)
             || (!self.include.is_empty()
                 && !self.include.iter().any(|r| r.container == Container::Core && r.attr.name == name))
@@ -352,7 +343,7 @@ impl AttributeSelection {
 
     /// True when nothing is asked for: the document is returned whole (stored
     /// documents hold nothing that is never returned).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()
     }
 
@@ -445,7 +436,7 @@ fn retain_subs(value: &mut Value, keep: impl Fn(&str) -> bool) {
 /// `meta.location` spliced in, without parsing it. Stored documents are built
 /// by `build_document`, so `meta` is their last member and its object closes
 /// the document; anything else gets `None` and the caller parses.
-pub fn splice_response(text: &str, groups: Option<&Value>, location: &str) -> Option<String> {
+pub(crate) fn splice_response(text: &str, groups: Option<&Value>, location: &str) -> Option<String> {
     let body = text.strip_suffix("}}")?;
     // `"` inside string values is escaped, so this sequence only occurs as
     // the top-level key (no other object holds a "meta" member).
@@ -465,12 +456,12 @@ pub fn splice_response(text: &str, groups: Option<&Value>, location: &str) -> Op
 }
 
 /// The URL of a resource: its `meta.location`, a group member's `$ref`.
-pub fn location(base_url: &str, kind: ResourceKind, id: &str) -> String {
+pub(crate) fn location(base_url: &str, kind: ResourceKind, id: &str) -> String {
     format!("{base_url}{}/{id}", kind.endpoint())
 }
 
 /// Adds `meta.location` for a response.
-pub fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Value {
+pub(crate) fn with_location(mut doc: Value, base_url: &str, kind: ResourceKind) -> Value {
     let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     if let Some(meta) = doc.get_mut("meta").and_then(Value::as_object_mut) {
         meta.insert("location".into(), Value::String(location(base_url, kind, &id)));

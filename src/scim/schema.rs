@@ -3,12 +3,10 @@
 //! attributes may be URN-qualified, extension attributes may be written bare when
 //! unambiguous.
 
-pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
-pub const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
-pub const LIST_RESPONSE_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
-pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
-pub const SEARCH_REQUEST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
+pub(crate) const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub(crate) const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub(crate) const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub(crate) const LIST_RESPONSE_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrType {
@@ -23,7 +21,7 @@ pub enum AttrType {
 }
 
 impl AttrType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AttrType::String => "string",
             AttrType::Boolean => "boolean",
@@ -70,10 +68,10 @@ pub struct AttrDef {
 }
 
 impl AttrDef {
-    pub fn sub(&self, name: &str) -> Option<&'static AttrDef> {
+    pub(crate) fn sub(&self, name: &str) -> Option<&'static AttrDef> {
         self.sub_attributes.iter().find(|a| a.name.eq_ignore_ascii_case(name))
     }
-    pub fn is_complex(&self) -> bool {
+    pub(crate) fn is_complex(&self) -> bool {
         self.ty == AttrType::Complex
     }
 }
@@ -184,7 +182,7 @@ static GROUP_REF_SUBS: [AttrDef; 4] = [
 
 /// The core User schema, RFC 7643 §4.1 (id, externalId and meta are common
 /// attributes, handled by `COMMON_ATTRIBUTES`).
-pub static USER_ATTRIBUTES: [AttrDef; 20] = [
+pub(crate) static USER_ATTRIBUTES: [AttrDef; 20] = [
     {
         let mut a = required(s(
             "userName",
@@ -259,7 +257,7 @@ pub static USER_ATTRIBUTES: [AttrDef; 20] = [
     ),
 ];
 
-pub static USER_X509: AttrDef = complex(
+pub(crate) static USER_X509: AttrDef = complex(
     "x509Certificates",
     "A list of certificates issued to the User.",
     true,
@@ -273,7 +271,7 @@ static MANAGER_SUBS: [AttrDef; 3] = [
 ];
 
 /// The enterprise User extension, RFC 7643 §4.3.
-pub static ENTERPRISE_ATTRIBUTES: [AttrDef; 6] = [
+pub(crate) static ENTERPRISE_ATTRIBUTES: [AttrDef; 6] = [
     s(
         "employeeNumber",
         "Numeric or alphanumeric identifier assigned to a person, typically based on order of hire or association with an organization.",
@@ -300,7 +298,7 @@ static MEMBER_SUBS: [AttrDef; 4] = [
 ];
 
 /// The core Group schema, RFC 7643 §4.2.
-pub static GROUP_ATTRIBUTES: [AttrDef; 2] = [
+pub(crate) static GROUP_ATTRIBUTES: [AttrDef; 2] = [
     {
         let mut a = required(s("displayName", "A human-readable name for the Group."));
         a.unique_server = true;
@@ -322,7 +320,7 @@ static META_SUBS: [AttrDef; 5] = [
 ];
 
 /// Attributes every resource has (RFC 7643 §3.1).
-pub static COMMON_ATTRIBUTES: [AttrDef; 3] = [
+pub(crate) static COMMON_ATTRIBUTES: [AttrDef; 3] = [
     {
         let mut a = read_only(case_exact(s(
             "id",
@@ -348,38 +346,38 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ResourceKind::User => "User",
             ResourceKind::Group => "Group",
         }
     }
-    pub fn endpoint(self) -> &'static str {
+    pub(crate) fn endpoint(self) -> &'static str {
         match self {
             ResourceKind::User => "/Users",
             ResourceKind::Group => "/Groups",
         }
     }
-    pub fn core_schema(self) -> &'static str {
+    pub(crate) fn core_schema(self) -> &'static str {
         match self {
             ResourceKind::User => USER_SCHEMA,
             ResourceKind::Group => GROUP_SCHEMA,
         }
     }
-    pub fn core_attributes(self) -> &'static [AttrDef] {
+    pub(crate) fn core_attributes(self) -> &'static [AttrDef] {
         match self {
             ResourceKind::User => &USER_ATTRIBUTES,
             ResourceKind::Group => &GROUP_ATTRIBUTES,
         }
     }
     /// Schema extensions this kind supports: (URN, attributes).
-    pub fn extensions(self) -> &'static [(&'static str, &'static [AttrDef])] {
+    pub(crate) fn extensions(self) -> &'static [(&'static str, &'static [AttrDef])] {
         match self {
             ResourceKind::User => &USER_EXTENSIONS,
             ResourceKind::Group => &[],
         }
     }
-    pub fn extension(self, urn: &str) -> Option<(&'static str, &'static [AttrDef])> {
+    pub(crate) fn extension(self, urn: &str) -> Option<(&'static str, &'static [AttrDef])> {
         self.extensions().iter().copied().find(|(u, _)| u.eq_ignore_ascii_case(urn))
     }
     /// The attribute that must be unique across resources of this kind, compared
@@ -412,7 +410,7 @@ pub struct ResolvedAttr {
 
 impl ResolvedAttr {
     /// The definition the final value is checked against.
-    pub fn leaf(&self) -> &'static AttrDef {
+    pub(crate) fn leaf(&self) -> &'static AttrDef {
         self.sub.unwrap_or(self.attr)
     }
     pub fn display(&self) -> String {
@@ -430,7 +428,7 @@ impl ResolvedAttr {
 /// Splits `urn:...:Schema:attr.sub` into (Some(urn), "attr.sub"); a bare
 /// `attr.sub` into (None, "attr.sub"). URNs contain dots ("2.0"), so the split
 /// is at the last colon, which attribute names never contain.
-pub fn split_urn(path: &str) -> (Option<&str>, &str) {
+pub(crate) fn split_urn(path: &str) -> (Option<&str>, &str) {
     // `get`, not `[..4]`: byte 4 may fall inside a multi-byte character.
     if path.len() > 4 && path.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
         match path.rfind(':') {
@@ -447,7 +445,7 @@ fn find(attrs: &'static [AttrDef], name: &str) -> Option<&'static AttrDef> {
 }
 
 /// Finds a top-level attribute by its (possibly URN-qualified) name.
-pub fn resolve_top(kind: ResourceKind, urn: Option<&str>, name: &str) -> Option<(Container, &'static AttrDef)> {
+pub(crate) fn resolve_top(kind: ResourceKind, urn: Option<&str>, name: &str) -> Option<(Container, &'static AttrDef)> {
     match urn {
         Some(urn) if urn.eq_ignore_ascii_case(kind.core_schema()) => core_or_common(kind, name),
         Some(urn) => {
@@ -486,7 +484,7 @@ pub fn resolve_path(kind: ResourceKind, path: &str) -> Option<ResolvedAttr> {
 
 /// All top-level attributes of a kind with their container, for rendering and
 /// discovery.
-pub fn all_attributes(kind: ResourceKind) -> Vec<(Container, &'static AttrDef)> {
+pub(crate) fn all_attributes(kind: ResourceKind) -> Vec<(Container, &'static AttrDef)> {
     let mut v: Vec<_> = COMMON_ATTRIBUTES.iter().map(|a| (Container::Core, a)).collect();
     v.extend(kind.core_attributes().iter().map(|a| (Container::Core, a)));
     if kind == ResourceKind::User {

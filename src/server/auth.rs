@@ -16,7 +16,7 @@ use crate::keys::{KeyError, KeyHash, generate_token, hash_token, parse_keys_file
 
 /// The keys the server accepts: fixed ones (SCIM_TOKEN, the standalone dev key)
 /// plus the current content of the keys file.
-pub struct KeyRing {
+pub(crate) struct KeyRing {
     fixed: Vec<KeyHash>,
     from_file: RwLock<Arc<Vec<KeyHash>>>,
     /// Changed keys files that could not be used (reported on /status).
@@ -24,29 +24,25 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn new(fixed: Vec<KeyHash>, from_file: Vec<KeyHash>) -> Self {
+    pub(crate) fn new(fixed: Vec<KeyHash>, from_file: Vec<KeyHash>) -> Self {
         Self { fixed, from_file: RwLock::new(Arc::new(from_file)), reload_failures: AtomicU64::new(0) }
     }
 
-    pub fn replace_file_keys(&self, keys: Vec<KeyHash>) {
+    pub(crate) fn replace_file_keys(&self, keys: Vec<KeyHash>) {
         *self.from_file.write() = Arc::new(keys);
     }
 
-    pub fn reload_failures(&self) -> u64 {
+    pub(crate) fn reload_failures(&self) -> u64 {
         self.reload_failures.load(Ordering::Relaxed)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.fixed.len() + self.from_file.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The name of the key `token` matches, if any. Every hash is compared,
     /// whatever the outcome.
-    pub fn verify(&self, token: &str) -> Option<String> {
+    pub(crate) fn verify(&self, token: &str) -> Option<String> {
         let h = hash_token(token);
         let file = self.from_file.read().clone();
         let mut found: Option<&KeyHash> = None;
@@ -62,7 +58,7 @@ impl KeyRing {
 /// Polls the keys file and swaps the key set when its content changes.
 /// Polling (rather than inotify) follows Kubernetes' Secret volume updates,
 /// which replace a symlink rather than write the file.
-pub fn spawn_reloader(ring: Arc<KeyRing>, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_reloader(ring: Arc<KeyRing>, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = tokio::fs::read(&path).await.ok();
         let mut tick = tokio::time::interval(every);
@@ -96,14 +92,14 @@ pub fn spawn_reloader(ring: Arc<KeyRing>, path: PathBuf, every: Duration) -> tok
 }
 
 /// The standalone dev key: created on first start, only its hash kept.
-pub enum DevKey {
+pub(crate) enum DevKey {
     /// Created now; the token is shown once.
     Created { token: String, hash: KeyHash, path: PathBuf },
     /// Created on an earlier start; only the hash exists.
     Existing { hash: KeyHash, path: PathBuf },
 }
 
-pub fn load_or_create_dev_key(data_dir: &Path) -> Result<DevKey, KeyError> {
+pub(crate) fn load_or_create_dev_key(data_dir: &Path) -> Result<DevKey, KeyError> {
     let path = data_dir.join("dev-key.sha256");
     match std::fs::read_to_string(&path) {
         Ok(text) => {

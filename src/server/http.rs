@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use crate::scim::error::ScimError;
 
-pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
+pub(crate) const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 
-pub fn scim_json(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn scim_json(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
@@ -21,7 +21,7 @@ pub fn scim_json(status: StatusCode, body: &Value) -> Response {
 }
 
 /// A SCIM error rendered as an HTTP response.
-pub struct ApiError(pub ScimError);
+pub(crate) struct ApiError(pub ScimError);
 
 impl From<ScimError> for ApiError {
     fn from(e: ScimError) -> Self {
@@ -40,12 +40,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// Reads a JSON request body. JSON and SCIM JSON are accepted (Entra sends
 /// `application/scim+json; charset=utf-8`, older clients `application/json`);
 /// a body without a Content-Type is read as JSON too.
-pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Value> {
+pub(crate) async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Value> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -97,26 +97,26 @@ async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
 /// Query parameters, form-decoded (`+` is a space, as in Entra's probe).
 /// Names are matched case-insensitively.
 #[derive(Debug, Default)]
-pub struct QueryParams(Vec<(String, String)>);
+pub(crate) struct QueryParams(Vec<(String, String)>);
 
 impl QueryParams {
-    pub fn parse(raw: Option<&str>) -> Self {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
         QueryParams(raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default())
     }
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// `If-Match` (RFC 7232 §3.1): `*` or a list of entity tags; weak comparison,
 /// as our tags are weak.
-pub fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
     etag_list(headers, header::IF_MATCH)
 }
 
 /// The entity tags of a conditional header (`If-Match`, `If-None-Match`),
 /// without their weak prefix.
-pub fn etag_list(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> {
+pub(crate) fn etag_list(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> {
     let v = headers.get(name)?.to_str().ok()?;
     Some(v.split(',').map(|t| t.trim().trim_start_matches("W/").to_string()).collect())
 }

@@ -20,14 +20,14 @@ use crate::store::{Counts, WriterStats};
 const PREFIX: &str = "scim";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub resource: &'static str,
     pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LatencyLabels {
+pub(crate) struct LatencyLabels {
     pub resource: &'static str,
     pub method: &'static str,
 }
@@ -35,7 +35,7 @@ pub struct LatencyLabels {
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 /// The SCIM port's request metrics and the registry `/metrics` encodes.
-pub struct ServerMetrics {
+pub(crate) struct ServerMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
@@ -56,7 +56,7 @@ impl Default for ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -77,7 +77,7 @@ impl ServerMetrics {
     }
 
     /// Labels are static strings so the hot path allocates nothing.
-    pub fn record(&self, resource: &'static str, method: &'static str, status: u16, seconds: f64) {
+    pub(crate) fn record(&self, resource: &'static str, method: &'static str, status: u16, seconds: f64) {
         self.requests.get_or_create(&RequestLabels { resource, method, status }).inc();
         self.latency.get_or_create(&LatencyLabels { resource, method }).observe(seconds);
         self.total.fetch_add(1, Ordering::Relaxed);
@@ -88,20 +88,20 @@ impl ServerMetrics {
         self.last_request_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
-    pub fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
     /// Unix milliseconds of the last SCIM request, if any.
-    pub fn last_request_ms(&self) -> Option<i64> {
+    pub(crate) fn last_request_ms(&self) -> Option<i64> {
         Some(self.last_request_ms.load(Ordering::Relaxed)).filter(|v| *v > 0)
     }
 
     /// The whole exposition: the request metrics, then `state` as it was
     /// read for this scrape.
-    pub fn encode(&self, state: &StateSnapshot) -> String {
+    pub(crate) fn encode(&self, state: &StateSnapshot) -> String {
         // A registry per scrape: the snapshot belongs to this scrape only, so
         // concurrent scrapes never see each other's values.
         let mut scrape = Registry::with_prefix(PREFIX);
@@ -119,7 +119,7 @@ impl ServerMetrics {
 /// projector keep these numbers themselves; they are read at scrape time
 /// (some only asynchronously) and encoded from here.
 #[derive(Debug, Clone, Default)]
-pub struct StateSnapshot {
+pub(crate) struct StateSnapshot {
     pub resources: Counts,
     /// `None` when the store has no writer of its own.
     pub writer: Option<WriterStats>,
@@ -128,7 +128,7 @@ pub struct StateSnapshot {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ZitadelSnapshot {
+pub(crate) struct ZitadelSnapshot {
     /// Outbox entries waiting to be projected into ZITADEL.
     pub pending: usize,
     /// Pending entries that failed at least once.
@@ -201,7 +201,7 @@ where
 
 /// The method label; anything unusual is "other", so a client cannot grow the
 /// label set.
-pub fn method_label(m: &axum::http::Method) -> &'static str {
+pub(crate) fn method_label(m: &axum::http::Method) -> &'static str {
     match *m {
         axum::http::Method::GET => "GET",
         axum::http::Method::POST => "POST",
@@ -214,7 +214,7 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
 }
 
 /// The resource label for a request path under the SCIM base.
-pub fn resource_of(path: &str) -> &'static str {
+pub(crate) fn resource_of(path: &str) -> &'static str {
     let rest = path.split("/scim/v2").nth(1).unwrap_or(path);
     let first = rest.trim_start_matches('/').split('/').next().unwrap_or_default();
     match first {

@@ -18,19 +18,19 @@ use crate::scim::schema::ResourceKind;
 use crate::store::{Store, now_ms};
 use crate::zitadel::projector::Projector;
 
-pub mod auth;
-pub mod http;
-pub mod metrics;
-pub mod resources;
+pub(crate) mod auth;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod resources;
 
 use auth::KeyRing;
 use http::ApiError;
 use metrics::{ServerMetrics, StateSnapshot, ZitadelSnapshot};
 
-pub const BASE_PATH: &str = "/scim/v2";
+pub(crate) const BASE_PATH: &str = "/scim/v2";
 
 /// What the handlers share. Built by the composition root (`crate::app`).
-pub struct AppState {
+pub(crate) struct AppState {
     /// Reads, readiness and status; every write goes through `provisioning`.
     pub store: Arc<dyn Store>,
     pub provisioning: Provisioning,
@@ -135,7 +135,7 @@ fn resource_routes(kind: ResourceKind) -> ResourceRoutes {
 }
 
 /// The SCIM router (mounted at `/scim/v2`).
-pub fn scim_router(state: Arc<AppState>) -> Router {
+pub(crate) fn scim_router(state: Arc<AppState>) -> Router {
     let users = resource_routes(ResourceKind::User);
     let groups = resource_routes(ResourceKind::Group);
     let scim = Router::new()
@@ -170,7 +170,7 @@ pub fn scim_router(state: Arc<AppState>) -> Router {
 }
 
 /// The admin router: health, readiness, metrics and status.
-pub fn admin_router(state: Arc<AppState>) -> Router {
+pub(crate) fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(

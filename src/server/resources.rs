@@ -134,7 +134,7 @@ impl AppState {
 
 /// The list parameters shared by GET and POST /.search.
 #[derive(Debug, Default)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     pub filter: Option<String>,
     pub start_index: usize,
     pub count: usize,
@@ -290,14 +290,14 @@ fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Res
     )
 }
 
-pub async fn list(st: &AppState, kind: ResourceKind, raw_query: Option<&str>) -> ApiResult {
+pub(crate) async fn list(st: &AppState, kind: ResourceKind, raw_query: Option<&str>) -> ApiResult {
     let q = QueryParams::parse(raw_query);
     let p = ListParams::from_query(&q)?;
     let (total, resources) = list_kind(st, kind, &p, false).await?;
     Ok(list_response(total, p.start_index, resources))
 }
 
-pub async fn search(st: &AppState, kind: Option<ResourceKind>, headers: &HeaderMap, body: Body) -> ApiResult {
+pub(crate) async fn search(st: &AppState, kind: Option<ResourceKind>, headers: &HeaderMap, body: Body) -> ApiResult {
     let body = read_json(headers, body, st.max_body).await?;
     let p = ListParams::from_search_body(&body)?;
     match kind {
@@ -320,7 +320,7 @@ pub async fn search(st: &AppState, kind: Option<ResourceKind>, headers: &HeaderM
     }
 }
 
-pub async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResult {
+pub(crate) async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
@@ -338,7 +338,7 @@ async fn get_fast(st: &AppState, kind: ResourceKind, id: &str, selected: bool) -
     st.stored_response(kind, id, None, kind == ResourceKind::User).await
 }
 
-pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+pub(crate) async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let selected =
         req.uri().query().is_some_and(|q| q.contains("ttributes")) || req.headers().contains_key(header::IF_NONE_MATCH);
     if let Some(resp) = get_fast(st, kind, id, selected).await? {
@@ -359,7 +359,7 @@ pub async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> A
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
 
-pub async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+pub(crate) async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
@@ -368,7 +368,7 @@ pub async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) 
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
 
-pub async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
+pub(crate) async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let ops = parse_patch(&input)?;
@@ -377,23 +377,23 @@ pub async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) ->
     st.resource_response(kind, StatusCode::OK, &rec, &q).await
 }
 
-pub async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &HeaderMap) -> ApiResult {
+pub(crate) async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &HeaderMap) -> ApiResult {
     st.provisioning.delete(kind, id, if_match(headers)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ------------------------------------------------------------ discovery
 
-pub async fn service_provider_config(State(st): St) -> Response {
+pub(crate) async fn service_provider_config(State(st): St) -> Response {
     scim_json(StatusCode::OK, &discovery::service_provider_config(&st.base_url))
 }
 
-pub async fn resource_types(State(st): St) -> Response {
+pub(crate) async fn resource_types(State(st): St) -> Response {
     let all = [ResourceKind::User, ResourceKind::Group].map(|k| discovery::resource_type(k, &st.base_url));
     scim_json(StatusCode::OK, &discovery::list_of(all.to_vec()))
 }
 
-pub async fn resource_type(State(st): St, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn resource_type(State(st): St, Path(id): Path<String>) -> ApiResult {
     let kind =
         [ResourceKind::User, ResourceKind::Group].into_iter().find(|k| k.name().eq_ignore_ascii_case(&id)).ok_or_else(
             || ScimError::not_found(format!("resource type '{id}' not found; this server has User and Group")),
@@ -401,11 +401,11 @@ pub async fn resource_type(State(st): St, Path(id): Path<String>) -> ApiResult {
     Ok(scim_json(StatusCode::OK, &discovery::resource_type(kind, &st.base_url)))
 }
 
-pub async fn schemas(State(st): St) -> Response {
+pub(crate) async fn schemas(State(st): St) -> Response {
     scim_json(StatusCode::OK, &discovery::list_of(discovery::schemas(&st.base_url)))
 }
 
-pub async fn schema(State(st): St, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn schema(State(st): St, Path(id): Path<String>) -> ApiResult {
     discovery::schemas(&st.base_url)
         .into_iter()
         .find(|s| s["id"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&id)))

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::scim::error::ScimError;
-pub use crate::scim::filter::IndexHint;
+pub(crate) use crate::scim::filter::IndexHint;
 use crate::scim::schema::ResourceKind;
 
 mod sqlite;
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Durability {
+pub(crate) enum Durability {
     /// Acknowledged only once it survives power loss (fsynced).
     #[default]
     Full,
@@ -40,23 +40,23 @@ impl FromStr for Durability {
 /// Opens (or creates) the embedded store in `dir` and loads it. Blocks (file
 /// locking, reading every resource): run it on `spawn_blocking`. Fails if
 /// another process holds `dir`.
-pub fn open_embedded(dir: &Path, durability: Durability) -> Result<Arc<dyn Store>, StoreError> {
+pub(crate) fn open_embedded(dir: &Path, durability: Durability) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(sqlite::SqliteStore::open(dir, durability)?))
 }
 
 /// One stored resource: the complete SCIM document as returned to clients
 /// (`schemas`, `id`, attributes, `meta` without `location`).
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     pub id: String,
     pub version: u64,
     pub doc: Arc<Value>,
 }
 
-pub type Matcher<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
-pub type Sorter<'a> = &'a (dyn Fn(&Value, &Value) -> Ordering + Sync);
+pub(crate) type Matcher<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
+pub(crate) type Sorter<'a> = &'a (dyn Fn(&Value, &Value) -> Ordering + Sync);
 
-pub struct Query<'a> {
+pub(crate) struct Query<'a> {
     pub kind: ResourceKind,
     pub hint: Option<IndexHint>,
     /// The full filter; `None` matches everything.
@@ -69,14 +69,14 @@ pub struct Query<'a> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     pub total: usize,
     pub records: Vec<Record>,
 }
 
 /// What a mutation decided, given the current record and the version the
 /// store will assign if it changes anything.
-pub enum Mutation {
+pub(crate) enum Mutation {
     /// Store this document (with `meta.version` etc. already set by the caller).
     Replace(Value),
     /// Nothing changed: no write, no new version.
@@ -88,7 +88,7 @@ pub enum Mutation {
 /// Writes that go into the same transaction as the resource change they
 /// accompany, so a committed change and its projection work are never apart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SideEffects {
+pub(crate) struct SideEffects {
     /// Resources whose projection must be brought up to date (the outbox).
     /// Enqueuing one already queued bumps its generation.
     pub enqueue: Vec<(ResourceKind, String)>,
@@ -97,16 +97,16 @@ pub struct SideEffects {
 }
 
 impl SideEffects {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.enqueue.is_empty() && self.projection.is_empty()
     }
 }
 
-pub type SideEffectsFn = Box<dyn FnOnce(&Record) -> SideEffects + Send>;
+pub(crate) type SideEffectsFn = Box<dyn FnOnce(&Record) -> SideEffects + Send>;
 
 /// A resource whose projection is pending.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEntry {
+pub(crate) struct OutboxEntry {
     pub kind: ResourceKind,
     pub id: String,
     /// Bumped by every enqueue: completing an entry whose generation moved on
@@ -121,7 +121,7 @@ pub struct OutboxEntry {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutboxStats {
+pub(crate) struct OutboxStats {
     pub pending: usize,
     /// Entries that failed at least once.
     pub failing: usize,
@@ -129,11 +129,11 @@ pub struct OutboxStats {
     pub last_error: Option<String>,
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
-pub type MutateFn = Box<dyn FnOnce(&Record, u64) -> Result<Mutation, ScimError> + Send>;
+pub(crate) type MutateFn = Box<dyn FnOnce(&Record, u64) -> Result<Mutation, ScimError> + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,7 +148,7 @@ pub enum StoreError {
 impl StoreError {
     /// The SCIM error a client sees: protocol errors as they are, storage
     /// failures as 500/503 with no internals.
-    pub fn into_scim(self) -> ScimError {
+    pub(crate) fn into_scim(self) -> ScimError {
         match self {
             StoreError::Scim(e) => e,
             StoreError::Backend(_) => ScimError::new(500, None, "the server could not store the change; retry later"),
@@ -158,7 +158,7 @@ impl StoreError {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub users: usize,
     pub groups: usize,
 }
@@ -166,7 +166,7 @@ pub struct Counts {
 /// Counters of the embedded store's writer, for metrics: `commands / batches`
 /// is the average group-commit size (writes per fsync when durable).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
+pub(crate) struct WriterStats {
     /// Transactions the writer ran, committed or not.
     pub batches: u64,
     pub commands: u64,
@@ -206,7 +206,7 @@ pub struct WriterStats {
 ///   storage failures as `Backend` (no internals reach clients), and
 ///   `Closed` after [`Store::close`].
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Inserts a new resource. `doc` carries its `id` (a fresh one chosen by the
     /// caller) and `meta`; version 1. Fails with 409 `uniqueness` if the unique
     /// name (userName / group displayName, case-insensitive) or the id is taken,

@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 use super::client::{Client, USER_SERVICE};
 use super::error::{Code, ZitadelError};
 
-pub const PERMISSION_SERVICE: &str = "zitadel.internal_permission.v2.InternalPermissionService";
+pub(crate) const PERMISSION_SERVICE: &str = "zitadel.internal_permission.v2.InternalPermissionService";
 
 /// A machine key as `AddKey` returns it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct NewMachineKey {
+pub(crate) struct NewMachineKey {
     pub key_id: String,
     /// The key file JSON (what the console downloads).
     pub key_file: String,
@@ -33,7 +33,7 @@ fn decode(method: &str, reason: impl Into<String>) -> ZitadelError {
 
 impl Client {
     /// Creates a machine user; returns its id.
-    pub async fn create_machine_user(
+    pub(crate) async fn create_machine_user(
         &self,
         org: &str,
         username: &str,
@@ -55,7 +55,7 @@ impl Client {
     }
 
     /// The id of the machine user with this username in `org`, if any.
-    pub async fn find_user_in_org(&self, org: &str, username: &str) -> Result<Option<String>, ZitadelError> {
+    pub(crate) async fn find_user_in_org(&self, org: &str, username: &str) -> Result<Option<String>, ZitadelError> {
         Ok(self
             .find_users_by_username(username)
             .await?
@@ -64,7 +64,7 @@ impl Client {
             .map(|u| u.id))
     }
 
-    pub async fn add_machine_key(&self, user_id: &str) -> Result<NewMachineKey, ZitadelError> {
+    pub(crate) async fn add_machine_key(&self, user_id: &str) -> Result<NewMachineKey, ZitadelError> {
         let v: Value = self.call(USER_SERVICE, "AddKey", &json!({"userId": user_id})).await?;
         let key_id = str_at(&v, "/keyId").ok_or_else(|| decode("AddKey", "no keyId in the answer"))?;
         let content = str_at(&v, "/keyContent").ok_or_else(|| decode("AddKey", "no keyContent in the answer"))?;
@@ -76,7 +76,7 @@ impl Client {
     }
 
     /// Ids of the user's machine keys.
-    pub async fn list_machine_keys(&self, user_id: &str) -> Result<Vec<String>, ZitadelError> {
+    pub(crate) async fn list_machine_keys(&self, user_id: &str) -> Result<Vec<String>, ZitadelError> {
         let v: Value = self
             .call(
                 USER_SERVICE,
@@ -91,7 +91,7 @@ impl Client {
     }
 
     /// Removes a key; one already gone is fine.
-    pub async fn remove_machine_key(&self, user_id: &str, key_id: &str) -> Result<(), ZitadelError> {
+    pub(crate) async fn remove_machine_key(&self, user_id: &str, key_id: &str) -> Result<(), ZitadelError> {
         match self.call::<Value>(USER_SERVICE, "RemoveKey", &json!({"userId": user_id, "keyId": key_id})).await {
             Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
             r => r.map(|_| ()),
@@ -99,7 +99,7 @@ impl Client {
     }
 
     /// The user's instance roles; `None` when it is no instance administrator.
-    pub async fn instance_roles(&self, user_id: &str) -> Result<Option<Vec<String>>, ZitadelError> {
+    pub(crate) async fn instance_roles(&self, user_id: &str) -> Result<Option<Vec<String>>, ZitadelError> {
         let v: Value = self
             .call(
                 PERMISSION_SERVICE,
@@ -120,7 +120,12 @@ impl Client {
     }
 
     /// Makes the user an instance administrator with exactly `roles`.
-    pub async fn set_instance_roles(&self, user_id: &str, roles: &[String], exists: bool) -> Result<(), ZitadelError> {
+    pub(crate) async fn set_instance_roles(
+        &self,
+        user_id: &str,
+        roles: &[String],
+        exists: bool,
+    ) -> Result<(), ZitadelError> {
         let body = json!({"userId": user_id, "resource": {"instance": true}, "roles": roles});
         let method = if exists { "UpdateAdministrator" } else { "CreateAdministrator" };
         match self.call::<Value>(PERMISSION_SERVICE, method, &body).await {
@@ -134,7 +139,7 @@ impl Client {
     }
 
     /// The id of the user this client's credential belongs to (`/auth/v1/users/me`).
-    pub async fn whoami(&self) -> Result<String, ZitadelError> {
+    pub(crate) async fn whoami(&self) -> Result<String, ZitadelError> {
         let v: Value = self.get_rest("/auth/v1/users/me").await?;
         str_at(&v, "/user/id").ok_or_else(|| decode("/auth/v1/users/me", "no user.id in the answer"))
     }

@@ -15,12 +15,12 @@ const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::
 /// Renew this long before the token expires, so no request carries a token
 /// that dies in flight.
 const RENEW_MARGIN: Duration = Duration::from_secs(60);
-pub const TOKEN_SCOPE: &str = "openid urn:zitadel:iam:org:project:id:zitadel:aud";
+pub(crate) const TOKEN_SCOPE: &str = "openid urn:zitadel:iam:org:project:id:zitadel:aud";
 
 /// A machine key file, as the ZITADEL console downloads it or `AddKey` returns it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyFile {
+pub(crate) struct KeyFile {
     pub key_id: String,
     pub key: String,
     pub user_id: String,
@@ -32,7 +32,7 @@ impl std::fmt::Debug for KeyFile {
     }
 }
 
-pub struct JwtSigner {
+pub(crate) struct JwtSigner {
     pub key_id: String,
     pub user_id: String,
     key: ring::signature::RsaKeyPair,
@@ -61,7 +61,7 @@ fn pem_der(pem: &str) -> Result<(String, Vec<u8>), ZitadelError> {
 }
 
 impl JwtSigner {
-    pub fn from_key_file(text: &str) -> Result<Self, ZitadelError> {
+    pub(crate) fn from_key_file(text: &str) -> Result<Self, ZitadelError> {
         let kf: KeyFile = serde_json::from_str(text).map_err(|e| {
             ZitadelError::Credentials(format!(
                 "the key file is not ZITADEL's machine key JSON ({{\"type\":\"serviceaccount\",\"keyId\",\"key\",\"userId\"}}): {e}"
@@ -78,7 +78,7 @@ impl JwtSigner {
     }
 
     /// The signed assertion for the token request.
-    pub fn assertion(&self, audience: &str, now: SystemTime) -> Result<String, ZitadelError> {
+    pub(crate) fn assertion(&self, audience: &str, now: SystemTime) -> Result<String, ZitadelError> {
         let iat = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let header = json!({"alg": "RS256", "kid": self.key_id, "typ": "JWT"});
         let claims = json!({
@@ -102,7 +102,7 @@ impl JwtSigner {
     }
 }
 
-pub enum Credential {
+pub(crate) enum Credential {
     Pat(String),
     Key(Box<JwtSigner>),
 }
@@ -117,7 +117,7 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    pub fn load(pat_file: Option<&Path>, key_file: Option<&Path>) -> Result<Self, ZitadelError> {
+    pub(crate) fn load(pat_file: Option<&Path>, key_file: Option<&Path>) -> Result<Self, ZitadelError> {
         let read = |p: &Path| {
             std::fs::read_to_string(p)
                 .map_err(|e| ZitadelError::Credentials(format!("cannot read {}: {e}", p.display())))
@@ -136,7 +136,7 @@ impl Credential {
     }
 
     /// A credential from its text: a machine key JSON, or else a PAT.
-    pub fn parse(text: &str) -> Result<Self, ZitadelError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ZitadelError> {
         let t = text.trim();
         if t.is_empty() {
             return Err(ZitadelError::Credentials("the credential is empty".into()));
@@ -147,29 +147,21 @@ impl Credential {
             Ok(Credential::Pat(t.to_string()))
         }
     }
-
-    /// The user a machine key belongs to (a PAT does not say).
-    pub fn user_id(&self) -> Option<&str> {
-        match self {
-            Credential::Pat(_) => None,
-            Credential::Key(k) => Some(&k.user_id),
-        }
-    }
 }
 
 /// A cached access token.
 #[derive(Clone)]
-pub struct CachedToken {
+pub(crate) struct CachedToken {
     pub token: String,
     pub renew_at: Instant,
 }
 
 impl CachedToken {
-    pub fn new(token: String, expires_in: Duration, now: Instant) -> Self {
+    pub(crate) fn new(token: String, expires_in: Duration, now: Instant) -> Self {
         let renew_at = now + expires_in.saturating_sub(RENEW_MARGIN).max(expires_in / 2);
         CachedToken { token, renew_at }
     }
-    pub fn fresh(&self, now: Instant) -> bool {
+    pub(crate) fn fresh(&self, now: Instant) -> bool {
         now < self.renew_at
     }
 }

@@ -13,9 +13,9 @@ use super::auth::{CachedToken, Credential, TOKEN_SCOPE};
 use super::config::{DEFAULT_TIMEOUT_SECONDS, ZitadelConfig};
 use super::error::{Code, ZitadelError, parse_error_body};
 
-pub const USER_SERVICE: &str = "zitadel.user.v2.UserService";
-pub const AUTHZ_SERVICE: &str = "zitadel.authorization.v2.AuthorizationService";
-pub const ORG_SERVICE: &str = "zitadel.org.v2.OrganizationService";
+pub(crate) const USER_SERVICE: &str = "zitadel.user.v2.UserService";
+pub(crate) const AUTHZ_SERVICE: &str = "zitadel.authorization.v2.AuthorizationService";
+pub(crate) const ORG_SERVICE: &str = "zitadel.org.v2.OrganizationService";
 
 /// Spaces requests so that at most `rate` start per second, and holds all of
 /// them back after a 429 for as long as ZITADEL asked.
@@ -82,7 +82,7 @@ impl Client {
         Self::with_credential(cfg, credential)
     }
 
-    pub fn with_credential(cfg: &ZitadelConfig, credential: Credential) -> Result<Self, ZitadelError> {
+    pub(crate) fn with_credential(cfg: &ZitadelConfig, credential: Credential) -> Result<Self, ZitadelError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(cfg.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)))
             .connect_timeout(Duration::from_secs(5))
@@ -100,7 +100,7 @@ impl Client {
     }
 
     /// API calls made (token requests excluded).
-    pub fn calls(&self) -> u64 {
+    pub(crate) fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -163,7 +163,7 @@ impl Client {
     }
 
     /// Calls `{service}/{method}` with a JSON body.
-    pub async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         service: &str,
         method: &str,
@@ -176,7 +176,7 @@ impl Client {
     }
 
     /// `GET {path}` on a REST endpoint (the v1 APIs without a Connect form).
-    pub async fn get_rest<T: DeserializeOwned>(&self, path: &str) -> Result<T, ZitadelError> {
+    pub(crate) async fn get_rest<T: DeserializeOwned>(&self, path: &str) -> Result<T, ZitadelError> {
         let url = format!("{}{path}", self.base);
         self.exchange(path, || self.http.get(&url)).await
     }
@@ -259,14 +259,14 @@ impl Profile {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdpLink {
+pub(crate) struct IdpLink {
     pub idp_id: String,
     pub user_id: String,
     pub user_name: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct NewHumanUser {
+pub(crate) struct NewHumanUser {
     pub user_id: String,
     pub username: String,
     pub organization_id: String,
@@ -318,13 +318,13 @@ impl ZUser {
             is_human: u.get("human").is_some(),
         }
     }
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.state != "USER_STATE_INACTIVE"
     }
 }
 
 impl Client {
-    pub async fn add_human_user(&self, u: &NewHumanUser) -> Result<(), ZitadelError> {
+    pub(crate) async fn add_human_user(&self, u: &NewHumanUser) -> Result<(), ZitadelError> {
         let mut body = json!({
             "userId": u.user_id,
             "username": u.username,
@@ -344,7 +344,7 @@ impl Client {
         Ok(())
     }
 
-    pub async fn get_user(&self, id: &str) -> Result<Option<ZUser>, ZitadelError> {
+    pub(crate) async fn get_user(&self, id: &str) -> Result<Option<ZUser>, ZitadelError> {
         match self.call::<Value>(USER_SERVICE, "GetUserByID", &json!({"userId": id})).await {
             Ok(v) => Ok(v.get("user").map(ZUser::from_json)),
             Err(e) if e.code() == Some(Code::NotFound) => Ok(None),
@@ -353,7 +353,7 @@ impl Client {
     }
 
     /// Changes only the parts given.
-    pub async fn update_human_user(
+    pub(crate) async fn update_human_user(
         &self,
         id: &str,
         username: Option<&str>,
@@ -391,7 +391,7 @@ impl Client {
     }
 
     /// Deactivates; an already inactive user is fine.
-    pub async fn deactivate_user(&self, id: &str) -> Result<(), ZitadelError> {
+    pub(crate) async fn deactivate_user(&self, id: &str) -> Result<(), ZitadelError> {
         match self.call::<Value>(USER_SERVICE, "DeactivateUser", &json!({"userId": id})).await {
             Err(e) if e.is(Code::FailedPrecondition, "Errors.User.AlreadyInactive") => Ok(()),
             r => r.map(|_| ()),
@@ -399,7 +399,7 @@ impl Client {
     }
 
     /// Reactivates; an already active user is fine.
-    pub async fn reactivate_user(&self, id: &str) -> Result<(), ZitadelError> {
+    pub(crate) async fn reactivate_user(&self, id: &str) -> Result<(), ZitadelError> {
         match self.call::<Value>(USER_SERVICE, "ReactivateUser", &json!({"userId": id})).await {
             Err(e) if e.is(Code::FailedPrecondition, "Errors.User.NotInactive") => Ok(()),
             r => r.map(|_| ()),
@@ -407,20 +407,20 @@ impl Client {
     }
 
     /// Deletes; a user that is already gone is fine.
-    pub async fn delete_user(&self, id: &str) -> Result<(), ZitadelError> {
+    pub(crate) async fn delete_user(&self, id: &str) -> Result<(), ZitadelError> {
         match self.call::<Value>(USER_SERVICE, "DeleteUser", &json!({"userId": id})).await {
             Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
             r => r.map(|_| ()),
         }
     }
 
-    pub async fn set_metadata(&self, id: &str, entries: &[(String, String)]) -> Result<(), ZitadelError> {
+    pub(crate) async fn set_metadata(&self, id: &str, entries: &[(String, String)]) -> Result<(), ZitadelError> {
         let md: Vec<Value> = entries.iter().map(|(k, v)| json!({"key": k, "value": b64(v)})).collect();
         let _: Value = self.call(USER_SERVICE, "SetUserMetadata", &json!({"userId": id, "metadata": md})).await?;
         Ok(())
     }
 
-    pub async fn delete_metadata(&self, id: &str, keys: &[String]) -> Result<(), ZitadelError> {
+    pub(crate) async fn delete_metadata(&self, id: &str, keys: &[String]) -> Result<(), ZitadelError> {
         match self.call::<Value>(USER_SERVICE, "DeleteUserMetadata", &json!({"userId": id, "keys": keys})).await {
             Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
             r => r.map(|_| ()),
@@ -428,7 +428,7 @@ impl Client {
     }
 
     /// Current metadata, decoded.
-    pub async fn list_metadata(&self, id: &str) -> Result<Vec<(String, String)>, ZitadelError> {
+    pub(crate) async fn list_metadata(&self, id: &str) -> Result<Vec<(String, String)>, ZitadelError> {
         let v: Value =
             self.call(USER_SERVICE, "ListUserMetadata", &json!({"userId": id, "pagination": {"limit": 100}})).await?;
         Ok(v.get("metadata")
@@ -447,7 +447,7 @@ impl Client {
     }
 
     /// Adds a link; the same link already present is fine.
-    pub async fn add_idp_link(&self, id: &str, link: &IdpLink) -> Result<(), ZitadelError> {
+    pub(crate) async fn add_idp_link(&self, id: &str, link: &IdpLink) -> Result<(), ZitadelError> {
         let body = json!({"userId": id, "idpLink": {"idpId": link.idp_id, "userId": link.user_id, "userName": link.user_name}});
         match self.call::<Value>(USER_SERVICE, "AddIDPLink", &body).await {
             Err(e) if e.code() == Some(Code::AlreadyExists) => Ok(()),
@@ -455,23 +455,12 @@ impl Client {
         }
     }
 
-    pub async fn list_idp_links(&self, id: &str) -> Result<Vec<IdpLink>, ZitadelError> {
-        let v: Value = self.call(USER_SERVICE, "ListIDPLinks", &json!({"userId": id, "query": {"limit": 100}})).await?;
-        Ok(v.get("result")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|l| IdpLink {
-                        idp_id: opt_str(l, "/idpId").unwrap_or_default(),
-                        user_id: opt_str(l, "/userId").unwrap_or_default(),
-                        user_name: opt_str(l, "/userName").unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    pub async fn remove_idp_link(&self, id: &str, idp_id: &str, linked_user_id: &str) -> Result<(), ZitadelError> {
+    pub(crate) async fn remove_idp_link(
+        &self,
+        id: &str,
+        idp_id: &str,
+        linked_user_id: &str,
+    ) -> Result<(), ZitadelError> {
         let body = json!({"userId": id, "idpId": idp_id, "linkedUserId": linked_user_id});
         match self.call::<Value>(USER_SERVICE, "RemoveIDPLink", &body).await {
             Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
@@ -480,7 +469,12 @@ impl Client {
     }
 
     /// One page of an organisation's users (for preflight).
-    pub async fn list_org_users(&self, org: &str, offset: u64, limit: u32) -> Result<(u64, Vec<ZUser>), ZitadelError> {
+    pub(crate) async fn list_org_users(
+        &self,
+        org: &str,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(u64, Vec<ZUser>), ZitadelError> {
         let v: Value = self
             .call(
                 USER_SERVICE,
@@ -502,7 +496,7 @@ impl Client {
     }
 
     /// Users anywhere in the instance with this username (case-insensitive).
-    pub async fn find_users_by_username(&self, username: &str) -> Result<Vec<ZUser>, ZitadelError> {
+    pub(crate) async fn find_users_by_username(&self, username: &str) -> Result<Vec<ZUser>, ZitadelError> {
         let v: Value = self
             .call(
                 USER_SERVICE,
@@ -521,7 +515,7 @@ impl Client {
 
     /// Organisations owning a verified domain (to tell whether a username's
     /// domain belongs to another organisation).
-    pub async fn orgs_with_domain(&self, domain: &str) -> Result<Vec<String>, ZitadelError> {
+    pub(crate) async fn orgs_with_domain(&self, domain: &str) -> Result<Vec<String>, ZitadelError> {
         let v: Value = self
             .call(
                 ORG_SERVICE,
@@ -535,7 +529,7 @@ impl Client {
             .unwrap_or_default())
     }
 
-    pub async fn org_exists(&self, org: &str) -> Result<bool, ZitadelError> {
+    pub(crate) async fn org_exists(&self, org: &str) -> Result<bool, ZitadelError> {
         let v: Value = self
             .call(
                 ORG_SERVICE,
@@ -558,14 +552,14 @@ fn json_u64(v: &Value) -> Option<u64> {
 // --------------------------------------------------------- authorizations
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorization {
+pub(crate) struct Authorization {
     pub id: String,
     pub roles: Vec<String>,
 }
 
 impl Client {
     /// The user's authorization on the project in the project's organisation, if any.
-    pub async fn find_authorization(
+    pub(crate) async fn find_authorization(
         &self,
         user_id: &str,
         project_id: &str,
@@ -608,7 +602,7 @@ impl Client {
         Ok(found)
     }
 
-    pub async fn create_authorization(
+    pub(crate) async fn create_authorization(
         &self,
         user_id: &str,
         project_id: &str,
@@ -628,12 +622,12 @@ impl Client {
         })
     }
 
-    pub async fn update_authorization(&self, id: &str, roles: &[String]) -> Result<(), ZitadelError> {
+    pub(crate) async fn update_authorization(&self, id: &str, roles: &[String]) -> Result<(), ZitadelError> {
         let _: Value = self.call(AUTHZ_SERVICE, "UpdateAuthorization", &json!({"id": id, "roleKeys": roles})).await?;
         Ok(())
     }
 
-    pub async fn delete_authorization(&self, id: &str) -> Result<(), ZitadelError> {
+    pub(crate) async fn delete_authorization(&self, id: &str) -> Result<(), ZitadelError> {
         let _: Value = self.call(AUTHZ_SERVICE, "DeleteAuthorization", &json!({"id": id})).await?;
         Ok(())
     }

@@ -68,12 +68,12 @@ pub struct GroupRoles {
     pub roles: Vec<String>,
 }
 
-pub const DEFAULT_RATE: f64 = 40.0;
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
+pub(crate) const DEFAULT_RATE: f64 = 40.0;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
 
 impl ZitadelConfig {
     /// Every problem at once, each naming the key and the fix.
-    pub fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let url = self.url.trim();
         if url.is_empty() {
@@ -130,12 +130,12 @@ impl ZitadelConfig {
         p
     }
 
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.max_requests_per_second.unwrap_or(DEFAULT_RATE)
     }
 
     /// Roles a user gets from the groups (by displayName) it belongs to.
-    pub fn roles_for(&self, groups: &[String]) -> std::collections::BTreeSet<String> {
+    pub(crate) fn roles_for(&self, groups: &[String]) -> std::collections::BTreeSet<String> {
         let mut roles: std::collections::BTreeSet<String> = self.default_roles.iter().cloned().collect();
         for gr in &self.group_roles {
             if groups.iter().any(|g| g.to_lowercase() == gr.group.to_lowercase()) {
@@ -146,7 +146,7 @@ impl ZitadelConfig {
     }
 
     /// Whether a group (by displayName) maps to roles at all.
-    pub fn maps_group(&self, name: &str) -> bool {
+    pub(crate) fn maps_group(&self, name: &str) -> bool {
         let n = name.to_lowercase();
         self.group_roles.iter().any(|g| g.group.to_lowercase() == n)
     }

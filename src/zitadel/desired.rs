@@ -13,13 +13,13 @@ use crate::scim::schema::ENTERPRISE_USER_SCHEMA;
 
 /// Metadata keys written on every provisioned user, so an admin can trace a
 /// ZITADEL user back to Entra.
-pub const MD_EXTERNAL_ID: &str = "scim.externalId";
-pub const MD_USER_NAME: &str = "scim.userName";
-pub const MD_EMPLOYEE_NUMBER: &str = "scim.employeeNumber";
+pub(crate) const MD_EXTERNAL_ID: &str = "scim.externalId";
+pub(crate) const MD_USER_NAME: &str = "scim.userName";
+pub(crate) const MD_EMPLOYEE_NUMBER: &str = "scim.employeeNumber";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DesiredUser {
+pub(crate) struct DesiredUser {
     pub id: String,
     pub username: String,
     pub given_name: String,
@@ -38,7 +38,7 @@ pub struct DesiredUser {
 }
 
 impl DesiredUser {
-    pub fn profile(&self) -> Profile {
+    pub(crate) fn profile(&self) -> Profile {
         Profile {
             given_name: self.given_name.clone(),
             family_name: self.family_name.clone(),
@@ -48,7 +48,7 @@ impl DesiredUser {
         }
     }
 
-    pub fn link(&self) -> Option<IdpLink> {
+    pub(crate) fn link(&self) -> Option<IdpLink> {
         self.idp_link.as_ref().map(|(idp, uid, name)| IdpLink {
             idp_id: idp.clone(),
             user_id: uid.clone(),
@@ -56,7 +56,7 @@ impl DesiredUser {
         })
     }
 
-    pub fn new_human(&self, organization_id: &str) -> NewHumanUser {
+    pub(crate) fn new_human(&self, organization_id: &str) -> NewHumanUser {
         NewHumanUser {
             user_id: self.id.clone(),
             username: self.username.clone(),
@@ -69,7 +69,7 @@ impl DesiredUser {
         }
     }
 
-    pub fn roles_vec(&self) -> Vec<String> {
+    pub(crate) fn roles_vec(&self) -> Vec<String> {
         self.roles.iter().cloned().collect()
     }
 }
@@ -97,7 +97,7 @@ fn pick<'a>(doc: &'a Value, attr: &str, preferred_type: &str) -> Option<&'a str>
 /// ("+1 (555) 010-0000"). Separators are dropped for ZITADEL only (the SCIM
 /// store keeps the value as sent); anything else is not projected rather than
 /// failing the user.
-pub fn e164(phone: &str) -> Option<String> {
+pub(crate) fn e164(phone: &str) -> Option<String> {
     let compact: String = phone.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.' | '/')).collect();
     let digits = compact.strip_prefix('+')?;
     (digits.len() >= 6 && digits.len() <= 15 && digits.chars().all(|c| c.is_ascii_digit())).then_some(compact)
@@ -119,7 +119,7 @@ fn language(tag: &str) -> Option<String> {
 /// the part of `userName` before `@`; family name ← `name.familyName`, else the
 /// rest of `displayName`, else the given name; email ← the primary email, else
 /// the work email, else the first, else `userName` when it is an address.
-pub fn desired_user(doc: &Value, group_names: &[String], cfg: &ZitadelConfig) -> Result<DesiredUser, ScimError> {
+pub(crate) fn desired_user(doc: &Value, group_names: &[String], cfg: &ZitadelConfig) -> Result<DesiredUser, ScimError> {
     let id = s(doc, "/id").unwrap_or_default().to_string();
     let username = s(doc, "/userName").ok_or_else(|| ScimError::invalid_value("'userName' is required"))?.to_string();
     let display_name = s(doc, "/displayName").or_else(|| s(doc, "/name/formatted")).map(str::to_string);

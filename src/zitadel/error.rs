@@ -28,7 +28,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub fn parse(s: &str) -> Code {
+    pub(crate) fn parse(s: &str) -> Code {
         match s {
             "canceled" => Code::Canceled,
             "invalid_argument" => Code::InvalidArgument,
@@ -50,7 +50,7 @@ impl Code {
     }
 
     /// When the body carries no code: the HTTP status mapping of the Connect spec.
-    pub fn from_http(status: u16) -> Code {
+    pub(crate) fn from_http(status: u16) -> Code {
         match status {
             400 => Code::InvalidArgument,
             401 => Code::Unauthenticated,
@@ -89,7 +89,7 @@ pub enum ZitadelError {
 
 impl ZitadelError {
     /// Worth retrying later: the request may well succeed unchanged.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             ZitadelError::Api { code, http_status, .. } => {
                 matches!(
@@ -107,34 +107,32 @@ impl ZitadelError {
         }
     }
 
-    pub fn code(&self) -> Option<Code> {
+    pub(crate) fn code(&self) -> Option<Code> {
         match self {
             ZitadelError::Api { code, .. } => Some(*code),
             _ => None,
         }
     }
 
-    pub fn key(&self) -> Option<&str> {
+    pub(crate) fn key(&self) -> Option<&str> {
         match self {
             ZitadelError::Api { key, .. } => key.as_deref(),
             _ => None,
         }
     }
 
-    pub fn is(&self, code: Code, key: &str) -> bool {
+    pub(crate) fn is(&self, code: Code, key: &str) -> bool {
         self.code() == Some(code) && self.key() == Some(key)
-    }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ZitadelError::Api { retry_after, .. } => *retry_after,
-            _ => None,
-        }
     }
 }
 
 /// Parses a Connect (or REST gateway) error body.
-pub fn parse_error_body(method: &str, http_status: u16, body: &[u8], retry_after: Option<Duration>) -> ZitadelError {
+pub(crate) fn parse_error_body(
+    method: &str,
+    http_status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> ZitadelError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let code = match v.get("code") {
         Some(Value::String(s)) => Code::parse(s),

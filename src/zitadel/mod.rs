@@ -1,9 +1,9 @@
 //! ZITADEL: the client, and the projector that mirrors the SCIM store into it.
 
-pub mod admin;
-pub mod auth;
+pub(crate) mod admin;
+pub(crate) mod auth;
 pub mod client;
-pub mod config;
-pub mod desired;
-pub mod error;
-pub mod projector;
+pub(crate) mod config;
+pub(crate) mod desired;
+pub(crate) mod error;
+pub(crate) mod projector;

@@ -40,14 +40,14 @@ const WORKER_CONCURRENCY: usize = 8;
 /// What was last projected for a user, kept in the store beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProjectedState {
+pub(crate) struct ProjectedState {
     pub user: DesiredUser,
     pub authorization_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Health {
+pub(crate) struct Health {
     /// ZITADEL answered the last connectivity check with our credentials.
     pub reachable: bool,
     pub last_error: Option<String>,
@@ -55,7 +55,7 @@ pub struct Health {
     pub last_success_ms: Option<u64>,
 }
 
-pub struct Projector {
+pub(crate) struct Projector {
     client: Client,
     cfg: ZitadelConfig,
     store: Arc<dyn Store>,
@@ -70,7 +70,7 @@ enum Outcome {
 }
 
 impl Projector {
-    pub fn new(client: Client, cfg: ZitadelConfig, store: Arc<dyn Store>) -> Arc<Self> {
+    pub(crate) fn new(client: Client, cfg: ZitadelConfig, store: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Projector {
             client,
             cfg,
@@ -81,15 +81,15 @@ impl Projector {
         })
     }
 
-    pub fn config(&self) -> &ZitadelConfig {
+    pub(crate) fn config(&self) -> &ZitadelConfig {
         &self.cfg
     }
 
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.client
     }
 
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         self.health.lock().clone()
     }
 
@@ -123,7 +123,7 @@ impl Projector {
 
     /// Checks that ZITADEL answers with our credentials and the organisation
     /// exists; the result is what `/readyz` and `/status` report.
-    pub async fn check(&self) -> Result<(), String> {
+    pub(crate) async fn check(&self) -> Result<(), String> {
         let r = self.client.org_exists(&self.cfg.organization_id).await;
         match r {
             Ok(true) => {
@@ -184,7 +184,7 @@ impl Projector {
     // ------------------------------------------------------- SCIM writes
 
     /// Creates a user: ZITADEL first (a rejection stores nothing), then the store.
-    pub async fn create_user(&self, mut doc: Value) -> Result<Record, StoreError> {
+    pub(crate) async fn create_user(&self, mut doc: Value) -> Result<Record, StoreError> {
         let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
         let guard = self.lock(&id).await;
         let d = desired_user(&doc, &[], &self.cfg)?;
@@ -265,7 +265,7 @@ impl Projector {
     /// Updates a user: `compute` turns the current record into the new one, as
     /// for an unprojected update; ZITADEL is brought in line before the store
     /// commits.
-    pub async fn update_user(&self, id: &str, compute: MutateFn) -> Result<Record, StoreError> {
+    pub(crate) async fn update_user(&self, id: &str, compute: MutateFn) -> Result<Record, StoreError> {
         let _guard = self.lock(id).await;
         let current = self
             .store
@@ -305,7 +305,7 @@ impl Projector {
     }
 
     /// Deletes a user: from ZITADEL now if it answers, else through the outbox.
-    pub async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
         let _guard = self.lock(id).await;
         if self.store.get(ResourceKind::User, id).await?.is_none() {
             return Err(ScimError::not_found(format!("User {id} not found")).into());
@@ -331,7 +331,7 @@ impl Projector {
 
     /// The users whose roles a group change affects: members before and after,
     /// when the group maps to roles under its old or new name.
-    pub fn group_side_effects(&self, before: Option<&Value>, after: Option<&Value>) -> SideEffects {
+    pub(crate) fn group_side_effects(&self, before: Option<&Value>, after: Option<&Value>) -> SideEffects {
         let name = |d: Option<&Value>| d.and_then(|d| d.get("displayName")).and_then(Value::as_str).map(str::to_string);
         let mapped = [name(before), name(after)].iter().flatten().any(|n| self.cfg.maps_group(n));
         if !mapped {
@@ -357,14 +357,14 @@ impl Projector {
     }
 
     /// Tells the outbox worker new entries are waiting.
-    pub fn wake_outbox(&self) {
+    pub(crate) fn wake_outbox(&self) {
         self.kick();
     }
 
     // ------------------------------------------------------------ outbox
 
     /// Drains the outbox until `shutdown` resolves.
-    pub async fn run_outbox(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+    pub(crate) async fn run_outbox(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         use futures::StreamExt;
         tokio::pin!(shutdown);
         loop {

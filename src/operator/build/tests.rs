@@ -1,7 +1,7 @@
 use super::*;
 use crate::operator::crd::ScimTenant;
 
-pub fn tenant(yaml: &str) -> ScimTenant {
+pub(crate) fn tenant(yaml: &str) -> ScimTenant {
     let mut t: ScimTenant = serde_yaml::from_str(yaml).unwrap();
     t.metadata.uid = Some("uid-1".into());
     t

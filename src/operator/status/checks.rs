@@ -18,7 +18,7 @@ use crate::operator::names::{SERVICE_ROLES, annotation, condition, reason};
 
 /// `KeysReady`: conflicting Secrets and a tenant without a usable key need a
 /// human; expiry is reported while the remaining keys still work.
-pub fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[String]) -> Check {
+pub(crate) fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[String]) -> Check {
     let rotate = annotation::ROTATE;
     if !conflicts.is_empty() {
         let names: Vec<String> = conflicts.iter().map(|k| build::key_secret_name(tenant, k)).collect();
@@ -62,7 +62,7 @@ pub fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[String]) -> 
 }
 
 /// `ServerAvailable`, from the Deployment as last applied or seen.
-pub fn server_check(tenant: &ScimTenant, deployment: Option<&Deployment>) -> Check {
+pub(crate) fn server_check(tenant: &ScimTenant, deployment: Option<&Deployment>) -> Check {
     let Some(deployment) = deployment else {
         return Check::Pending {
             reason: reason::DEPLOYMENT_MISSING,
@@ -87,20 +87,20 @@ pub fn server_check(tenant: &ScimTenant, deployment: Option<&Deployment>) -> Che
 }
 
 /// `ZitadelBound` once the machine user holds its roles.
-pub fn bound_ok(user_id: &str) -> Check {
+pub(crate) fn bound_ok(user_id: &str) -> Check {
     Check::Ok {
         reason: reason::BOUND,
         message: format!("machine user {user_id} holds {}", SERVICE_ROLES.join(" and ")),
     }
 }
 
-pub fn server_available(server: &Check) -> bool {
+pub(crate) fn server_available(server: &Check) -> bool {
     matches!(server, Check::Ok { reason: reason::AVAILABLE, .. })
 }
 
 /// `ProvisioningHealthy` when the server's `/status` cannot be asked: only an
 /// available server has one.
-pub fn provisioning_unobservable(server: &Check) -> Option<Check> {
+pub(crate) fn provisioning_unobservable(server: &Check) -> Option<Check> {
     (!server_available(server)).then(|| Check::Unknown {
         reason: reason::SERVER_UNAVAILABLE,
         message: "the SCIM server is not available".into(),
@@ -108,13 +108,13 @@ pub fn provisioning_unobservable(server: &Check) -> Option<Check> {
 }
 
 /// The failure to record when the server's `/status` did not answer.
-pub fn provisioning_unreachable(message: String) -> Check {
+pub(crate) fn provisioning_unreachable(message: String) -> Check {
     Check::Unknown { reason: reason::STATUS_UNREACHABLE, message }
 }
 
 /// Whether this generation's invalid spec was already reported (its event is
 /// sent once, not on every pass).
-pub fn invalid_spec_reported(previous: &[Condition], generation: i64) -> bool {
+pub(crate) fn invalid_spec_reported(previous: &[Condition], generation: i64) -> bool {
     previous.iter().any(|c| {
         c.type_ == condition::STALLED && c.reason == reason::INVALID_SPEC && c.observed_generation == Some(generation)
     })
@@ -123,14 +123,14 @@ pub fn invalid_spec_reported(previous: &[Condition], generation: i64) -> bool {
 /// When to look again, and whether the tenant has converged (a pass that has
 /// not is retried with backoff, capped by this delay).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Requeue {
+pub(crate) struct Requeue {
     pub after: Duration,
     pub converged: bool,
 }
 
 /// `resync` bounds every wait; an available server is polled for its
 /// provisioning health, and a key's next warning or expiry is met on time.
-pub fn requeue(
+pub(crate) fn requeue(
     observed: &Observed,
     resync: Duration,
     status_poll: Duration,

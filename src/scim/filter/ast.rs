@@ -43,7 +43,7 @@ pub enum Literal {
 }
 
 impl Literal {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         match self {
             Literal::Str(s) => Value::String(s.clone()),
             Literal::Num(n) => Value::Number(n.clone()),

@@ -58,7 +58,7 @@ mod tests;
 
 /// The embedded SQLite store. Dropping it (or calling [`Store::close`]) lets
 /// the writer finish every request already accepted, then stops it.
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     state: Arc<RwLock<State>>,
     tx: RwLock<Option<mpsc::Sender<WriteRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,

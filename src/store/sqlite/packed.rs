@@ -109,10 +109,10 @@ impl Lookup {
 
 /// A packed document; cloning shares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Packed(Arc<[u8]>);
+pub(crate) struct Packed(Arc<[u8]>);
 
 impl Packed {
-    pub fn pack(text: &str) -> Self {
+    pub(crate) fn pack(text: &str) -> Self {
         let bytes = text.as_bytes();
         if bytes.iter().any(|&b| b < 0x20) {
             let mut out = Vec::with_capacity(bytes.len() + 1);
@@ -143,7 +143,7 @@ impl Packed {
         Self(out.into())
     }
 
-    pub fn unpack(&self) -> String {
+    pub(crate) fn unpack(&self) -> String {
         let bytes = &*self.0;
         if let Some((&RAW, raw)) = bytes.split_first() {
             return String::from_utf8_lossy(raw).into_owned();
@@ -165,7 +165,7 @@ impl Packed {
 
     /// Bytes held.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 }
