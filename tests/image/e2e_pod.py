@@ -354,6 +354,7 @@ def main() -> int:
     ap.add_argument("--image", required=True)
     ap.add_argument("--bin", required=True, help="host scim-operator (for `render`)")
     ap.add_argument("--fake", required=True, help="the zitadel_fake example binary")
+    ap.add_argument("--kube-fake", required=True, help="the kube_fake example binary")
     ap.add_argument("--runtime", default="podman")
     a = ap.parse_args()
     if "E2E_POD_NETNS" not in os.environ:
@@ -416,8 +417,8 @@ def main() -> int:
         scim_port = pod.port("scim") if any(p.get("name") == "scim" for p in pod.c["ports"]) else \
             int(str(cfg["listen"]).rsplit(":", 1)[1])
         base = f"http://127.0.0.1:{scim_port}" + re.sub(r"^https?://[^/]+", "", cfg.get("publicUrl", "/scim/v2"))
-        acked = entra_cycle(base, token)
-        projected(z, port, acked)
+        acked, entra = entra_cycle(base, token)
+        projected(z, port, entra)
 
         pod.stop()
         pod.start()
@@ -472,9 +473,11 @@ CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
-def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
-    """Entra's requests, as it sends them; returns what each acknowledged write left."""
+def entra_cycle(base: str, token: str) -> tuple[dict[str, dict | None], dict[str, dict]]:
+    """Entra's requests, as it sends them. Returns what each acknowledged write left (by
+    SCIM path) and what ZITADEL should hold for each user (by userName)."""
     acked: dict[str, dict | None] = {}
+    entra: dict[str, dict] = {}
     users = {}
     for i, (given, family) in enumerate([("Ada", "Lovelace"), ("Alan", "Turing"), ("Grace", "Hopper")]):
         upn = f"{given.lower()}.{family.lower()}@contoso.com"
@@ -487,7 +490,9 @@ def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
         check(st == 201, f"POST /Users {upn} (enterprise extension)", f"{st} {body}")
         users[upn] = body["id"]
         acked[f"/Users/{body['id']}"] = {"userName": upn, "active": True}
-    ids = list(users.values())
+        entra[upn] = {"externalId": f"0f4c1e2a-000{i}", "active": True, "deleted": False, "roles": ["Chat.User"],
+                      "absentRoles": []}
+    ids, upns = list(users.values()), list(users)
     st, body = http("POST", base + "/Groups", {"schemas": [CORE_GROUP], "displayName": "Unique Admins",
                                                "externalId": "9a1b-admins", "members": []}, token)
     check(st == 201, "POST /Groups Unique Admins", f"{st} {body}")
@@ -507,46 +512,79 @@ def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
         {"op": "Replace", "path": "active", "value": "False"}]}, token)
     check(st in (200, 204), "PATCH /Users active=\"False\" (deactivate)", f"{st} {body}")
     acked[f"/Users/{ids[1]}"]["active"] = False
+    entra[upns[1]]["active"] = False
     st, body = http("DELETE", f"{base}/Users/{ids[2]}", None, token)
     check(st == 204, "DELETE /Users", f"{st} {body}")
     acked[f"/Users/{ids[2]}"] = None
+    entra[upns[2]]["deleted"] = True
+    # The group's member holds its role (groupRoles: Unique Admins -> Chat.Admin.All); the
+    # member removed from it does not.
+    entra[upns[0]]["roles"].append("Chat.Admin.All")
+    entra[upns[1]].update(roles=[], absentRoles=["Chat.Admin.All"])
     st, body = http("GET", f"{base}/Groups/{gid}", None, token)
     members = sorted(m["value"] for m in (body or {}).get("members") or [])
     check(members == [ids[0]], "the group's members after the PATCHes", f"{members} vs {[ids[0]]}")
-    return acked
+    return acked, entra
 
 
-def projected(z: dict, port: int, acked: dict[str, dict | None]) -> None:
-    """The fake's users, read with the admin PAT through its API, until they match."""
+def projected(z: dict, port: int, entra: dict[str, dict]) -> None:
+    """The fake's state read through its API with the admin PAT, until it matches what
+    Entra sent: every user in the customer org under its userName, active or inactive,
+    with its externalId as metadata; the deleted one gone; the group's role on its member."""
     url = f"http://127.0.0.1:{port}"
-    want = {v["userName"]: v["active"] for v in acked.values() if v and "userName" in v}
-    gone = set()
-    deadline, last = time.time() + 60, None
-    while time.time() < deadline:
+
+    def rpc(method: str, body: dict):
+        return http("POST", f"{url}/zitadel.{method}", body, z["PAT"], "application/json")
+
+    def observe() -> tuple[dict, dict]:
+        """{userName: what ZITADEL has} for Entra's users, and the mismatches."""
         st, body = http("POST", f"{url}/v2/users", {"query": {"limit": 1000}}, z["PAT"], "application/json")
-        if st == 200:
-            state = {}
-            for u in body.get("result") or []:
-                name = u.get("username") or u.get("userName") or u.get("preferredLoginName")
-                state[name] = u.get("state")
-            last = state
-            ok = all(state.get(n) == ("USER_STATE_ACTIVE" if act else "USER_STATE_INACTIVE")
-                     for n, act in want.items())
-            gone = {n for n in ("grace.hopper@contoso.com",) if n not in state}
-            if ok and gone:
-                break
-        else:
-            last = (st, body)
+        if st != 200:
+            return {}, {"ListUsers": (st, body)}
+        seen, bad = {}, {}
+        by_name = {u.get("username"): u for u in body.get("result") or []}
+        for upn, want in entra.items():
+            u = by_name.get(upn)
+            if want["deleted"]:
+                seen[upn] = "absent" if u is None else u.get("state")
+                if u is not None:
+                    bad[upn] = "still there"
+                continue
+            if u is None:
+                bad[upn] = "missing"
+                continue
+            st, md = rpc("user.v2.UserService/ListUserMetadata", {"userId": u["userId"]})
+            meta = {m["key"]: base64.b64decode(m["value"]).decode() for m in (md or {}).get("metadata") or []} \
+                if st == 200 else {"error": str(md)}
+            st, az = rpc("authorization.v2.AuthorizationService/ListAuthorizations",
+                         {"filters": [{"inUserIds": {"ids": [u["userId"]]}}]})
+            roles = sorted(r["key"] for a in (az or {}).get("authorizations") or []
+                           if a.get("project", {}).get("id") == z["PROJECT"] for r in a.get("roles") or [])
+            have = {"org": (u.get("details") or {}).get("resourceOwner"), "state": u.get("state"),
+                    "externalId": meta.get("scim.externalId"), "roles": roles}
+            seen[upn] = have
+            expect = {"org": z["ORG"], "state": "USER_STATE_ACTIVE" if want["active"] else "USER_STATE_INACTIVE",
+                      "externalId": want["externalId"]}
+            diff = {k: (have[k], v) for k, v in expect.items() if have[k] != v}
+            if set(want["roles"]) - set(roles) or set(want["absentRoles"]) & set(roles):
+                diff["roles"] = (roles, want["roles"])
+            if diff:
+                bad[upn] = diff
+        return seen, bad
+
+    deadline = time.time() + 60
+    seen, bad = observe()
+    while bad and time.time() < deadline:
         time.sleep(0.5)
-    check(all(last and isinstance(last, dict) and last.get(n) ==
-              ("USER_STATE_ACTIVE" if act else "USER_STATE_INACTIVE") for n, act in want.items()),
-          "projected into the ZITADEL fake: users created, the deactivated one inactive", str(last))
-    check(bool(gone), "projected into the ZITADEL fake: the deleted user is gone", str(last))
-    # The group member got the group's role (groupRoles: Unique Admins -> Chat.Admin.All).
-    st, body = http("POST", f"{url}/zitadel.authorization.v2.AuthorizationService/ListAuthorizations", {},
-                    z["PAT"], "application/json")
-    roles = json.dumps(body)
-    check(st == 200 and "Chat.Admin.All" in roles, "the group's role granted in ZITADEL", f"{st} {roles[:500]}")
+        seen, bad = observe()
+    live = [n for n, w in entra.items() if not w["deleted"]]
+    check(not any(n in bad for n in live),
+          f"projected into the ZITADEL fake: {len(live)} users in org {z['ORG']} by userName, "
+          "state (the deactivated one inactive), externalId metadata, the group's role on its member",
+          json.dumps({"mismatch (have, want)": {n: bad[n] for n in live if n in bad}, "seen": seen}, indent=1))
+    dead = [n for n, w in entra.items() if w["deleted"]]
+    check(not any(n in bad for n in dead), f"projected into the ZITADEL fake: the deleted user is gone ({dead})",
+          str({n: seen.get(n) for n in dead}))
 
 
 if __name__ == "__main__":
