@@ -296,6 +296,16 @@ class Pod:
             subprocess.run([*self.runtime, *cmd, self.container], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def running(self) -> bool:
+        return self.inspect("{{.State.Running}}") == "true"
+
+    def exit_code(self) -> str:
+        return f"exit code {self.inspect('{{.State.ExitCode}}')}"
+
+    def inspect(self, fmt: str) -> str:
+        return subprocess.run([*self.runtime, "inspect", "--format", fmt, self.container],
+                              capture_output=True, text=True).stdout.strip()
+
     def logs(self) -> str:
         return subprocess.run([*self.runtime, "logs", self.container], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True).stdout[-6000:]
@@ -307,8 +317,11 @@ class Pod:
         hg = probe["httpGet"]
         url = f"{hg.get('scheme', 'HTTP').lower()}://127.0.0.1:{self.port(hg['port'])}{hg.get('path', '/')}"
         deadline = time.time() + probe.get("initialDelaySeconds", 0) + timeout
-        last = ""
+        last, polls = "", 0
         while time.time() < deadline:
+            polls += 1
+            if polls % 5 == 0 and not self.running():  # exited: a kubelet would report CrashLoopBackOff
+                return False, f"{url}: the container exited ({self.exit_code()})"
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if 200 <= r.status < 400:
@@ -481,10 +494,10 @@ def run(a, runtime: list[str], work: Path, procs: list, pods: list) -> None:
         pods.append(pod)
         pod.start()
         ok, url = pod.wait_probe("readinessProbe")
-        check(ok, f"readiness probe answers ({url})", pod.logs() if not ok else "")
+        if not check(ok, f"readiness probe answers ({url})", pod.logs() if not ok else ""):
+            return
         ok, url = pod.wait_probe("livenessProbe", timeout=5)
-        check(ok, f"liveness probe answers ({url})", pod.logs() if not ok else "")
-        if failed:
+        if not check(ok, f"liveness probe answers ({url})", pod.logs() if not ok else ""):
             return
 
     with Phase("an Entra cycle through the SCIM port, projected into ZITADEL"):
@@ -590,7 +603,8 @@ def controller(a, runtime: list[str], work: Path, netns: str, procs: list, pods:
     pods.append(ctl)
     ctl.start()
     ok, url = ctl.wait_probe("readinessProbe")
-    check(ok, f"controller: readiness probe answers ({url})", ctl.logs() if not ok else "")
+    if not check(ok, f"controller: readiness probe answers ({url})", ctl.logs() if not ok else ""):
+        return
     ok, url = ctl.wait_probe("livenessProbe", timeout=5)
     check(ok, f"controller: liveness probe answers ({url})", ctl.logs() if not ok else "")
 
