@@ -19,8 +19,9 @@ build:
 run: build
 	$(BIN) serve --data-dir $(DATA)
 
-## Every test: unit, integration (real binary on port 0), external conformance, ZITADEL contract.
-test: unit conformance contract
+## Every test: unit, integration (real binary on port 0), external conformance, ZITADEL contract,
+## the rendered pod and the controller run from the image (e2e-pod: root, podman).
+test: unit conformance contract e2e-pod
 
 ## Rust tests (workspace: the crate and tests/support). A server's or controller's log is
 ## printed only for a failing test; SCIM_TEST_LOG=1 (or a RUST_LOG filter) streams it.
