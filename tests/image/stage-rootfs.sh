@@ -34,7 +34,7 @@ done
 # merged-/usr Debian includes /usr/lib/<triplet>; /lib/<triplet> is where ldd
 # points, so nothing more is needed. Refuse what would not work: NSS modules
 # loaded with dlopen are invisible to ldd.
-if ! ldd "$bin" | grep -q 'libc.so.6'; then
+if ! grep -q 'libc.so.6' <<<"$(ldd "$bin")"; then
   echo "$bin does not link glibc; check DNS resolution by hand" >&2
 fi
 glibc=$(getconf GNU_LIBC_VERSION | awk '{print $2}')

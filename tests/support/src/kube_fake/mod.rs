@@ -96,13 +96,19 @@ impl KubeFake {
     }
 
     pub async fn start_with(opts: Options) -> KubeFake {
+        Self::start_on("127.0.0.1:0", opts).await.expect("bind kube fake")
+    }
+
+    /// Serves on `addr` (e.g. `127.0.0.1:0`), for the fake run as a process
+    /// (`examples/kube_fake.rs`).
+    pub async fn start_on(addr: &str, opts: Options) -> std::io::Result<KubeFake> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(opts.history)),
             access: Mutex::new(Vec::new()),
             open_watches: AtomicUsize::new(0),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind kube fake");
-        let addr = listener.local_addr().expect("kube fake address");
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -112,7 +118,7 @@ impl KubeFake {
                 })
                 .await;
         });
-        KubeFake { shared, addr, stop: Some(stop) }
+        Ok(KubeFake { shared, addr, stop: Some(stop) })
     }
 
     pub fn url(&self) -> String {
