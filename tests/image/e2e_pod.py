@@ -70,6 +70,16 @@ def check(ok: bool, what: str, detail: str = "") -> bool:
     return ok
 
 
+def probes_answer(pod, label: str) -> bool:
+    """The pod's readiness probe answers (waited for), then its liveness probe."""
+    for probe, timeout in (("readinessProbe", None), ("livenessProbe", 5)):
+        ok, url = pod.wait_probe(probe) if timeout is None else pod.wait_probe(probe, timeout=timeout)
+        kind = probe.removesuffix("Probe")
+        if not check(ok, f"{label}{kind} probe answers ({url})", pod.logs() if not ok else ""):
+            return False
+    return True
+
+
 class K8sLoader(yaml.SafeLoader):
     """YAML as Kubernetes reads it (no YAML 1.1 timestamps)."""
 
@@ -493,11 +503,7 @@ def run(a, runtime: list[str], work: Path, procs: list, pods: list) -> None:
     with Phase("the server pod: probes"):
         pods.append(pod)
         pod.start()
-        ok, url = pod.wait_probe("readinessProbe")
-        if not check(ok, f"readiness probe answers ({url})", pod.logs() if not ok else ""):
-            return
-        ok, url = pod.wait_probe("livenessProbe", timeout=5)
-        if not check(ok, f"liveness probe answers ({url})", pod.logs() if not ok else ""):
+        if not probes_answer(pod, ""):
             return
 
     with Phase("an Entra cycle through the SCIM port, projected into ZITADEL"):
@@ -602,11 +608,8 @@ def controller(a, runtime: list[str], work: Path, netns: str, procs: list, pods:
     ctl = Pod(manifests, work, runtime, netns, role="controller", hosts=(ZITADEL_HOST, svc_host))
     pods.append(ctl)
     ctl.start()
-    ok, url = ctl.wait_probe("readinessProbe")
-    if not check(ok, f"controller: readiness probe answers ({url})", ctl.logs() if not ok else ""):
+    if not probes_answer(ctl, "controller: "):
         return
-    ok, url = ctl.wait_probe("livenessProbe", timeout=5)
-    check(ok, f"controller: liveness probe answers ({url})", ctl.logs() if not ok else "")
 
     ns, name = tenant["metadata"]["namespace"], tenant["metadata"]["name"]
     path = f"{kube_url}{TENANT_API}/namespaces/{ns}/scimtenants"

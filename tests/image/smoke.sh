@@ -64,12 +64,19 @@ zitadel:
   projectOrganizationId: '3'
 Y
 }
-cfg "http://zitadel.test:$hp"
-sleep 0.3
-"${RUN[@]}" run --rm "${SEC[@]}" --add-host zitadel.test:127.0.0.1 \
-  -v "$work/serve.yaml:/etc/scim/config/serve.yaml:ro" -v "$work/pat:/etc/scim/zitadel/pat:ro" \
-  -v "$work/users.csv:/in/users.csv:ro" "$IMAGE" \
-  preflight --config /etc/scim/config/serve.yaml --users /in/users.csv >"$work/pf.out" 2>&1 || true
+# preflight URL PORT OUT: runs preflight in the image against ZITADEL at URL, once
+# the local server on PORT accepts connections (bounded wait, no fixed sleep).
+preflight() {
+  cfg "$1"
+  local up=false
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && { up=true; break; }; sleep 0.1; done
+  $up || { echo "the local server on port $2 never listened" >&2; return 1; }
+  "${RUN[@]}" run --rm "${SEC[@]}" --add-host zitadel.test:127.0.0.1 \
+    -v "$work/serve.yaml:/etc/scim/config/serve.yaml:ro" -v "$work/pat:/etc/scim/zitadel/pat:ro" \
+    -v "$work/users.csv:/in/users.csv:ro" "$IMAGE" \
+    preflight --config /etc/scim/config/serve.yaml --users /in/users.csv >"$3" 2>&1 || true
+}
+preflight "http://zitadel.test:$hp" "$hp" "$work/pf.out"
 CHECK="zitadel.test resolves inside the image and is reached over HTTP"; check grep -q "Host=zitadel.test:$hp" "$work/http.log"
 
 # 3. https verifies: a self-signed certificate for zitadel.test is refused.
@@ -90,12 +97,7 @@ while True:
         log.write(f"handshake refused: {e}\n"); c.close()
 PY
 pids+=($!)
-cfg "https://zitadel.test:$tp"
-sleep 0.5
-"${RUN[@]}" run --rm "${SEC[@]}" --add-host zitadel.test:127.0.0.1 \
-  -v "$work/serve.yaml:/etc/scim/config/serve.yaml:ro" -v "$work/pat:/etc/scim/zitadel/pat:ro" \
-  -v "$work/users.csv:/in/users.csv:ro" "$IMAGE" \
-  preflight --config /etc/scim/config/serve.yaml --users /in/users.csv >"$work/pf-tls.out" 2>&1 || true
+preflight "https://zitadel.test:$tp" "$tp" "$work/pf-tls.out"
 CHECK="https to a self-signed server: the client refuses its certificate (TLS alert)"
 check grep -qi 'handshake refused:.*\(unknown.ca\|bad.certificate\|certificate.unknown\)' "$work/https.log"
 CHECK="...and no handshake completed"; check bash -c "! grep -q 'handshake completed' '$work/https.log'"
