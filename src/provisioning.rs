@@ -149,7 +149,7 @@ impl Provisioning {
             Mutation::Replace(doc) => {
                 let side = proj.group_side_effects(Some(&rec.doc), Some(&doc));
                 flag.store(!side.enqueue.is_empty(), Ordering::Relaxed);
-                Ok(Mutation::WithSideEffects(Box::new(Mutation::Replace(doc)), side))
+                Ok(Mutation::WithSideEffects { mutation: Box::new(Mutation::Replace(doc)), side })
             }
             other => Ok(other),
         });

@@ -37,8 +37,8 @@ impl AppState {
             Value::Array(
                 groups
                     .into_iter()
-                    .map(|(id, name)| {
-                        json!({"value": id, "$ref": location(&self.base_url, ResourceKind::Group, &id), "display": name, "type": "direct"})
+                    .map(|g| {
+                        json!({"value": g.id, "$ref": location(&self.base_url, ResourceKind::Group, &g.id), "display": g.display_name, "type": "direct"})
                     })
                     .collect(),
             )

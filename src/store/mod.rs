@@ -82,7 +82,41 @@ pub(crate) enum Mutation {
     /// Nothing changed: no write, no new version.
     Unchanged,
     /// As the inner mutation, plus side effects in the same transaction.
-    WithSideEffects(Box<Mutation>, SideEffects),
+    WithSideEffects { mutation: Box<Mutation>, side: SideEffects },
+}
+
+/// A group a resource is a member of, as the user's `groups` attribute shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct GroupRef {
+    pub id: String,
+    pub display_name: String,
+}
+
+impl GroupRef {
+    pub(crate) fn new(id: impl Into<String>, display_name: impl Into<String>) -> Self {
+        GroupRef { id: id.into(), display_name: display_name.into() }
+    }
+}
+
+/// A resource whose ZITADEL projection must be brought up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Enqueue {
+    pub kind: ResourceKind,
+    pub id: String,
+}
+
+impl Enqueue {
+    pub(crate) fn user(id: impl Into<String>) -> Self {
+        Enqueue { kind: ResourceKind::User, id: id.into() }
+    }
+}
+
+/// The projector's bookkeeping for one resource (what it last wrote to
+/// ZITADEL, as JSON text): `state: None` clears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProjectionNote {
+    pub id: String,
+    pub state: Option<String>,
 }
 
 /// Writes that go into the same transaction as the resource change they
@@ -91,9 +125,9 @@ pub(crate) enum Mutation {
 pub(crate) struct SideEffects {
     /// Resources whose projection must be brought up to date (the outbox).
     /// Enqueuing one already queued bumps its generation.
-    pub enqueue: Vec<(ResourceKind, String)>,
-    /// Projection bookkeeping by resource id: `Some` sets, `None` clears.
-    pub projection: Vec<(String, Option<String>)>,
+    pub enqueue: Vec<Enqueue>,
+    /// Projection bookkeeping by resource id.
+    pub projection: Vec<ProjectionNote>,
 }
 
 impl SideEffects {
@@ -231,8 +265,8 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     async fn query(&self, query: Query<'_>) -> Result<Page, StoreError>;
 
-    /// Groups whose `members` contain this id: (group id, displayName).
-    async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Groups whose `members` contain this id.
+    async fn groups_of(&self, member_id: &str) -> Result<Vec<GroupRef>, StoreError>;
 
     async fn counts(&self) -> Result<Counts, StoreError>;
 
@@ -259,7 +293,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn outbox_complete(
         &self,
         entry: &OutboxEntry,
-        projection: Option<(String, Option<String>)>,
+        projection: Option<ProjectionNote>,
     ) -> Result<bool, StoreError>;
 
     /// Records a failed attempt; the entry is retried at `next_attempt_ms`.

@@ -30,7 +30,9 @@ use super::desired::{DesiredUser, desired_user};
 use super::error::{Code, ZitadelError};
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
-use crate::store::{MutateFn, Mutation, OutboxEntry, Record, SideEffects, Store, StoreError, now_ms};
+use crate::store::{
+    Enqueue, MutateFn, Mutation, OutboxEntry, ProjectionNote, Record, SideEffects, Store, StoreError, now_ms,
+};
 
 const LOCK_STRIPES: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -153,7 +155,7 @@ impl Projector {
     }
 
     async fn group_names(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.store.groups_of(user_id).await?.into_iter().map(|(_, name)| name).collect())
+        Ok(self.store.groups_of(user_id).await?.into_iter().map(|g| g.display_name).collect())
     }
 
     async fn last_state(&self, id: &str) -> Result<Option<ProjectedState>, StoreError> {
@@ -228,10 +230,7 @@ impl Projector {
                     // race): the outbox finds no SCIM user and removes it.
                     let _ = self
                         .store
-                        .apply_side_effects(SideEffects {
-                            enqueue: vec![(ResourceKind::User, id.to_string())],
-                            ..Default::default()
-                        })
+                        .apply_side_effects(SideEffects { enqueue: vec![Enqueue::user(id)], ..Default::default() })
                         .await;
                     self.kick();
                 }
@@ -294,7 +293,7 @@ impl Projector {
                     if rec.version != version {
                         return Err(ScimError::new(409, None, "the user changed during the update; retry"));
                     }
-                    Ok(Mutation::WithSideEffects(Box::new(Mutation::Replace(new_doc)), side))
+                    Ok(Mutation::WithSideEffects { mutation: Box::new(Mutation::Replace(new_doc)), side })
                 }),
             )
             .await?;
@@ -314,12 +313,15 @@ impl Projector {
         let side = match &r {
             Ok(()) => {
                 self.note(&Ok(()));
-                SideEffects { projection: vec![(id.to_string(), None)], ..Default::default() }
+                SideEffects {
+                    projection: vec![ProjectionNote { id: id.to_string(), state: None }],
+                    ..Default::default()
+                }
             }
             Err(e) => {
                 tracing::warn!(user = %id, error = %e, "ZITADEL delete deferred to the outbox");
                 self.note(&Err(e));
-                SideEffects { enqueue: vec![(ResourceKind::User, id.to_string())], ..Default::default() }
+                SideEffects { enqueue: vec![Enqueue::user(id)], ..Default::default() }
             }
         };
         self.store.delete_with(ResourceKind::User, id, Box::new(move |_| side)).await?;
@@ -353,7 +355,7 @@ impl Projector {
         };
         ids.sort();
         ids.dedup();
-        SideEffects { enqueue: ids.into_iter().map(|id| (ResourceKind::User, id)).collect(), ..Default::default() }
+        SideEffects { enqueue: ids.into_iter().map(Enqueue::user).collect(), ..Default::default() }
     }
 
     /// Tells the outbox worker new entries are waiting.
@@ -401,7 +403,7 @@ impl Projector {
         }
         let id = entry.id.clone();
         let _guard = self.lock(&id).await;
-        let result: Result<Option<(String, Option<String>)>, String> = async {
+        let result: Result<Option<ProjectionNote>, String> = async {
             match self.store.get(ResourceKind::User, &id).await.map_err(|e| e.to_string())? {
                 None => {
                     self.client.delete_user(&id).await.map_err(|e| {
@@ -409,7 +411,7 @@ impl Projector {
                         e.to_string()
                     })?;
                     self.note(&Ok(()));
-                    Ok(Some((id.clone(), None)))
+                    Ok(Some(ProjectionNote { id: id.clone(), state: None }))
                 }
                 Some(rec) => {
                     let groups = self.group_names(&id).await.map_err(|e| e.to_string())?;
@@ -418,7 +420,7 @@ impl Projector {
                     match self.sync(&d, last).await {
                         Ok(state) => {
                             self.note(&Ok(()));
-                            Ok(Some((id.clone(), serde_json::to_string(&state).ok())))
+                            Ok(Some(ProjectionNote { id: id.clone(), state: serde_json::to_string(&state).ok() }))
                         }
                         Err(e) => {
                             self.note(&Err(&e));
@@ -612,12 +614,13 @@ fn phone_change<'a>(from: &Option<String>, to: &'a Option<String>) -> Option<Opt
 
 fn side_effects(id: &str, outcome: Outcome) -> SideEffects {
     match outcome {
-        Outcome::Projected(state) => {
-            SideEffects { projection: vec![(id.to_string(), serde_json::to_string(&state).ok())], ..Default::default() }
-        }
+        Outcome::Projected(state) => SideEffects {
+            projection: vec![ProjectionNote { id: id.to_string(), state: serde_json::to_string(&state).ok() }],
+            ..Default::default()
+        },
         Outcome::Deferred => SideEffects {
-            enqueue: vec![(ResourceKind::User, id.to_string())],
-            projection: vec![(id.to_string(), None)],
+            enqueue: vec![Enqueue::user(id)],
+            projection: vec![ProjectionNote { id: id.to_string(), state: None }],
         },
     }
 }

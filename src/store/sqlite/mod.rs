@@ -33,8 +33,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    Counts, Durability, MutateFn, OutboxEntry, OutboxStats, Page, Query, Record, SideEffects, SideEffectsFn, Store,
-    StoreError, WriterStats,
+    Counts, Durability, GroupRef, MutateFn, OutboxEntry, OutboxStats, Page, ProjectionNote, Query, Record, SideEffects,
+    SideEffectsFn, Store, StoreError, WriterStats,
 };
 use crate::scim::schema::ResourceKind;
 use checkpoint::{CheckpointCounts, Checkpointer};
@@ -181,7 +181,7 @@ impl Store for SqliteStore {
     async fn outbox_complete(
         &self,
         entry: &OutboxEntry,
-        projection: Option<(String, Option<String>)>,
+        projection: Option<ProjectionNote>,
     ) -> Result<bool, StoreError> {
         let removed = Arc::new(AtomicBool::new(false));
         self.submit(Op::OutboxComplete { entry: entry.clone(), projection, removed: Arc::clone(&removed) }).await?;
@@ -230,7 +230,7 @@ impl Store for SqliteStore {
         run_query(&self.state, &query)
     }
 
-    async fn groups_of(&self, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+    async fn groups_of(&self, member_id: &str) -> Result<Vec<GroupRef>, StoreError> {
         Ok(self.state.read().groups_of(member_id))
     }
 

@@ -13,7 +13,9 @@ use time::OffsetDateTime;
 use super::state::{Change, Entry, State};
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
-use crate::store::{MutateFn, Mutation, OutboxEntry, Record, SideEffects, SideEffectsFn, StoreError, now_ms};
+use crate::store::{
+    Enqueue, MutateFn, Mutation, OutboxEntry, ProjectionNote, Record, SideEffects, SideEffectsFn, StoreError, now_ms,
+};
 
 /// A write request as the writer runs it.
 pub(super) enum Op {
@@ -38,7 +40,7 @@ pub(super) enum Op {
     /// `removed` reports back whether the entry was removed.
     OutboxComplete {
         entry: OutboxEntry,
-        projection: Option<(String, Option<String>)>,
+        projection: Option<ProjectionNote>,
         removed: Arc<AtomicBool>,
     },
     OutboxRetry {
@@ -201,11 +203,7 @@ impl<'a> View<'a> {
 
     /// Removes `entry` unless a newer change was enqueued since it was read;
     /// says whether it removed it.
-    fn outbox_complete(
-        &self,
-        entry: &OutboxEntry,
-        projection: Option<(String, Option<String>)>,
-    ) -> (Vec<Change>, bool) {
+    fn outbox_complete(&self, entry: &OutboxEntry, projection: Option<ProjectionNote>) -> (Vec<Change>, bool) {
         let mut changes = Vec::new();
         let current = self.outbox_get(entry.kind, &entry.id);
         let done = current.is_some_and(|c| c.generation == entry.generation);
@@ -217,7 +215,7 @@ impl<'a> View<'a> {
             let entry = OutboxEntry { attempts: 0, next_attempt_ms: now_ms(), last_error: None, ..c.clone() };
             changes.push(Change::OutboxPut { entry });
         }
-        if let Some((id, state)) = projection {
+        if let Some(ProjectionNote { id, state }) = projection {
             changes.push(Change::Projection { id, state });
         }
         (changes, done)
@@ -241,7 +239,7 @@ impl<'a> View<'a> {
     fn side_changes(&self, side: SideEffects, changes: &mut Vec<Change>) {
         let now = now_ms();
         let mut seen = HashSet::new();
-        for (kind, id) in side.enqueue {
+        for Enqueue { kind, id } in side.enqueue {
             if !seen.insert((kind, id.clone())) {
                 continue;
             }
@@ -265,7 +263,7 @@ impl<'a> View<'a> {
             };
             changes.push(Change::OutboxPut { entry });
         }
-        for (id, state) in side.projection {
+        for ProjectionNote { id, state } in side.projection {
             changes.push(Change::Projection { id, state });
         }
     }
@@ -301,14 +299,14 @@ impl<'a> View<'a> {
             .map_err(|_| StoreError::Backend(format!("updating {} {id} panicked", kind.name())))??;
         let mut mutation = mutation;
         let mut side = SideEffects::default();
-        while let Mutation::WithSideEffects(inner, more) = mutation {
+        while let Mutation::WithSideEffects { mutation: inner, side: more } = mutation {
             side.enqueue.extend(more.enqueue);
             side.projection.extend(more.projection);
             mutation = *inner;
         }
         let mut doc = match mutation {
             Mutation::Replace(doc) => doc,
-            Mutation::Unchanged | Mutation::WithSideEffects(..) => {
+            Mutation::Unchanged | Mutation::WithSideEffects { .. } => {
                 let mut changes = Vec::new();
                 self.side_changes(side, &mut changes);
                 return Ok(Plan { reply: Some(record), changes });

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::packed::Packed;
 use crate::scim::schema::ResourceKind;
-use crate::store::{IndexHint, OutboxEntry, Page, Query, Record, StoreError};
+use crate::store::{GroupRef, IndexHint, OutboxEntry, Page, Query, Record, StoreError};
 
 /// A stored document as reads copy it out of the lock: two reference counts,
 /// no deep copy, so parsing happens after the lock is released.
@@ -285,13 +285,13 @@ impl State {
         }
     }
 
-    pub(super) fn groups_of(&self, member_id: &str) -> Vec<(String, String)> {
+    pub(super) fn groups_of(&self, member_id: &str) -> Vec<GroupRef> {
         let Some(seqs) = self.members.get(member_id) else {
             return Vec::new();
         };
         seqs.iter()
             .filter_map(|seq| self.groups.by_seq.get(seq))
-            .map(|g| (g.id().to_owned(), g.name.to_string()))
+            .map(|g| GroupRef::new(g.id(), g.name.to_string()))
             .collect()
     }
 }

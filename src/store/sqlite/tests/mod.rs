@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::*;
 use crate::scim::error::{ScimError, ScimType};
 use crate::scim::schema::{GROUP_SCHEMA, USER_SCHEMA};
-use crate::store::{IndexHint, Mutation, now_ms};
+use crate::store::{Enqueue, GroupRef, IndexHint, Mutation, ProjectionNote, now_ms};
 use state::member_ids;
 
 mod batch;

@@ -153,7 +153,7 @@ async fn assert_matches_model(store: &SqliteStore, model: &Model) {
         let rec = store.get(r.kind, id).await.unwrap().expect("resource exists");
         let name = rec.doc[r.kind.unique_name_attr()].as_str().unwrap();
         assert_eq!((name, members_of(&rec), rec.version), (r.name.as_str(), r.members.clone(), r.version), "{id}");
-        let mut groups: Vec<String> = store.groups_of(id).await.unwrap().into_iter().map(|g| g.0).collect();
+        let mut groups: Vec<String> = store.groups_of(id).await.unwrap().into_iter().map(|g| g.id).collect();
         groups.sort();
         let expected: Vec<String> =
             model.res.iter().filter(|(_, g)| g.members.contains(id)).map(|(g, _)| g.clone()).collect();

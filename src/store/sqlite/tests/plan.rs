@@ -100,7 +100,7 @@ fn deleting_a_member_rewrites_every_group_listing_it() {
     assert_eq!(g2.doc["meta"]["version"], "W/\"2\"");
     b.commit();
     assert!(b.base.groups_of("u1").is_empty());
-    assert_eq!(b.base.groups_of("u2"), vec![("g1".to_owned(), "A".to_owned())]);
+    assert_eq!(b.base.groups_of("u2"), vec![GroupRef::new("g1", "A")]);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn a_rename_is_flagged_as_changing_the_indexed_columns() {
 #[test]
 fn an_outbox_entry_completed_after_a_newer_enqueue_is_kept() {
     let mut b = Batch::new();
-    let side = |id: &str| SideEffects { enqueue: vec![(USER, id.to_owned())], ..Default::default() };
+    let side = |id: &str| SideEffects { enqueue: vec![Enqueue::user(id.to_owned())], ..Default::default() };
     b.run(Op::Create { kind: USER, doc: user("u1", "alice"), side: side("u1") }).unwrap();
     b.commit();
     let read = b.base.outbox[&(USER, "u1".to_owned())].clone();

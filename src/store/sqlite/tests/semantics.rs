@@ -6,7 +6,10 @@ use super::*;
 async fn outbox_entries_ride_with_writes_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let side = SideEffects { enqueue: vec![(USER, "u1".into())], projection: vec![("u1".into(), Some("p1".into()))] };
+    let side = SideEffects {
+        enqueue: vec![Enqueue::user("u1")],
+        projection: vec![ProjectionNote { id: "u1".into(), state: Some("p1".into()) }],
+    };
     store.create_with(USER, user("u1", "a"), side).await.unwrap();
     let due = store.outbox_due(now_ms() + 1, 10).await.unwrap();
     assert_eq!(due.len(), 1);
@@ -15,7 +18,7 @@ async fn outbox_entries_ride_with_writes_and_survive_reopen() {
 
     // A failed write adds no outbox entry.
     let dup = store
-        .create_with(USER, user("u2", "A"), SideEffects { enqueue: vec![(USER, "u2".into())], ..Default::default() })
+        .create_with(USER, user("u2", "A"), SideEffects { enqueue: vec![Enqueue::user("u2")], ..Default::default() })
         .await;
     assert!(dup.is_err());
     assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
@@ -27,10 +30,10 @@ async fn outbox_entries_ride_with_writes_and_survive_reopen() {
             USER,
             "u1",
             Box::new(|_, _| {
-                Ok(Mutation::WithSideEffects(
-                    Box::new(Mutation::Unchanged),
-                    SideEffects { enqueue: vec![(USER, "u1".into())], ..Default::default() },
-                ))
+                Ok(Mutation::WithSideEffects {
+                    mutation: Box::new(Mutation::Unchanged),
+                    side: SideEffects { enqueue: vec![Enqueue::user("u1")], ..Default::default() },
+                })
             }),
         )
         .await
@@ -50,7 +53,7 @@ async fn outbox_entries_ride_with_writes_and_survive_reopen() {
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.failing), (1, 1), "the outbox is durable");
     let pending = store.outbox_due(u64::MAX, 10).await.unwrap();
-    assert!(store.outbox_complete(&pending[0], Some(("u1".into(), None))).await.unwrap());
+    assert!(store.outbox_complete(&pending[0], Some(ProjectionNote { id: "u1".into(), state: None })).await.unwrap());
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
     assert_eq!(store.projection("u1").await.unwrap(), None);
 
@@ -59,7 +62,7 @@ async fn outbox_entries_ride_with_writes_and_survive_reopen() {
         .delete_with(
             USER,
             "u1",
-            Box::new(|rec| SideEffects { enqueue: vec![(USER, rec.id.clone())], ..Default::default() }),
+            Box::new(|rec| SideEffects { enqueue: vec![Enqueue::user(rec.id.clone())], ..Default::default() }),
         )
         .await
         .unwrap();
@@ -85,7 +88,7 @@ async fn create_get_counts_and_versions() {
     assert!(store.get(GROUP, "u1").await.unwrap().is_none());
     assert!(store.get(USER, "nope").await.unwrap().is_none());
     assert_eq!(store.counts().await.unwrap(), Counts { users: 1, groups: 1 });
-    assert_eq!(store.groups_of("u1").await.unwrap(), vec![("g1".to_owned(), "Admins".to_owned())]);
+    assert_eq!(store.groups_of("u1").await.unwrap(), vec![GroupRef::new("g1", "Admins")]);
     assert!(store.groups_of("g1").await.unwrap().is_empty());
 
     let updated = store.update(USER, "u1", set("displayName", "Alice")).await.unwrap();
@@ -180,7 +183,7 @@ async fn concurrent_member_adds_lose_no_member() {
     drop(store);
     let store = open(dir.path());
     check(store.get(GROUP, "g").await.unwrap().unwrap());
-    assert_eq!(store.groups_of("u7").await.unwrap(), vec![("g".to_owned(), "Team".to_owned())]);
+    assert_eq!(store.groups_of("u7").await.unwrap(), vec![GroupRef::new("g", "Team")]);
 }
 
 #[tokio::test]
@@ -263,7 +266,7 @@ async fn group_members_must_exist() {
     assert_eq!(e.status, 400);
     let mut groups = store.groups_of("u1").await.unwrap();
     groups.sort();
-    assert_eq!(groups, vec![("g1".into(), "A".into()), ("g2".into(), "B".into())]);
+    assert_eq!(groups, vec![GroupRef::new("g1", "A"), GroupRef::new("g2", "B")]);
 }
 
 #[tokio::test]
@@ -297,7 +300,7 @@ async fn delete_removes_the_resource_from_every_group() {
     store.delete(GROUP, "g1").await.unwrap();
     let g2 = store.get(GROUP, "g2").await.unwrap().unwrap();
     assert_eq!((members_of(&g2).len(), g2.version), (0, 3));
-    assert!(store.groups_of("u2").await.unwrap() == vec![("g3".to_owned(), "C".to_owned())]);
+    assert!(store.groups_of("u2").await.unwrap() == vec![GroupRef::new("g3", "C")]);
 
     let e = scim_err(store.delete(USER, "u1").await);
     assert_eq!((e.status, e.detail.as_str()), (404, "User u1 not found"));
