@@ -20,6 +20,9 @@ rm -rf "$out"
 mkdir -p "$out/usr/local/bin" "$out/etc/ssl/certs" "$out/tmp"
 chmod 1777 "$out/tmp"
 install -m 0755 "$bin" "$out/usr/local/bin/$name"
+# The release profile keeps line tables for backtraces on the build machine
+# (three quarters of the file); the image keeps the symbols only.
+strip --strip-debug "$out/usr/local/bin/$name"
 
 # Every absolute path ldd prints: libraries (`name => /path (addr)`) and the
 # loader (`/lib64/ld-linux-x86-64.so.2 (addr)`); vdso has no path. Copied as
