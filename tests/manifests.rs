@@ -27,6 +27,22 @@ fn crds_dir_matches_the_generated_crd() {
         generated,
         "the chart's CRD is stale: run `make crds`"
     );
+    // kustomize refuses files outside its root, so config/crd holds a copy.
+    assert_eq!(
+        read("config/crd/scimtenants.scim.unique.app.yaml"),
+        generated,
+        "config/crd's CRD is stale: run `make crds`"
+    );
+    // `kubectl apply --server-side -f crds/` applies every file in the folder:
+    // nothing but CustomResourceDefinitions may live there.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    for entry in std::fs::read_dir(&root).expect("crds/ exists") {
+        let name = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
+        assert!(
+            read(&format!("crds/{name}")).contains("kind: CustomResourceDefinition"),
+            "crds/{name} is not a CustomResourceDefinition; kustomize entries belong in config/crd"
+        );
+    }
 }
 
 #[test]
