@@ -315,6 +315,11 @@ pub(crate) fn created_of(doc: &Value) -> &str {
     doc.pointer("/meta/created").and_then(Value::as_str).unwrap_or_default()
 }
 
+/// Longest `attributes` / `excludedAttributes` value (bytes).
+pub const MAX_ATTRIBUTE_LIST_LEN: usize = 4096;
+/// Most names in one `attributes` / `excludedAttributes` list.
+pub const MAX_ATTRIBUTE_NAMES: usize = 100;
+
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.9).
 #[derive(Debug, Default, Clone)]
 pub struct AttributeSelection {
@@ -324,15 +329,36 @@ pub struct AttributeSelection {
 
 impl AttributeSelection {
     /// Names that do not exist in the schema are ignored, as the RFC allows, so
-    /// a client's optional attribute never fails a read.
-    pub fn parse(kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> AttributeSelection {
-        let list = |s: Option<&str>| -> Vec<ResolvedAttr> {
-            s.map(|s| {
-                s.split(',').map(str::trim).filter(|p| !p.is_empty()).filter_map(|p| resolve_path(kind, p)).collect()
-            })
-            .unwrap_or_default()
+    /// a client's optional attribute never fails a read. A list longer than
+    /// `MAX_ATTRIBUTE_LIST_LEN` bytes or of more than `MAX_ATTRIBUTE_NAMES`
+    /// names is a 400 `invalidPath`: applying it costs time per name and
+    /// resource, and no schema has that many attributes.
+    pub fn parse(
+        kind: ResourceKind,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> ScimResult<AttributeSelection> {
+        let list = |param: &str, s: Option<&str>| -> ScimResult<Vec<ResolvedAttr>> {
+            let Some(s) = s else { return Ok(Vec::new()) };
+            if s.len() > MAX_ATTRIBUTE_LIST_LEN {
+                return Err(ScimError::invalid_path(format!(
+                    "'{param}' is {} bytes long; the limit is {MAX_ATTRIBUTE_LIST_LEN}",
+                    s.len()
+                )));
+            }
+            let names: Vec<&str> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+            if names.len() > MAX_ATTRIBUTE_NAMES {
+                return Err(ScimError::invalid_path(format!(
+                    "'{param}' names {} attributes; the limit is {MAX_ATTRIBUTE_NAMES}",
+                    names.len()
+                )));
+            }
+            Ok(names.into_iter().filter_map(|p| resolve_path(kind, p)).collect())
         };
-        AttributeSelection { include: list(attributes), exclude: list(excluded) }
+        Ok(AttributeSelection {
+            include: list("attributes", attributes)?,
+            exclude: list("excludedAttributes", excluded)?,
+        })
     }
 
     pub(crate) fn excludes_top(&self, name: &str) -> bool {
@@ -629,7 +655,7 @@ mod tests {
             "t",
             1,
         );
-        let p = AttributeSelection::parse(ResourceKind::User, Some("userName,emails.value"), None);
+        let p = AttributeSelection::parse(ResourceKind::User, Some("userName,emails.value"), None).unwrap();
         let out = p.apply(ResourceKind::User, &doc);
         assert_eq!(out["id"], "id-1", "id is always returned");
         assert_eq!(out["emails"], json!([{"value": "alice@contoso.com"}]));
@@ -639,7 +665,8 @@ mod tests {
             ResourceKind::User,
             None,
             Some("emails,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department,name.formatted"),
-        );
+        )
+        .unwrap();
         let out = p.apply(ResourceKind::User, &doc);
         assert!(out.get("emails").is_none());
         assert!(out[ENTERPRISE_USER_SCHEMA].get("department").is_none());
