@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use super::error::ScimResult;
+use super::names::unique_name_key;
 use super::schema::{Container, ResourceKind};
 
 mod ast;
@@ -58,7 +59,7 @@ impl Filter {
                 match r.attr.name {
                     "id" => Some(IndexHint::Id(s.clone())),
                     "externalId" => Some(IndexHint::ExternalId(s.clone())),
-                    n if n == kind.unique_name_attr() => Some(IndexHint::UniqueName(s.to_lowercase())),
+                    n if n == kind.unique_name_attr() => Some(IndexHint::UniqueName(unique_name_key(s))),
                     _ => None,
                 }
             }
