@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::error::{ScimError, ScimResult};
+use super::names::check_unique_name;
 use super::schema::{
     AttrDef, AttrType, Container, Mutability, ResolvedAttr, ResourceKind, Returned, all_attributes, resolve_path,
 };
@@ -198,19 +199,35 @@ fn put(
     v: &Value,
     path: &str,
 ) -> ScimResult<()> {
-    if def.mutability == Mutability::ReadOnly || def.mutability == Mutability::WriteOnly {
+    if def.mutability == Mutability::ReadOnly {
         return Ok(());
     }
+    // POST and PUT carry whole resources: a multi-valued attribute is an
+    // array (a lone object is refused here, unlike in a PATCH value).
+    if def.multi_valued && v.is_object() {
+        return Err(type_error(path, def, v));
+    }
     let value = coerce(def, v, path)?;
+    if def.mutability == Mutability::WriteOnly {
+        // Checked like any value, then dropped (`password`).
+        return Ok(());
+    }
     set_attr(out, container, def, value);
     Ok(())
 }
 
-/// Required attributes must be present and non-empty.
+/// Required attributes must be present and non-empty, and the unique name
+/// (`userName`, a group's `displayName`) must be one a person can read
+/// (`names::check_unique_name`).
 pub(crate) fn check_required(kind: ResourceKind, attrs: &Map<String, Value>) -> ScimResult<()> {
     for def in kind.core_attributes().iter().filter(|a| a.required) {
-        if !attrs.get(def.name).is_some_and(|v| matches!(v, Value::String(s) if !s.is_empty())) {
-            return Err(ScimError::invalid_value(format!("'{}' is required for a {}", def.name, kind.name())));
+        match attrs.get(def.name) {
+            Some(Value::String(s)) if !s.is_empty() => {
+                if def.name == kind.unique_name_attr() {
+                    check_unique_name(def.name, s)?;
+                }
+            }
+            _ => return Err(ScimError::invalid_value(format!("'{}' is required for a {}", def.name, kind.name()))),
         }
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! Tokenizer and recursive-descent parser for the filter grammar.
 
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::ast::{CmpOp, Filter, Literal, Target};
 use crate::scim::error::{ScimError, ScimResult};
@@ -369,6 +371,14 @@ fn check_operand(target: Target, op: CmpOp, value: &Literal, path: &str) -> Scim
         Literal::Bool(_) => ty == AttrType::Boolean && matches!(op, CmpOp::Eq | CmpOp::Ne),
         Literal::Num(_) => {
             matches!(ty, AttrType::Integer | AttrType::Decimal) && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew)
+        }
+        Literal::Str(s) if ty == AttrType::DateTime && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew) => {
+            if OffsetDateTime::parse(s, &Rfc3339).is_err() {
+                return Err(ScimError::invalid_filter(format!(
+                    "'{path}' is a dateTime; compare it with an RFC 3339 date-time such as \"2026-11-28T20:42:00Z\", not \"{s}\""
+                )));
+            }
+            true
         }
         Literal::Str(_) => !matches!(ty, AttrType::Boolean | AttrType::Integer | AttrType::Decimal),
     };
