@@ -11,7 +11,9 @@ use crate::scim::schema::{AttrDef, AttrType, ResolvedAttr, ResourceKind, resolve
 /// Longest filter we parse (bytes); Entra's are well under 200 characters.
 pub const MAX_FILTER_LEN: usize = 4096;
 /// Longest PATCH path we parse (bytes); Entra's are under 100 characters.
-pub const MAX_PATH_LEN: usize = 4096;
+/// Twice the filter limit, so `members[value eq "<id>" or …]` with
+/// `MAX_TERMS` UUIDs (about 5,100 bytes) fits and the term limit binds.
+pub const MAX_PATH_LEN: usize = 8192;
 /// Most comparisons (`attr op value`, `attr pr`, also inside `attr[...]`) in
 /// one filter or PATCH path. Entra sends one or two.
 pub const MAX_TERMS: usize = 100;
