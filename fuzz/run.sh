@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the pure SCIM core with cargo-fuzz (libFuzzer), one target after the
 # other, each for SECONDS seconds: `filter` (filter parser/evaluator, PATCH
-# paths, sortBy) and `patch` (PATCH engine, POST/PUT normalisation, projection).
+# paths, sortBy), `patch` (PATCH engine, POST/PUT normalisation, projection)
+# and `sizes` (a few bytes grown into 10^5-term chains and deep nesting).
 #
 #   bash fuzz/run.sh [SECONDS] [TARGET...]     # `make fuzz` = 600 s each
 #
@@ -22,7 +23,7 @@ set -euo pipefail
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(filter patch)
+[ ${#targets[@]} -gt 0 ] || targets=(filter patch sizes)
 sanitizer=${FUZZ_SANITIZER:-none}
 
 root=$(cd "$(dirname "$0")/.." && pwd)

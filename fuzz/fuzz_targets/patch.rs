@@ -83,17 +83,23 @@ fn read_back(kind: ResourceKind, attrs: Map<String, Value>, projections: &[Attri
 fn projections(kind: ResourceKind, body: &Value) -> Vec<AttributeSelection> {
     let field = |name: &str| body.get(name).and_then(Value::as_str);
     let mut out = vec![
-        AttributeSelection::parse(kind, None, None),
-        AttributeSelection::parse(kind, Some("userName,emails.value,members"), Some("name.formatted")),
-        AttributeSelection::parse(kind, None, Some("members,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User")),
+        AttributeSelection::parse(kind, None, None).unwrap_or_default(),
+        AttributeSelection::parse(kind, Some("userName,emails.value,members"), Some("name.formatted"))
+            .unwrap_or_default(),
+        AttributeSelection::parse(
+            kind,
+            None,
+            Some("members,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"),
+        )
+        .unwrap_or_default(),
     ];
     let attributes = field("attributes").or(field("path"));
     let excluded = field("excludedAttributes").or(field("filter"));
     if attributes.is_some() || excluded.is_some() {
-        out.push(AttributeSelection::parse(kind, attributes, excluded));
+        out.push(AttributeSelection::parse(kind, attributes, excluded).unwrap_or_default());
     }
     if let Value::String(s) = body {
-        out.push(AttributeSelection::parse(kind, Some(s), Some(s)));
+        out.push(AttributeSelection::parse(kind, Some(s), Some(s)).unwrap_or_default());
     }
     out
 }

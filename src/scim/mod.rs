@@ -3,6 +3,7 @@
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub mod filter;
+pub mod names;
 pub mod patch;
 pub mod resource;
 pub mod schema;

@@ -200,10 +200,14 @@ fn apply_path(attrs: &mut Map<String, Value>, op: OpKind, path: &PatchPath, valu
     let def = r.attr;
     // Write-only attributes (`password`) are accepted and discarded, as on
     // POST: users sign in through the IdP, and a stored secret would leak.
+    let name = r.display();
     if def.mutability == Mutability::WriteOnly {
+        // Checked like any value, then dropped.
+        if let (Some(v), None) = (value, r.sub) {
+            coerce(def, &unwrap_single(def, v), &name)?;
+        }
         return Ok(());
     }
-    let name = r.display();
     match (&path.filter, r.sub) {
         (None, None) => {
             let value = value.map(|v| unwrap_single(def, v));

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::error::{ScimError, ScimResult};
+use super::names::check_unique_name;
 use super::schema::{
     AttrDef, AttrType, Container, Mutability, ResolvedAttr, ResourceKind, Returned, all_attributes, resolve_path,
 };
@@ -198,19 +199,35 @@ fn put(
     v: &Value,
     path: &str,
 ) -> ScimResult<()> {
-    if def.mutability == Mutability::ReadOnly || def.mutability == Mutability::WriteOnly {
+    if def.mutability == Mutability::ReadOnly {
         return Ok(());
     }
+    // POST and PUT carry whole resources: a multi-valued attribute is an
+    // array (a lone object is refused here, unlike in a PATCH value).
+    if def.multi_valued && v.is_object() {
+        return Err(type_error(path, def, v));
+    }
     let value = coerce(def, v, path)?;
+    if def.mutability == Mutability::WriteOnly {
+        // Checked like any value, then dropped (`password`).
+        return Ok(());
+    }
     set_attr(out, container, def, value);
     Ok(())
 }
 
-/// Required attributes must be present and non-empty.
+/// Required attributes must be present and non-empty, and the unique name
+/// (`userName`, a group's `displayName`) must be one a person can read
+/// (`names::check_unique_name`).
 pub(crate) fn check_required(kind: ResourceKind, attrs: &Map<String, Value>) -> ScimResult<()> {
     for def in kind.core_attributes().iter().filter(|a| a.required) {
-        if !attrs.get(def.name).is_some_and(|v| matches!(v, Value::String(s) if !s.is_empty())) {
-            return Err(ScimError::invalid_value(format!("'{}' is required for a {}", def.name, kind.name())));
+        match attrs.get(def.name) {
+            Some(Value::String(s)) if !s.is_empty() => {
+                if def.name == kind.unique_name_attr() {
+                    check_unique_name(def.name, s)?;
+                }
+            }
+            _ => return Err(ScimError::invalid_value(format!("'{}' is required for a {}", def.name, kind.name()))),
         }
     }
     Ok(())
@@ -315,6 +332,11 @@ pub(crate) fn created_of(doc: &Value) -> &str {
     doc.pointer("/meta/created").and_then(Value::as_str).unwrap_or_default()
 }
 
+/// Longest `attributes` / `excludedAttributes` value (bytes).
+pub const MAX_ATTRIBUTE_LIST_LEN: usize = 4096;
+/// Most names in one `attributes` / `excludedAttributes` list.
+pub const MAX_ATTRIBUTE_NAMES: usize = 100;
+
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.9).
 #[derive(Debug, Default, Clone)]
 pub struct AttributeSelection {
@@ -324,15 +346,36 @@ pub struct AttributeSelection {
 
 impl AttributeSelection {
     /// Names that do not exist in the schema are ignored, as the RFC allows, so
-    /// a client's optional attribute never fails a read.
-    pub fn parse(kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> AttributeSelection {
-        let list = |s: Option<&str>| -> Vec<ResolvedAttr> {
-            s.map(|s| {
-                s.split(',').map(str::trim).filter(|p| !p.is_empty()).filter_map(|p| resolve_path(kind, p)).collect()
-            })
-            .unwrap_or_default()
+    /// a client's optional attribute never fails a read. A list longer than
+    /// `MAX_ATTRIBUTE_LIST_LEN` bytes or of more than `MAX_ATTRIBUTE_NAMES`
+    /// names is a 400 `invalidPath`: applying it costs time per name and
+    /// resource, and no schema has that many attributes.
+    pub fn parse(
+        kind: ResourceKind,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> ScimResult<AttributeSelection> {
+        let list = |param: &str, s: Option<&str>| -> ScimResult<Vec<ResolvedAttr>> {
+            let Some(s) = s else { return Ok(Vec::new()) };
+            if s.len() > MAX_ATTRIBUTE_LIST_LEN {
+                return Err(ScimError::invalid_path(format!(
+                    "'{param}' is {} bytes long; the limit is {MAX_ATTRIBUTE_LIST_LEN}",
+                    s.len()
+                )));
+            }
+            let names: Vec<&str> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+            if names.len() > MAX_ATTRIBUTE_NAMES {
+                return Err(ScimError::invalid_path(format!(
+                    "'{param}' names {} attributes; the limit is {MAX_ATTRIBUTE_NAMES}",
+                    names.len()
+                )));
+            }
+            Ok(names.into_iter().filter_map(|p| resolve_path(kind, p)).collect())
         };
-        AttributeSelection { include: list(attributes), exclude: list(excluded) }
+        Ok(AttributeSelection {
+            include: list("attributes", attributes)?,
+            exclude: list("excludedAttributes", excluded)?,
+        })
     }
 
     pub(crate) fn excludes_top(&self, name: &str) -> bool {
@@ -629,7 +672,7 @@ mod tests {
             "t",
             1,
         );
-        let p = AttributeSelection::parse(ResourceKind::User, Some("userName,emails.value"), None);
+        let p = AttributeSelection::parse(ResourceKind::User, Some("userName,emails.value"), None).unwrap();
         let out = p.apply(ResourceKind::User, &doc);
         assert_eq!(out["id"], "id-1", "id is always returned");
         assert_eq!(out["emails"], json!([{"value": "alice@contoso.com"}]));
@@ -639,7 +682,8 @@ mod tests {
             ResourceKind::User,
             None,
             Some("emails,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department,name.formatted"),
-        );
+        )
+        .unwrap();
         let out = p.apply(ResourceKind::User, &doc);
         assert!(out.get("emails").is_none());
         assert!(out[ENTERPRISE_USER_SCHEMA].get("department").is_none());

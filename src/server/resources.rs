@@ -21,6 +21,9 @@ use crate::store::{Query, Record};
 type St = State<Arc<AppState>>;
 
 const DEFAULT_PAGE_SIZE: usize = 100;
+/// Longest `sortBy` (one attribute path; the longest URN-qualified one is
+/// under 80 characters).
+const MAX_SORT_BY_LEN: usize = 256;
 
 fn with_etag(mut resp: Response, version: u64) -> Response {
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
@@ -104,9 +107,8 @@ impl AppState {
         kind: ResourceKind,
         status: StatusCode,
         rec: &Record,
-        q: &QueryParams,
+        selection: &AttributeSelection,
     ) -> ApiResult {
-        let selection = AttributeSelection::parse(kind, q.get("attributes"), q.get("excludedAttributes"));
         if selection.is_empty() {
             // A new user is in no group yet, so a create skips that lookup.
             let groups = kind == ResourceKind::User && status != StatusCode::CREATED;
@@ -120,7 +122,7 @@ impl AppState {
                 return Ok(resp);
             }
         }
-        let body = self.render(kind, rec, &selection).await?;
+        let body = self.render(kind, rec, selection).await?;
         let mut resp = with_etag(scim_json(status, &body), rec.version);
         if status == StatusCode::CREATED
             && let Some(loc) = body.pointer("/meta/location").and_then(Value::as_str)
@@ -142,6 +144,13 @@ pub(crate) struct ListParams {
     pub descending: bool,
     pub attributes: Option<String>,
     pub excluded: Option<String>,
+}
+
+/// The `attributes` / `excludedAttributes` of a query, checked before a write
+/// so a refused selection stores nothing.
+fn selection_of(kind: ResourceKind, raw_query: Option<&str>) -> ApiResult<AttributeSelection> {
+    let q = QueryParams::parse(raw_query);
+    Ok(AttributeSelection::parse(kind, q.get("attributes"), q.get("excludedAttributes"))?)
 }
 
 fn parse_int(name: &str, v: &str) -> Result<i64, ScimError> {
@@ -238,12 +247,20 @@ impl ListParams {
 }
 
 async fn list_kind(st: &AppState, kind: ResourceKind, p: &ListParams, lenient: bool) -> ApiResult<(usize, Vec<Value>)> {
+    let selection = AttributeSelection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref())?;
     let filter = p
         .filter
         .as_deref()
         .map(|f| if lenient { Filter::parse_lenient(kind, f) } else { Filter::parse(kind, f) })
         .transpose()?;
     let sort_attr = match &p.sort_by {
+        Some(s) if s.len() > MAX_SORT_BY_LEN => {
+            return Err(ScimError::invalid_path(format!(
+                "'sortBy' is {} bytes long; the limit is {MAX_SORT_BY_LEN}",
+                s.len()
+            ))
+            .into());
+        }
         Some(s) => Some(resolve_path(kind, s).ok_or_else(|| {
             ScimError::invalid_value(format!("cannot sort by '{s}': no such attribute for {}", kind.name()))
         })?),
@@ -269,7 +286,6 @@ async fn list_kind(st: &AppState, kind: ResourceKind, p: &ListParams, lenient: b
         })
         .await
         .map_err(|e| e.into_scim())?;
-    let selection = AttributeSelection::parse(kind, p.attributes.as_deref(), p.excluded.as_deref());
     let mut out = Vec::with_capacity(page.records.len());
     for rec in &page.records {
         out.push(st.render(kind, rec, &selection).await?);
@@ -322,11 +338,11 @@ pub(crate) async fn search(st: &AppState, kind: Option<ResourceKind>, headers: &
 
 pub(crate) async fn create(st: &AppState, kind: ResourceKind, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
+    let selection = selection_of(kind, parts.uri.query())?;
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
     let rec = st.provisioning.create(kind, attrs).await?;
-    let q = QueryParams::parse(parts.uri.query());
-    st.resource_response(kind, StatusCode::CREATED, &rec, &q).await
+    st.resource_response(kind, StatusCode::CREATED, &rec, &selection).await
 }
 
 /// GET of one resource with no attribute selection: the stored text with `groups`
@@ -355,26 +371,26 @@ pub(crate) async fn get(st: &AppState, kind: ResourceKind, id: &str, req: Reques
     {
         return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), rec.version));
     }
-    let q = QueryParams::parse(req.uri().query());
-    st.resource_response(kind, StatusCode::OK, &rec, &q).await
+    let selection = selection_of(kind, req.uri().query())?;
+    st.resource_response(kind, StatusCode::OK, &rec, &selection).await
 }
 
 pub(crate) async fn replace(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
+    let selection = selection_of(kind, parts.uri.query())?;
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let attrs = normalize(kind, &input)?;
     let rec = st.provisioning.replace(kind, id, attrs, if_match(&parts.headers)).await?;
-    let q = QueryParams::parse(parts.uri.query());
-    st.resource_response(kind, StatusCode::OK, &rec, &q).await
+    st.resource_response(kind, StatusCode::OK, &rec, &selection).await
 }
 
 pub(crate) async fn patch(st: &AppState, kind: ResourceKind, id: &str, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
+    let selection = selection_of(kind, parts.uri.query())?;
     let input = read_json(&parts.headers, body, st.max_body).await?;
     let ops = parse_patch(&input)?;
     let rec = st.provisioning.patch(kind, id, ops, if_match(&parts.headers)).await?;
-    let q = QueryParams::parse(parts.uri.query());
-    st.resource_response(kind, StatusCode::OK, &rec, &q).await
+    st.resource_response(kind, StatusCode::OK, &rec, &selection).await
 }
 
 pub(crate) async fn delete(st: &AppState, kind: ResourceKind, id: &str, headers: &HeaderMap) -> ApiResult {

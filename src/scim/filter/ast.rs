@@ -72,8 +72,12 @@ impl Target {
 
 #[derive(Debug, Clone)]
 pub enum Filter {
-    And(Box<Filter>, Box<Filter>),
-    Or(Box<Filter>, Box<Filter>),
+    /// Every operand must match. N-ary, so a chain of `and`s is one level
+    /// deep, not one level per term: evaluation and drop recurse only as deep
+    /// as the parentheses, which the parser bounds.
+    And(Vec<Filter>),
+    /// Some operand must match (n-ary, as `And`).
+    Or(Vec<Filter>),
     Not(Box<Filter>),
     Compare {
         target: Target,

@@ -11,8 +11,8 @@ use crate::scim::schema::{AttrDef, AttrType, Container, ResolvedAttr};
 
 pub(super) fn eval(f: &Filter, ctx: &Value) -> bool {
     match f {
-        Filter::And(a, b) => eval(a, ctx) && eval(b, ctx),
-        Filter::Or(a, b) => eval(a, ctx) || eval(b, ctx),
+        Filter::And(fs) => fs.iter().all(|f| eval(f, ctx)),
+        Filter::Or(fs) => fs.iter().any(|f| eval(f, ctx)),
         Filter::Not(a) => !eval(a, ctx),
         Filter::Never => false,
         Filter::Present { target } => values_of(*target, ctx).iter().any(|v| is_present(v)),

@@ -8,11 +8,14 @@
 use serde_json::Value;
 
 use super::error::ScimResult;
+use super::names::unique_name_key;
 use super::schema::{Container, ResourceKind};
 
 mod ast;
 mod eval;
 mod index_hint;
+#[cfg(test)]
+mod limits_tests;
 mod parser;
 mod patch_path;
 #[cfg(test)]
@@ -21,7 +24,7 @@ mod tests;
 pub use ast::{CmpOp, Filter, Literal, Target};
 pub use eval::sort_key_cmp;
 pub use index_hint::IndexHint;
-pub use parser::MAX_FILTER_LEN;
+pub use parser::{MAX_DEPTH, MAX_FILTER_LEN, MAX_PATH_LEN, MAX_TERMS};
 pub use patch_path::PatchPath;
 
 impl Filter {
@@ -49,14 +52,14 @@ impl Filter {
     /// An index lookup that returns a superset of the matches, if one exists.
     pub fn index_hint(&self, kind: ResourceKind) -> Option<IndexHint> {
         match self {
-            Filter::And(a, b) => a.index_hint(kind).or_else(|| b.index_hint(kind)),
+            Filter::And(fs) => fs.iter().find_map(|f| f.index_hint(kind)),
             Filter::Compare { target: Target::Resource(r), op: CmpOp::Eq, value: Literal::Str(s) }
                 if r.sub.is_none() && r.container == Container::Core =>
             {
                 match r.attr.name {
                     "id" => Some(IndexHint::Id(s.clone())),
                     "externalId" => Some(IndexHint::ExternalId(s.clone())),
-                    n if n == kind.unique_name_attr() => Some(IndexHint::UniqueName(s.to_lowercase())),
+                    n if n == kind.unique_name_attr() => Some(IndexHint::UniqueName(unique_name_key(s))),
                     _ => None,
                 }
             }
@@ -69,9 +72,11 @@ impl Filter {
     /// filter is not a conjunction of equalities.
     pub fn required_values(&self) -> Option<Vec<(&'static str, Value)>> {
         match self {
-            Filter::And(a, b) => {
-                let mut v = a.required_values()?;
-                v.extend(b.required_values()?);
+            Filter::And(fs) => {
+                let mut v = Vec::new();
+                for f in fs {
+                    v.extend(f.required_values()?);
+                }
                 Some(v)
             }
             Filter::Compare { target: Target::Element(def), op: CmpOp::Eq, value } if *value != Literal::Null => {

@@ -1,27 +1,40 @@
 //! Tokenizer and recursive-descent parser for the filter grammar.
 
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::ast::{CmpOp, Filter, Literal, Target};
 use crate::scim::error::{ScimError, ScimResult};
 use crate::scim::schema::{AttrDef, AttrType, ResolvedAttr, ResourceKind, resolve_path};
 
-/// Longest filter we parse; Entra's are well under 200 characters.
+/// Longest filter we parse (bytes); Entra's are well under 200 characters.
 pub const MAX_FILTER_LEN: usize = 4096;
-/// Nesting bound (parentheses, `not`, value paths), so hostile input cannot
-/// exhaust the stack.
-const MAX_DEPTH: usize = 32;
+/// Longest PATCH path we parse (bytes); Entra's are under 100 characters.
+/// Twice the filter limit, so `members[value eq "<id>" or …]` with
+/// `MAX_TERMS` UUIDs (about 5,100 bytes) fits and the term limit binds.
+pub const MAX_PATH_LEN: usize = 8192;
+/// Most comparisons (`attr op value`, `attr pr`, also inside `attr[...]`) in
+/// one filter or PATCH path. Entra sends one or two.
+pub const MAX_TERMS: usize = 100;
+/// Nesting bound (parentheses, `not`, value paths). The parser and the
+/// evaluator recurse once per level (`and`/`or` chains are n-ary, one level
+/// whatever their length), so this bounds their stack use on any thread.
+pub const MAX_DEPTH: usize = 32;
 
 /// Parses a whole filter; `lenient` turns unknown attributes into `Filter::Never`.
 pub(super) fn parse(kind: ResourceKind, input: &str, lenient: bool) -> ScimResult<Filter> {
     if input.len() > MAX_FILTER_LEN {
-        return Err(ScimError::invalid_filter(format!("filter is longer than {MAX_FILTER_LEN} characters")));
+        return Err(ScimError::invalid_filter(format!(
+            "the filter is {} bytes long; the limit is {MAX_FILTER_LEN}",
+            input.len()
+        )));
     }
     let toks = tokenize(input)?;
     if toks.is_empty() {
         return Err(ScimError::invalid_filter("filter is empty"));
     }
-    let mut p = Parser { toks: &toks, pos: 0, depth: 0, lenient };
+    let mut p = Parser::new(&toks, lenient);
     let f = p.or(Scope::Resource(kind))?;
     if let Some(t) = p.peek() {
         return Err(ScimError::invalid_filter(format!(
@@ -126,12 +139,16 @@ pub(super) enum Scope {
 pub(super) struct Parser<'a> {
     pub(super) toks: &'a [Tok],
     pub(super) pos: usize,
-    pub(super) depth: usize,
+    depth: usize,
+    terms: usize,
     /// Unknown attributes become `Filter::Never` instead of an error.
-    pub(super) lenient: bool,
+    lenient: bool,
 }
 
 impl<'a> Parser<'a> {
+    pub(super) fn new(toks: &'a [Tok], lenient: bool) -> Self {
+        Parser { toks, pos: 0, depth: 0, terms: 0, lenient }
+    }
     fn peek(&self) -> Option<&'a Tok> {
         self.toks.get(self.pos)
     }
@@ -146,29 +163,39 @@ impl<'a> Parser<'a> {
     fn enter(&mut self) -> ScimResult<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ScimError::invalid_filter(format!("filter is nested more than {MAX_DEPTH} levels deep")));
+            return Err(ScimError::invalid_filter(format!(
+                "the expression is nested more than {MAX_DEPTH} levels deep (parentheses, 'not', '[...]'); the limit is {MAX_DEPTH}"
+            )));
+        }
+        Ok(())
+    }
+    /// Counts one attribute expression against `MAX_TERMS`.
+    fn count_term(&mut self) -> ScimResult<()> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(ScimError::invalid_filter(format!(
+                "the expression has more than {MAX_TERMS} comparisons; the limit is {MAX_TERMS}"
+            )));
         }
         Ok(())
     }
 
     pub(super) fn or(&mut self, scope: Scope) -> ScimResult<Filter> {
-        let mut left = self.and(scope)?;
+        let mut terms = vec![self.and(scope)?];
         while self.peek_keyword("or") {
             self.next();
-            let right = self.and(scope)?;
-            left = Filter::Or(Box::new(left), Box::new(right));
+            terms.push(self.and(scope)?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 { terms.swap_remove(0) } else { Filter::Or(terms) })
     }
 
     fn and(&mut self, scope: Scope) -> ScimResult<Filter> {
-        let mut left = self.unary(scope)?;
+        let mut terms = vec![self.unary(scope)?];
         while self.peek_keyword("and") {
             self.next();
-            let right = self.unary(scope)?;
-            left = Filter::And(Box::new(left), Box::new(right));
+            terms.push(self.unary(scope)?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 { terms.swap_remove(0) } else { Filter::And(terms) })
     }
 
     fn unary(&mut self, scope: Scope) -> ScimResult<Filter> {
@@ -234,6 +261,7 @@ impl<'a> Parser<'a> {
             Scope::Resource(kind) => match resolve_path(kind, path) {
                 Some(r) => Target::Resource(r),
                 None if self.lenient => {
+                    self.count_term()?;
                     self.skip_operand();
                     return Ok(Filter::Never);
                 }
@@ -260,6 +288,7 @@ impl<'a> Parser<'a> {
     }
 
     fn operator(&mut self, target: Target, path: &str) -> ScimResult<Filter> {
+        self.count_term()?;
         let op_word = match self.next() {
             Some(Tok::Word(w)) => w.as_str(),
             _ => {
@@ -344,6 +373,14 @@ fn check_operand(target: Target, op: CmpOp, value: &Literal, path: &str) -> Scim
         Literal::Bool(_) => ty == AttrType::Boolean && matches!(op, CmpOp::Eq | CmpOp::Ne),
         Literal::Num(_) => {
             matches!(ty, AttrType::Integer | AttrType::Decimal) && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew)
+        }
+        Literal::Str(s) if ty == AttrType::DateTime && !matches!(op, CmpOp::Co | CmpOp::Sw | CmpOp::Ew) => {
+            if OffsetDateTime::parse(s, &Rfc3339).is_err() {
+                return Err(ScimError::invalid_filter(format!(
+                    "'{path}' is a dateTime; compare it with an RFC 3339 date-time such as \"2026-11-28T20:42:00Z\", not \"{s}\""
+                )));
+            }
+            true
         }
         Literal::Str(_) => !matches!(ty, AttrType::Boolean | AttrType::Integer | AttrType::Decimal),
     };

@@ -1,7 +1,7 @@
 //! PATCH paths (RFC 7644 §3.5.2), which share the filter grammar.
 
 use super::ast::Filter;
-use super::parser::{Parser, Scope, Tok, resolve_multi, tokenize};
+use super::parser::{MAX_PATH_LEN, Parser, Scope, Tok, resolve_multi, tokenize};
 use crate::scim::error::{ScimError, ScimResult};
 use crate::scim::schema::{AttrDef, ResolvedAttr, ResourceKind, resolve_path};
 
@@ -16,8 +16,15 @@ pub struct PatchPath {
 
 impl PatchPath {
     pub fn parse(kind: ResourceKind, input: &str) -> ScimResult<PatchPath> {
+        if input.len() > MAX_PATH_LEN {
+            return Err(ScimError::invalid_path(format!(
+                "the PATCH path is {} bytes long; the limit is {MAX_PATH_LEN}",
+                input.len()
+            )));
+        }
         let toks = tokenize(input).map_err(|e| ScimError::invalid_path(e.detail))?;
-        let bad = |why: String| ScimError::invalid_path(format!("invalid PATCH path '{input}': {why}"));
+        let shown = shorten(input);
+        let bad = |why: String| ScimError::invalid_path(format!("invalid PATCH path '{shown}': {why}"));
         let path = match toks.first() {
             Some(Tok::Word(w)) => w.as_str(),
             _ => return Err(bad("it must start with an attribute name".into())),
@@ -32,7 +39,7 @@ impl PatchPath {
         }
         let close = toks.iter().rposition(|t| *t == Tok::RBracket).ok_or_else(|| bad("missing ']'".into()))?;
         let attr = resolve_multi(kind, path).map_err(bad)?;
-        let mut p = Parser { toks: &toks[2..close], pos: 0, depth: 0, lenient: false };
+        let mut p = Parser::new(&toks[2..close], false);
         let filter = p.or(Scope::Element(attr.attr)).map_err(|e| bad(e.detail))?;
         if p.pos != close - 2 {
             return Err(bad("unexpected tokens inside '[...]'".into()));
@@ -47,5 +54,14 @@ impl PatchPath {
             _ => return Err(bad("only '.subAttribute' may follow ']'".into())),
         };
         Ok(PatchPath { attr, filter: Some(filter), sub_after_filter })
+    }
+}
+
+/// The path as an error quotes it: at most 120 characters.
+fn shorten(input: &str) -> String {
+    const SHOWN: usize = 120;
+    match input.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &input[..cut]),
+        None => input.to_string(),
     }
 }

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::state::{Change, Entry, State};
 use crate::scim::error::ScimError;
+use crate::scim::names::unique_name_key;
 use crate::scim::schema::ResourceKind;
 use crate::store::{
     Enqueue, MutateFn, Mutation, OutboxEntry, ProjectionNote, Record, SideEffects, SideEffectsFn, StoreError, now_ms,
@@ -124,7 +125,7 @@ impl<'a> View<'a> {
         self.find_any(id).filter(|(k, _)| *k == kind).map(|(_, e)| e)
     }
 
-    /// The id holding a (lowercased) unique name.
+    /// The id holding a unique name (its `unique_name_key`).
     fn name_owner(&self, kind: ResourceKind, name: &str) -> Option<&'a str> {
         match self.overlay.names.get(&(kind, name.to_owned())) {
             Some(owner) => owner.as_deref(),
@@ -362,8 +363,8 @@ impl<'a> View<'a> {
         let Some(name) = doc.get(attr).and_then(Value::as_str) else {
             return Err(ScimError::invalid_value(format!("{attr} is required")).into());
         };
-        let lower = name.to_lowercase();
-        match self.name_owner(kind, &lower) {
+        let key = unique_name_key(name);
+        match self.name_owner(kind, &key) {
             Some(owner) if Some(owner) != self_id => Err(ScimError::uniqueness(format!(
                 "{attr} \"{name}\" is already taken by another {}",
                 kind.name().to_lowercase()

@@ -8,6 +8,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use super::packed::Packed;
+use crate::scim::names::unique_name_key;
 use crate::scim::schema::ResourceKind;
 use crate::store::{GroupRef, IndexHint, OutboxEntry, Page, Query, Record, StoreError};
 
@@ -66,8 +67,10 @@ impl Entry {
     pub(super) fn with_text(kind: ResourceKind, id: &str, version: u64, seq: u64, doc: &Value, text: &str) -> Self {
         let name_str = doc.get(kind.unique_name_attr()).and_then(Value::as_str).unwrap_or_default();
         let name: Arc<str> = name_str.into();
-        let lower = name_str.to_lowercase();
-        let name_lower = if lower == name_str { name.clone() } else { lower.into() };
+        // The one key unique names are indexed and compared by, for new
+        // writes and for rows loaded at start alike.
+        let key = unique_name_key(name_str);
+        let name_lower = if key == name_str { name.clone() } else { key.into() };
         let members = match kind {
             ResourceKind::Group => member_ids(doc).map(str::to_owned).collect(),
             ResourceKind::User => Vec::new(),
@@ -276,9 +279,9 @@ impl State {
         match &q.hint {
             None => Box::new(ks.by_seq.values()),
             Some(IndexHint::Id(id)) => Box::new(ks.get(id).into_iter()),
-            // Lowercasing again is idempotent and keeps the index sound even if a
-            // caller forgot to.
-            Some(IndexHint::UniqueName(name)) => Box::new(ks.by_name(&name.to_lowercase()).into_iter()),
+            // The key is idempotent: keying again keeps the index sound even if
+            // a caller forgot to.
+            Some(IndexHint::UniqueName(name)) => Box::new(ks.by_name(&unique_name_key(name)).into_iter()),
             Some(IndexHint::ExternalId(ext)) => Box::new(
                 ks.by_external.get(ext.as_str()).into_iter().flat_map(Seqs::iter).filter_map(|seq| ks.by_seq.get(&seq)),
             ),
