@@ -318,7 +318,16 @@ impl<'a> View<'a> {
         if let Some(obj) = doc.as_object_mut() {
             obj.insert("id".to_owned(), Value::String(id.to_owned()));
         }
-        self.check_unique_name(kind, &doc, Some(id))?;
+        // A name that keeps its key is never a new conflict: two resources
+        // stored before the key folded spaces and full-width letters may share
+        // one, and Entra must still be able to update (deactivate) both.
+        let keeps_key = doc
+            .get(kind.unique_name_attr())
+            .and_then(Value::as_str)
+            .is_some_and(|n| unique_name_key(n) == *current.name_lower);
+        if !keeps_key {
+            self.check_unique_name(kind, &doc, Some(id))?;
+        }
         self.check_members(kind, &doc)?;
         let (entry, json) = Entry::written(kind, id, version, current.seq, &doc)?;
         let reply = Record { id: id.to_owned(), version, doc: Arc::new(doc) };

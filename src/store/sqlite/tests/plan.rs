@@ -142,3 +142,25 @@ fn an_outbox_entry_completed_after_a_newer_enqueue_is_kept() {
     b.commit();
     assert!(b.base.outbox.is_empty());
 }
+
+#[test]
+fn resources_stored_before_the_key_folded_their_names_can_still_be_updated() {
+    // Two users whose names only the current key folds together (" Alice" and
+    // "alice"), as a database from an older release may hold: both load.
+    let mut b = Batch::new();
+    for (seq, (id, name)) in [("u1", " Alice"), ("u2", "alice")].into_iter().enumerate() {
+        let (entry, _) =
+            crate::store::sqlite::state::Entry::written(USER, id, 1, seq as u64 + 1, &user(id, name)).unwrap();
+        b.base.put(USER, entry);
+    }
+    b.next_seq = 3;
+    // Entra deactivates either one: the name keeps its key, so no conflict.
+    for id in ["u1", "u2"] {
+        b.run(Op::Update { kind: USER, id: id.into(), mutate: set("active", "false") }).unwrap();
+    }
+    // A new resource, or a rename onto the shared key, still conflicts.
+    assert_eq!(scim_err(b.create(USER, user("u3", "ALICE"))).status, 409);
+    b.create(USER, user("u4", "bob")).unwrap();
+    let e = scim_err(b.run(Op::Update { kind: USER, id: "u4".into(), mutate: set("userName", "alice ") }));
+    assert_eq!((e.status, e.scim_type), (409, Some(ScimType::Uniqueness)));
+}
