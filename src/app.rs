@@ -209,7 +209,15 @@ fn key_ring(settings: &ServeSettings) -> Result<Keys, ServeError> {
     let file_keys = match &settings.keys_file {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read { path: p.clone(), source })?;
-            keys::parse_keys_file(p, &text)?
+            match keys::parse_keys_file(p, &text) {
+                // Nothing to keep yet: start without keys from the file, and
+                // take its keys as soon as it has some.
+                Err(e @ KeyError::Empty { .. }) => {
+                    tracing::warn!(error = %e, "starting without keys from the keys file");
+                    Vec::new()
+                }
+                other => other?,
+            }
         }
         None => Vec::new(),
     };
