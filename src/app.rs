@@ -8,11 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::config::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig};
+use crate::config::{
+    ConnectionsConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig,
+};
 use crate::keys::{self, KeyError, KeyHash};
 use crate::provisioning::Provisioning;
 use crate::server::auth::{self, DevKey, KeyRing};
+use crate::server::listener::{self, ConnLimits};
 use crate::server::metrics::ServerMetrics;
 use crate::server::{AppState, BASE_PATH, admin_router, scim_router};
 use crate::store::Durability;
@@ -56,6 +60,22 @@ pub struct ServeSettings {
     /// A plaintext key from the environment (SCIM_TOKEN), for local use.
     pub env_token: Option<String>,
     pub zitadel: Option<ZitadelConfig>,
+    /// Connection timeouts and limits; unset fields take the defaults below.
+    pub connections: ConnectionsConfig,
+}
+
+/// Defaults of `connections` (documented in README, "Running `serve`").
+pub(crate) mod conn_defaults {
+    use std::time::Duration;
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_CONNECTIONS: usize = 512;
+    pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+    pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+    pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+    pub const DRAIN: Duration = Duration::from_secs(10);
 }
 
 impl ServeSettings {
@@ -70,7 +90,31 @@ impl ServeSettings {
             max_body: c.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
             env_token: env_token.filter(|t| !t.is_empty()),
             zitadel: c.zitadel,
+            connections: c.connections.unwrap_or_default(),
         }
+    }
+
+    /// The limits of the SCIM port and of the admin port.
+    fn conn_limits(&self) -> (ConnLimits, ConnLimits) {
+        use conn_defaults as d;
+        let c = &self.connections;
+        let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+        let scim = ConnLimits {
+            header_timeout: secs(c.header_read_timeout_seconds, d::HEADER_READ_TIMEOUT),
+            idle_timeout: secs(c.idle_timeout_seconds, d::IDLE_TIMEOUT),
+            body_timeout: secs(c.body_timeout_seconds, d::BODY_TIMEOUT),
+            write_timeout: secs(c.write_timeout_seconds, d::WRITE_TIMEOUT),
+            max_connections: c.max_connections.unwrap_or(d::MAX_CONNECTIONS),
+            max_concurrent_requests: Some(c.max_concurrent_requests.unwrap_or(d::MAX_CONCURRENT_REQUESTS)),
+            max_header_bytes: c.max_header_bytes.unwrap_or(d::MAX_HEADER_BYTES),
+            drain: secs(c.drain_seconds, d::DRAIN),
+        };
+        let admin = ConnLimits {
+            max_connections: c.admin_max_connections.unwrap_or(d::ADMIN_MAX_CONNECTIONS),
+            max_concurrent_requests: None,
+            ..scim
+        };
+        (scim, admin)
     }
 }
 
@@ -97,6 +141,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
     let keys = key_ring(&settings)?;
     let store = open_store(&settings).await?;
     let listeners = Listeners::bind(&settings).await?;
+    let stop_rx = shutdown_channel()?;
     let base_url = settings
         .public_url
         .clone()
@@ -129,15 +174,25 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         "scim server started"
     );
     if let Some(p) = &projector {
-        spawn_zitadel_tasks(p);
+        spawn_zitadel_tasks(p, stop_rx.clone());
         println!("ZITADEL: {} (organisation {})", p.config().url, p.config().organization_id);
     }
 
-    let scim = axum::serve(listeners.scim, scim_router(state.clone())).with_graceful_shutdown(shutdown_signal());
-    let admin = axum::serve(listeners.admin, admin_router(state)).with_graceful_shutdown(shutdown_signal());
-    let (a, b) = tokio::join!(async { scim.await }, async { admin.await });
-    a?;
-    b?;
+    let (scim_limits, admin_limits) = settings.conn_limits();
+    fit_file_limit(&scim_limits, &admin_limits);
+    let scim = listener::Listener {
+        name: "scim",
+        listener: listeners.scim,
+        router: scim_router(state.clone()),
+        limits: scim_limits,
+    };
+    let admin = listener::Listener {
+        name: "admin",
+        listener: listeners.admin,
+        router: admin_router(state),
+        limits: admin_limits,
+    };
+    tokio::join!(listener::serve(scim, stop_rx.clone()), listener::serve(admin, stop_rx));
     store.close();
     tracing::info!("scim server stopped");
     Ok(())
@@ -154,7 +209,15 @@ fn key_ring(settings: &ServeSettings) -> Result<Keys, ServeError> {
     let file_keys = match &settings.keys_file {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|source| KeyError::Read { path: p.clone(), source })?;
-            keys::parse_keys_file(p, &text)?
+            match keys::parse_keys_file(p, &text) {
+                // Nothing to keep yet: start without keys from the file, and
+                // take its keys as soon as it has some.
+                Err(e @ KeyError::Empty { .. }) => {
+                    tracing::warn!(error = %e, "starting without keys from the keys file");
+                    Vec::new()
+                }
+                other => other?,
+            }
         }
         None => Vec::new(),
     };
@@ -210,7 +273,7 @@ async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
 /// The connectivity check behind `/readyz` and `/status`, and the outbox
 /// worker. Unreachable ZITADEL or rejected credentials are reported there,
 /// not turned into a crash loop.
-fn spawn_zitadel_tasks(projector: &Arc<Projector>) {
+fn spawn_zitadel_tasks(projector: &Arc<Projector>, stop: watch::Receiver<bool>) {
     let checker = Arc::clone(projector);
     tokio::spawn(async move {
         loop {
@@ -221,23 +284,53 @@ fn spawn_zitadel_tasks(projector: &Arc<Projector>) {
             tokio::time::sleep(if ok.is_ok() { ZITADEL_CHECK_INTERVAL } else { ZITADEL_RECHECK_INTERVAL }).await;
         }
     });
-    tokio::spawn(Arc::clone(projector).run_outbox(shutdown_signal()));
+    tokio::spawn(Arc::clone(projector).run_outbox(stopped(stop)));
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Raises the soft limit on open files to the hard limit, and warns when the
+/// connection caps do not fit below it (accepting would then fail before the
+/// cap is reached, and the admin port with it).
+fn fit_file_limit(scim: &ConnLimits, admin: &ConnLimits) {
+    /// Files the server needs besides connections: store, WAL, logs, clients.
+    const RESERVE: u64 = 64;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
+    let needed = (scim.max_connections + admin.max_connections) as u64 + RESERVE;
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            needed,
+            "the open-file limit is below connections.maxConnections + adminMaxConnections + {RESERVE}; lower them or raise the limit"
+        );
+    }
+}
+
+/// Registers SIGINT and SIGTERM now, before the URLs are printed, so a
+/// signal sent as soon as the server is up is not lost; the returned channel
+/// turns true at the first of them.
+fn shutdown_channel() -> Result<watch::Receiver<bool>, ServeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::info!("shutting down: draining open requests");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }

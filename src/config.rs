@@ -56,6 +56,53 @@ pub struct ServeConfig {
     /// Project users into ZITADEL; without it the server is standalone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zitadel: Option<crate::zitadel::config::ZitadelConfig>,
+    /// Timeouts and limits of the SCIM and admin connections; every field
+    /// has a default (see [`ConnectionsConfig`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsConfig>,
+}
+
+/// How long a client may take and how much it may hold, per listener. A
+/// connection past a limit is closed (or refused with a SCIM error body), so
+/// slow or stuck clients cannot exhaust file descriptors or memory.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Time from a request's first byte to the end of its headers, default 10 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_seconds: Option<u64>,
+    /// How long a connection may wait for its next request, default 60 s
+    /// (Entra reuses connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
+    /// Time to receive a whole request body, default 30 s; then 408.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_timeout_seconds: Option<u64>,
+    /// How long a response write may make no progress (a client that does
+    /// not read), default 30 s; then the connection is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_timeout_seconds: Option<u64>,
+    /// Open SCIM connections at most, default 512; beyond it a new
+    /// connection gets a 503 and is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Open admin connections at most, default 64, counted apart from the
+    /// SCIM port so probes are answered while it is saturated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_max_connections: Option<usize>,
+    /// SCIM requests being handled or sending their response at once,
+    /// default 64; more wait for a turn. Bounds the memory of responses
+    /// that clients do not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Largest request line plus headers, default 32 KiB; then 431 (414
+    /// for the request line alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<usize>,
+    /// On SIGTERM, how long requests in progress may finish before the
+    /// remaining connections are closed, default 10 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<u64>,
 }
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -87,11 +134,44 @@ impl ServeConfig {
         if self.max_body_bytes == Some(0) {
             return Err(ConfigError::Invalid { key: "maxBodyBytes", why: "must be greater than 0".into() });
         }
+        if let Some(c) = &self.connections {
+            c.validate()?;
+        }
         if let Some(z) = &self.zitadel {
             let problems = z.problems();
             if !problems.is_empty() {
                 return Err(ConfigError::Invalid { key: "zitadel", why: format!("\n  - {}", problems.join("\n  - ")) });
             }
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let zero = |key: &'static str| ConfigError::Invalid { key, why: "must be greater than 0".into() };
+        let secs = [
+            ("connections.headerReadTimeoutSeconds", self.header_read_timeout_seconds),
+            ("connections.idleTimeoutSeconds", self.idle_timeout_seconds),
+            ("connections.bodyTimeoutSeconds", self.body_timeout_seconds),
+            ("connections.writeTimeoutSeconds", self.write_timeout_seconds),
+        ];
+        if let Some((key, _)) = secs.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(zero(key));
+        }
+        let counts = [
+            ("connections.maxConnections", self.max_connections),
+            ("connections.adminMaxConnections", self.admin_max_connections),
+            ("connections.maxConcurrentRequests", self.max_concurrent_requests),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(zero(key));
+        }
+        if self.max_header_bytes.is_some_and(|b| b < 1024) {
+            return Err(ConfigError::Invalid {
+                key: "connections.maxHeaderBytes",
+                why: "must be at least 1024 (Entra's requests carry a bearer token and several headers)".into(),
+            });
         }
         Ok(())
     }

@@ -22,6 +22,10 @@ pub enum KeyError {
         "the keys file {path} is not valid YAML of the form 'keys: [{{name: entra, sha256: <64 hex digits>}}]': {why}"
     )]
     Parse { path: PathBuf, why: String },
+    #[error(
+        "the keys file {path} is empty; write 'keys: []' to revoke every key, or list the keys as 'keys: [{{name: entra, sha256: <64 hex digits>}}]'"
+    )]
+    Empty { path: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -90,14 +94,14 @@ pub(crate) fn render_keys_file<'a>(keys: impl IntoIterator<Item = (&'a str, &'a 
 }
 
 /// Parses a keys file; `path` only names the file in errors. An empty file
-/// holds no keys.
+/// is an error ([`KeyError::Empty`]): it is what a reader sees in the middle
+/// of an in-place rewrite, so only an explicit `keys: []` holds no keys.
 pub(crate) fn parse_keys_file(path: &Path, text: &str) -> Result<Vec<KeyHash>, KeyError> {
     let perr = |why: String| KeyError::Parse { path: path.into(), why };
-    let file: KeysFile = if text.trim().is_empty() {
-        KeysFile { keys: Vec::new() }
-    } else {
-        serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?
-    };
+    if text.trim().is_empty() {
+        return Err(KeyError::Empty { path: path.into() });
+    }
+    let file: KeysFile = serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?;
     file.keys
         .into_iter()
         .map(|e| {
@@ -148,6 +152,7 @@ mod tests {
         assert!(e.contains("64 hex"), "{e}");
         let e = parse_keys_file(Path::new("k"), "keys: [{name: a, sha256: abcd, extra: 1}]").unwrap_err().to_string();
         assert!(e.contains("extra"), "{e}");
-        assert!(parse_keys_file(Path::new("k"), "").unwrap().is_empty());
+        assert!(matches!(parse_keys_file(Path::new("k"), " \n"), Err(KeyError::Empty { .. })));
+        assert!(parse_keys_file(Path::new("k"), "keys: []\n").unwrap().is_empty());
     }
 }

@@ -55,40 +55,80 @@ impl KeyRing {
     }
 }
 
+/// How long apart the two reads of a changed keys file are: a file being
+/// rewritten in place reads differently twice and is taken on a later poll.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// What the reloader last saw in the keys file.
+#[derive(PartialEq)]
+enum Seen {
+    Content(Vec<u8>),
+    /// Unreadable, with the error's text (a new error counts again).
+    Unreadable(String),
+}
+
 /// Polls the keys file and swaps the key set when its content changes.
 /// Polling (rather than inotify) follows Kubernetes' Secret volume updates,
 /// which replace a symlink rather than write the file.
+///
+/// The keys stay as they are, with a WARN and one more `keysReloadFailures`,
+/// when the file cannot be read, is empty or is invalid; a changed file is
+/// taken only when two reads [`SETTLE`] apart agree, so an in-place rewrite
+/// (truncate, then write) is never taken half-written. Only an explicit
+/// `keys: []` revokes every key.
 pub(crate) fn spawn_reloader(ring: Arc<KeyRing>, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = tokio::fs::read(&path).await.ok();
+        let mut last = read_seen(&path).await;
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let now = match tokio::fs::read(&path).await {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read the keys file; keeping the current keys");
-                    continue;
-                }
-            };
+            let now = read_seen(&path).await;
             if now == last {
                 continue;
             }
-            let text = String::from_utf8_lossy(now.as_deref().unwrap_or_default()).into_owned();
-            match parse_keys_file(&path, &text) {
-                Ok(keys) => {
-                    tracing::info!(path = %path.display(), keys = keys.len(), "keys file changed; key set reloaded");
-                    ring.replace_file_keys(keys);
-                    last = now;
-                }
-                Err(e) => {
-                    ring.reload_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "keys file changed but is invalid; keeping the current keys");
-                    last = now;
+            if let Seen::Content(_) = now {
+                tokio::time::sleep(SETTLE).await;
+                if read_seen(&path).await != now {
+                    tracing::debug!(path = %path.display(), "keys file is being written; reading it again later");
+                    continue;
                 }
             }
+            apply(&ring, &path, &now);
+            last = now;
         }
     })
+}
+
+async fn read_seen(path: &Path) -> Seen {
+    match tokio::fs::read(path).await {
+        Ok(b) => Seen::Content(b),
+        Err(e) => Seen::Unreadable(e.to_string()),
+    }
+}
+
+/// Takes a changed keys file, or counts why it could not be taken.
+fn apply(ring: &KeyRing, path: &Path, seen: &Seen) {
+    let parsed = match seen {
+        Seen::Unreadable(e) => Err(format!("cannot read the keys file {}: {e}", path.display())),
+        Seen::Content(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => parse_keys_file(path, text).map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the keys file {} is not UTF-8", path.display())),
+        },
+    };
+    match parsed {
+        Ok(keys) if keys.is_empty() => {
+            tracing::warn!(path = %path.display(), "the keys file lists no keys ('keys: []'): every key from it is revoked");
+            ring.replace_file_keys(keys);
+        }
+        Ok(keys) => {
+            tracing::info!(path = %path.display(), keys = keys.len(), "keys file changed; key set reloaded");
+            ring.replace_file_keys(keys);
+        }
+        Err(e) => {
+            ring.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "keys file changed but cannot be used; keeping the current keys");
+        }
+    }
 }
 
 /// The standalone dev key: created on first start, only its hash kept.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, OriginalUri, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +21,10 @@ use crate::store::{Store, now_ms};
 use crate::zitadel::projector::Projector;
 
 pub(crate) mod auth;
+mod conn_body;
+mod conn_io;
 pub(crate) mod http;
+pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod resources;
 
@@ -93,6 +98,29 @@ async fn record_metrics(State(st): State<Arc<AppState>>, req: Request, next: Nex
     st.metrics.record(resource, method, status, started.elapsed().as_secs_f64());
     tracing::debug!(%method, resource, status, "scim request");
     resp
+}
+
+/// The `{id}` of a resource path. A path that does not decode (`%ff` is not
+/// UTF-8) is a SCIM 400, not axum's plain-text rejection.
+struct Path<T>(T);
+
+impl<S: Send + Sync> FromRequestParts<S> for Path<String> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(Path(id)),
+            Err(e) => Err(path_rejection(&e)),
+        }
+    }
+}
+
+fn path_rejection(e: &PathRejection) -> Response {
+    scim_error(ScimError::new(
+        400,
+        None,
+        format!("the resource id in the path is not valid (percent-encoded UTF-8 is expected): {e}"),
+    ))
 }
 
 type Routes = MethodRouter<Arc<AppState>>;

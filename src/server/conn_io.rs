@@ -1,0 +1,289 @@
+//! The socket of one connection, with the limits hyper does not keep the
+//! way we need them: how long a request's headers may take from their first
+//! byte, how large they may be (answered with a SCIM 431 or 414 body rather
+//! than hyper's empty one), and how long a response write may make no
+//! progress (a client that never reads).
+
+use std::io;
+
+use axum::http::StatusCode;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+
+use crate::scim::error::ScimError;
+
+/// How long a rejected client may go on sending before the socket closes;
+/// reading what it sends meanwhile lets it read our error instead of a reset.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
+/// At most this much is read and discarded from a rejected client.
+const REJECT_DRAIN_BYTES: usize = 1024 * 1024;
+
+/// A whole HTTP/1.1 response carrying a SCIM error, for the paths that write
+/// to the socket directly (refused connections, oversized heads).
+pub(crate) fn raw_scim_error(status: u16, detail: &str) -> Vec<u8> {
+    let body = serde_json::to_vec(&ScimError::new(status, None, detail).body()).unwrap_or_default();
+    let reason = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/scim+json\r\ncontent-length: {}\r\nconnection: close\r\n{}\r\n",
+        body.len(),
+        if status == 503 { "retry-after: 1\r\n" } else { "" }
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// What the socket and the request handling of one connection share.
+#[derive(Default)]
+pub(crate) struct ConnShared {
+    /// Set while the connection waits for (the rest of) a request head:
+    /// from its start, and again once a response has been sent.
+    handling: AtomicBool,
+    /// Requests started on this connection; tells one head from the next.
+    requests: AtomicU64,
+    /// The turn of a request whose response is complete but may still sit
+    /// in hyper's buffers; released once a flush has handed it to the kernel.
+    turn: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl ConnShared {
+    /// A request head has been parsed and is being handled.
+    pub(crate) fn begin_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.handling.store(true, Ordering::Relaxed);
+    }
+
+    /// The response has been handed to hyper; `turn` is released once it
+    /// has left for the kernel.
+    pub(crate) fn end_response(&self, turn: Option<OwnedSemaphorePermit>) {
+        if turn.is_some() {
+            *self.turn.lock() = turn;
+        }
+        self.handling.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The limits [`GuardedIo`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IoLimits {
+    pub header_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// Where the head of the current request stands.
+#[derive(Default)]
+struct Head {
+    /// The request (by count) these figures belong to.
+    request: Option<u64>,
+    bytes: usize,
+    /// Newlines in a row (carriage returns ignored); two end the head.
+    newlines: u8,
+    /// The request line has ended (so an overlong head is 431, not 414).
+    line_ended: bool,
+    complete: bool,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+pub(crate) struct GuardedIo {
+    stream: TcpStream,
+    shared: Arc<ConnShared>,
+    limits: IoLimits,
+    head: Head,
+    write_deadline: Option<Pin<Box<Sleep>>>,
+    /// Set once an oversized head was answered: the rest is discarded
+    /// until the client stops or the linger passes.
+    rejected: Option<(Pin<Box<Sleep>>, usize)>,
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_string())
+}
+
+impl GuardedIo {
+    pub(crate) fn new(stream: TcpStream, shared: Arc<ConnShared>, limits: IoLimits) -> Self {
+        GuardedIo { stream, shared, limits, head: Head::default(), write_deadline: None, rejected: None }
+    }
+
+    fn awaiting_head(&self) -> bool {
+        !self.shared.handling.load(Ordering::Relaxed)
+    }
+
+    /// Accounts bytes read while a head is awaited. Returns the status to
+    /// refuse the request with when the head grows past the limit.
+    fn on_head_bytes(&mut self, bytes: &[u8]) -> Option<u16> {
+        let request = self.shared.requests.load(Ordering::Relaxed);
+        if self.head.request != Some(request) {
+            self.head = Head {
+                request: Some(request),
+                deadline: Some(Box::pin(tokio::time::sleep(self.limits.header_timeout))),
+                ..Head::default()
+            };
+        }
+        if self.head.complete {
+            return None;
+        }
+        for (i, b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' => {
+                    self.head.newlines += 1;
+                    // Blank lines before a request line are allowed.
+                    if self.head.bytes + i > 1 {
+                        self.head.line_ended = true;
+                    }
+                    if self.head.newlines >= 2 && self.head.line_ended {
+                        self.head.complete = true;
+                        self.head.deadline = None;
+                        self.head.bytes += i + 1;
+                        return None;
+                    }
+                }
+                b'\r' => {}
+                _ => self.head.newlines = 0,
+            }
+        }
+        self.head.bytes += bytes.len();
+        if self.head.bytes > self.limits.max_header_bytes {
+            return Some(if self.head.line_ended { 431 } else { 414 });
+        }
+        None
+    }
+
+    /// Answers an oversized head with a SCIM error and stops reading requests.
+    fn reject(&mut self, status: u16) {
+        let detail = if status == 414 {
+            format!("the request line is longer than the {} bytes this server accepts", self.limits.max_header_bytes)
+        } else {
+            format!(
+                "the request line and headers are larger than the {} bytes this server accepts",
+                self.limits.max_header_bytes
+            )
+        };
+        let response = raw_scim_error(status, &detail);
+        // Best effort: nothing has been sent on this connection since its
+        // last response, so the kernel's buffer has room for a few hundred bytes.
+        let _ = self.stream.try_write(&response);
+        self.rejected = Some((Box::pin(tokio::time::sleep(REJECT_LINGER)), 0));
+    }
+
+    /// Reads and discards what a rejected client still sends, then fails
+    /// the connection.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((linger, drained)) = self.rejected.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if linger.as_mut().poll(cx).is_ready() || *drained > REJECT_DRAIN_BYTES {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
+                }
+                Poll::Ready(Ok(())) => *drained += buf.filled().len(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Tracks a write's progress: a write that stays pending longer than
+    /// the write timeout fails the connection.
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                let timeout = self.limits.write_timeout;
+                let deadline = self.write_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(timed_out("the client did not read the response")));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.write_deadline = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.rejected.is_some() {
+            return this.poll_drain(cx);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.awaiting_head()
+                    && buf.filled().len() > before
+                    && let Some(status) = this.on_head_bytes(&buf.filled()[before..])
+                {
+                    buf.set_filled(before);
+                    this.reject(status);
+                    return this.poll_drain(cx);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let current = Some(this.shared.requests.load(Ordering::Relaxed));
+                if this.awaiting_head()
+                    && this.head.request == current
+                    && let Some(deadline) = this.head.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(timed_out("the request headers did not arrive in time")));
+                }
+                Poll::Pending
+            }
+            err => err,
+        }
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.on_write(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.on_write(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        let r = self.on_write(cx, r);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            // hyper flushes once its buffers are written: a finished
+            // response no longer holds memory, so its turn goes back.
+            self.shared.turn.lock().take();
+        }
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
