@@ -149,6 +149,11 @@ impl<'a> Parser<'a> {
     pub(super) fn new(toks: &'a [Tok], lenient: bool) -> Self {
         Parser { toks, pos: 0, depth: 0, terms: 0, lenient }
     }
+    /// For the value filter of a PATCH path (`emails[...]`): the brackets are a
+    /// level of nesting, as they are inside a filter.
+    pub(super) fn in_brackets(toks: &'a [Tok]) -> Self {
+        Parser { depth: 1, ..Self::new(toks, false) }
+    }
     fn peek(&self) -> Option<&'a Tok> {
         self.toks.get(self.pos)
     }

@@ -39,7 +39,7 @@ impl PatchPath {
         }
         let close = toks.iter().rposition(|t| *t == Tok::RBracket).ok_or_else(|| bad("missing ']'".into()))?;
         let attr = resolve_multi(kind, path).map_err(bad)?;
-        let mut p = Parser::new(&toks[2..close], false);
+        let mut p = Parser::in_brackets(&toks[2..close]);
         let filter = p.or(Scope::Element(attr.attr)).map_err(|e| bad(e.detail))?;
         if p.pos != close - 2 {
             return Err(bad("unexpected tokens inside '[...]'".into()));
