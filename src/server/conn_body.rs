@@ -34,13 +34,17 @@ pub(crate) fn closing_scim_error(status: u16, detail: String) -> Response {
 /// in `timed_out` so the response can be a 408.
 pub(crate) struct TimedBody<B> {
     inner: B,
-    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+    /// Armed when the body first has to be waited for: most requests (every
+    /// GET, most writes) arrive whole, and a timer per request costs reads
+    /// throughput for nothing.
+    deadline: Option<Pin<Box<Sleep>>>,
     timed_out: Arc<AtomicBool>,
 }
 
 impl<B> TimedBody<B> {
     pub(crate) fn new(inner: B, timeout: Duration, timed_out: Arc<AtomicBool>) -> Self {
-        TimedBody { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timed_out }
+        TimedBody { inner, timeout, deadline: None, timed_out }
     }
 }
 
@@ -61,7 +65,9 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
+                let timeout = this.timeout;
+                let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
                     this.timed_out.store(true, Ordering::Relaxed);
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                 }

@@ -123,11 +123,8 @@ impl GuardedIo {
     fn on_head_bytes(&mut self, bytes: &[u8]) -> Option<u16> {
         let request = self.shared.requests.load(Ordering::Relaxed);
         if self.head.request != Some(request) {
-            self.head = Head {
-                request: Some(request),
-                deadline: Some(Box::pin(tokio::time::sleep(self.limits.header_timeout))),
-                ..Head::default()
-            };
+            // The deadline is armed only if the head has to be waited for.
+            self.head = Head { request: Some(request), ..Head::default() };
         }
         if self.head.complete {
             return None;
@@ -239,10 +236,17 @@ impl AsyncRead for GuardedIo {
             }
             Poll::Pending => {
                 let current = Some(this.shared.requests.load(Ordering::Relaxed));
+                let timeout = this.limits.header_timeout;
                 if this.awaiting_head()
                     && this.head.request == current
-                    && let Some(deadline) = this.head.deadline.as_mut()
-                    && deadline.as_mut().poll(cx).is_ready()
+                    && !this.head.complete
+                    && this
+                        .head
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+                        .as_mut()
+                        .poll(cx)
+                        .is_ready()
                 {
                     return Poll::Ready(Err(timed_out("the request headers did not arrive in time")));
                 }

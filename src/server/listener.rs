@@ -197,12 +197,16 @@ async fn handle(
     conn.begin_request();
     let turn = match &l.turns {
         None => None,
-        Some(turns) => match tokio::time::timeout(l.limits.write_timeout, turns.clone().acquire_owned()).await {
-            Ok(Ok(t)) => Some(t),
-            _ => {
-                let busy = closing_scim_error(503, "the server is busy with other requests; retry shortly".into());
-                return Ok(busy.map(|b| Body::new(TrackedBody::new(b, conn, None))));
-            }
+        // A free turn is taken at once; only a wait needs a timer.
+        Some(turns) => match turns.clone().try_acquire_owned() {
+            Ok(t) => Some(t),
+            Err(_) => match tokio::time::timeout(l.limits.write_timeout, turns.clone().acquire_owned()).await {
+                Ok(Ok(t)) => Some(t),
+                _ => {
+                    let busy = closing_scim_error(503, "the server is busy with other requests; retry shortly".into());
+                    return Ok(busy.map(|b| Body::new(TrackedBody::new(b, conn, None))));
+                }
+            },
         },
     };
     let timed_out = Arc::new(AtomicBool::new(false));
