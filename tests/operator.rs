@@ -657,6 +657,17 @@ async fn a_hundred_tenants_become_ready_then_a_minute_passes_without_a_write() {
     })
     .await;
     assert!(ready, "100 tenants Ready");
+    // Ready is written before the same pass's events, and a pass already
+    // queued behind the last status write may still run: convergence is
+    // every tenant Ready and then 5 s without a write (bounded, so an
+    // operator that never stops writing fails here).
+    let settled = wait_until(Duration::from_secs(60), || async {
+        let mark = env.kube.mark();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        env.kube.writes_since(mark).is_empty()
+    })
+    .await;
+    assert!(settled, "the operator stops writing once every tenant is Ready");
     let reconciles = |m: &str| -> u64 {
         m.lines()
             .find(|l| l.starts_with("scim_operator_reconciles_total{result=\"ok\"}"))
