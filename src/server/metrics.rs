@@ -170,7 +170,12 @@ fn encode_writer(encoder: &mut DescriptorEncoder, w: &WriterStats) -> Result<(),
     for (by, n) in [("thread", w.checkpoints_by_thread), ("writer", w.checkpoints_by_writer)] {
         ConstCounter::new(n).encode(checkpoints.encode_family(&[("by", by)])?)?;
     }
-    Ok(())
+    gauge(
+        encoder,
+        "store_writable",
+        "Whether the store can write (0 while writes fail, e.g. on a full disk).",
+        u32::from(w.writable),
+    )
 }
 
 fn encode_zitadel(encoder: &mut DescriptorEncoder, z: &ZitadelSnapshot) -> Result<(), std::fmt::Error> {
@@ -254,7 +259,13 @@ mod tests {
     fn every_state_family_is_scraped_with_its_value() {
         let state = StateSnapshot {
             resources: Counts { users: 3, groups: 1 },
-            writer: Some(WriterStats { batches: 5, commands: 32, checkpoints_by_thread: 2, checkpoints_by_writer: 1 }),
+            writer: Some(WriterStats {
+                batches: 5,
+                commands: 32,
+                checkpoints_by_thread: 2,
+                checkpoints_by_writer: 1,
+                writable: true,
+            }),
             zitadel: Some(ZitadelSnapshot {
                 pending: 4,
                 failing: 1,
@@ -275,6 +286,8 @@ mod tests {
             "# TYPE scim_store_checkpoints counter",
             r#"scim_store_checkpoints_total{by="thread"} 2"#,
             r#"scim_store_checkpoints_total{by="writer"} 1"#,
+            "# TYPE scim_store_writable gauge",
+            "scim_store_writable 1",
             "scim_projection_pending 4",
             "scim_projection_failing 1",
             "scim_projection_oldest_pending_seconds 2.5",

@@ -207,6 +207,11 @@ pub(crate) fn admin_router(state: Arc<AppState>) -> Router {
                 if let Err(e) = st.store.counts().await {
                     return (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}\n")).into_response();
                 }
+                if let Some(f) = st.store.write_failure() {
+                    let why = if f.no_space { "the disk holding the data dir is full" } else { "storage failure" };
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("store cannot write ({why}): {}\n", f.error))
+                        .into_response();
+                }
                 if let Some(p) = &st.zitadel {
                     let h = p.health();
                     if !h.reachable {
@@ -250,11 +255,25 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "requests": st.metrics.total(),
         "failedRequests": st.metrics.failed(),
         "lastRequestTime": last,
+        "store": store_status(st.store.as_ref()),
         "keys": st.keys.len(),
         "keysReloadFailures": st.keys.reload_failures(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
+}
+
+/// `store` in `/status`: whether it can write, and if not since when and why.
+fn store_status(store: &dyn Store) -> Value {
+    match store.write_failure() {
+        None => json!({ "writable": true }),
+        Some(f) => json!({
+            "writable": false,
+            "diskFull": f.no_space,
+            "since": ms_to_time(f.since_ms),
+            "lastError": f.error,
+        }),
+    }
 }
 
 /// The ZITADEL sections of `/status`; both null when ZITADEL is not configured.

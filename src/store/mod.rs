@@ -169,12 +169,15 @@ pub(crate) fn now_ms() -> u64 {
 
 pub(crate) type MutateFn = Box<dyn FnOnce(&Record, u64) -> Result<Mutation, ScimError> + Send>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     Scim(#[from] ScimError),
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The device holding the data has no space left: nothing was written.
+    #[error("no space left for the data: {0}")]
+    NoSpace(String),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -186,9 +189,34 @@ impl StoreError {
         match self {
             StoreError::Scim(e) => e,
             StoreError::Backend(_) => ScimError::new(500, None, "the server could not store the change; retry later"),
+            StoreError::NoSpace(_) => ScimError::new(
+                507,
+                None,
+                "the server's disk is full, so the change was not stored; retry later (the operator has to free space)",
+            ),
             StoreError::Closed => ScimError::new(503, None, "the server is shutting down; retry later"),
         }
     }
+}
+
+impl StoreError {
+    /// A failure of the storage itself (as opposed to a refused request or a
+    /// shutdown): what makes the store unable to write.
+    pub(crate) fn is_storage_failure(&self) -> bool {
+        matches!(self, StoreError::Backend(_) | StoreError::NoSpace(_))
+    }
+}
+
+/// Why the store cannot write at the moment; `/readyz` fails and `/status`
+/// says this until a write (or the store's own probe) succeeds again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WriteFailure {
+    /// When writes started failing (Unix ms).
+    pub since_ms: u64,
+    /// The latest failure, as the store saw it (never shown to SCIM clients).
+    pub error: String,
+    /// The device holding the data is full.
+    pub no_space: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -209,6 +237,8 @@ pub(crate) struct WriterStats {
     /// or the fallback when the thread lags).
     pub checkpoints_by_thread: u64,
     pub checkpoints_by_writer: u64,
+    /// False while writes fail (see [`Store::write_failure`]).
+    pub writable: bool,
 }
 
 /// The seam between the SCIM server and durable storage. The embedded SQLite
@@ -237,7 +267,8 @@ pub(crate) struct WriterStats {
 /// - **Index hints** in [`Query`] may narrow the candidates but never drop a
 ///   match; versions start at 1 and grow by one per change.
 /// - Errors are [`StoreError`]: protocol errors as [`StoreError::Scim`],
-///   storage failures as `Backend` (no internals reach clients), and
+///   storage failures as `Backend` or `NoSpace` (no internals reach
+///   clients; while they last, [`Store::write_failure`] says so), and
 ///   `Closed` after [`Store::close`].
 #[async_trait::async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
@@ -272,6 +303,12 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// The writer's counters, where the store has a writer of its own.
     fn writer_stats(&self) -> Option<WriterStats> {
+        None
+    }
+
+    /// Set while the store cannot write (the last write failed and nothing has
+    /// succeeded since); the store keeps trying by itself and clears it.
+    fn write_failure(&self) -> Option<WriteFailure> {
         None
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::Value;
 
-use super::pragmas::{BUSY_TIMEOUT, backend, set_synchronous};
+use super::pragmas::{BUSY_TIMEOUT, backend, is_busy, is_no_space, set_synchronous};
 use super::state::{Entry, State};
 use super::wal_vfs;
 use crate::scim::schema::ResourceKind;
@@ -22,7 +22,7 @@ const LOCK_FILE: &str = "scim.lock";
 
 /// Bumped when the table layout changes; a file from a newer layout is refused
 /// rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -97,7 +97,7 @@ pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(),
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend("setting the busy timeout", &e))?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| backend("enabling WAL (is another server using this data dir?)", &e))?;
+        .map_err(|e| open_error("enabling WAL", &e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend(format!("the database refused WAL mode (journal_mode is {mode})")));
     }
@@ -120,8 +120,27 @@ pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(),
             "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}"
         )));
     }
+    if version == SCHEMA_VERSION {
+        // Nothing to create: a restart writes nothing, so a full disk still
+        // lets the server start and serve reads.
+        return Ok(());
+    }
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-        .map_err(|e| backend("creating the schema (is another server using this data dir?)", &e))
+        .map_err(|e| open_error("creating the schema", &e))
+}
+
+/// An error while opening, with the likely cause when SQLite's own words
+/// would mislead: a full disk, or another program holding the file.
+fn open_error(context: &str, err: &rusqlite::Error) -> StoreError {
+    if is_no_space(err) {
+        StoreError::NoSpace(format!(
+            "{context}: the disk holding the data dir is full ({err}); free space or grow the volume"
+        ))
+    } else if is_busy(err) {
+        StoreError::Backend(format!("{context}: another program holds the database file ({err})"))
+    } else {
+        backend(context, err)
+    }
 }
 
 /// Every committed resource, the outbox and projection bookkeeping, and the

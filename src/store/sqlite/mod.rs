@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Counts, Durability, GroupRef, MutateFn, OutboxEntry, OutboxStats, Page, ProjectionNote, Query, Record, SideEffects,
-    SideEffectsFn, Store, StoreError, WriterStats,
+    SideEffectsFn, Store, StoreError, WriteFailure, WriterStats,
 };
 use crate::scim::schema::ResourceKind;
 use checkpoint::{CheckpointCounts, Checkpointer};
@@ -125,6 +125,7 @@ impl SqliteStore {
             commands: self.counters.commands.load(AtomicOrdering::Relaxed),
             checkpoints_by_thread: by_thread,
             checkpoints_by_writer: by_writer,
+            writable: self.counters.failure().is_none(),
         }
     }
 
@@ -236,6 +237,10 @@ impl Store for SqliteStore {
 
     fn writer_stats(&self) -> Option<WriterStats> {
         Some(self.stats())
+    }
+
+    fn write_failure(&self) -> Option<WriteFailure> {
+        self.counters.failure()
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {

@@ -5,18 +5,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc;
 
-use parking_lot::RwLock;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use super::checkpoint::Checkpointer;
-use super::connection::load_state;
+use super::connection::{SCHEMA_VERSION, load_state};
 use super::plan::{Op, Overlay, View};
 use super::pragmas::backend;
 use super::state::{Change, Entry, State};
 use crate::scim::error::ScimError;
 use crate::scim::schema::ResourceKind;
-use crate::store::{OutboxEntry, Record, StoreError};
+use crate::store::{OutboxEntry, Record, StoreError, WriteFailure, now_ms};
 
 /// Upper bound on requests per transaction, so one huge backlog cannot hold
 /// its first callers hostage to the last one's work.
@@ -43,15 +45,52 @@ pub(super) struct WriteRequest {
     pub(super) reply: Reply,
 }
 
-/// The writer's counters, shared with the store handle for metrics.
+/// How often a writer that cannot write tries again on its own.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The writer's counters and health, shared with the store handle for
+/// metrics and readiness.
 #[derive(Default)]
 pub(super) struct WriterCounters {
     pub(super) batches: AtomicU64,
     pub(super) commands: AtomicU64,
+    /// Set from a failed write until one succeeds.
+    failure: Mutex<Option<WriteFailure>>,
     /// Test hook: the COMMIT of the batch with this number (counting from 1)
     /// fails as if the disk had refused it.
     #[cfg(test)]
     pub(super) fail_commit_of_batch: AtomicU64,
+}
+
+impl WriterCounters {
+    pub(super) fn failure(&self) -> Option<WriteFailure> {
+        self.failure.lock().clone()
+    }
+
+    fn failing(&self) -> bool {
+        self.failure.lock().is_some()
+    }
+
+    fn record_failure(&self, err: &StoreError) {
+        let mut failure = self.failure.lock();
+        let no_space = matches!(err, StoreError::NoSpace(_));
+        match failure.as_mut() {
+            Some(f) => {
+                f.error = err.to_string();
+                f.no_space = no_space;
+            }
+            None => {
+                tracing::error!(error = %err, "the store cannot write; the server is not ready until it can");
+                *failure = Some(WriteFailure { since_ms: now_ms(), error: err.to_string(), no_space });
+            }
+        }
+    }
+
+    fn record_success(&self) {
+        if self.failure.lock().take().is_some() {
+            tracing::warn!("the store can write again");
+        }
+    }
 }
 
 /// Owns the connection; runs on its own thread until every sender is gone.
@@ -65,9 +104,29 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn run(mut self, rx: mpsc::Receiver<WriteRequest>) {
+        // A restart on a full disk must not look healthy until the first
+        // client write fails: find out now.
+        self.probe();
         // `recv` keeps returning queued requests after the last sender is gone,
         // so shutdown finishes what was accepted before it exits.
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.counters.failing() {
+                // Nobody may write while the pod is unready (no traffic
+                // reaches it), so the writer checks by itself when it recovers.
+                match rx.recv_timeout(PROBE_INTERVAL) {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.probe();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -84,13 +143,14 @@ impl Writer {
         self.counters.batches.fetch_add(1, AtomicOrdering::Relaxed);
         self.counters.commands.fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = format!("could not start a transaction: {e}");
-            tracing::error!("{msg}");
+            let err = backend("could not start a transaction", &e);
+            tracing::error!("{err}");
             // A transaction left open by an earlier failure would make every
             // later BEGIN fail too.
             self.recover();
+            self.counters.record_failure(&err);
             for cmd in batch {
-                let _ = cmd.reply.send(Err(StoreError::Backend(msg.clone())));
+                let _ = cmd.reply.send(Err(err.clone()));
             }
             return;
         }
@@ -100,25 +160,32 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(batch.len());
         // Set when SQLite rolled the whole transaction back on its own (I/O
         // error, disk full): nothing in this batch can be committed any more.
-        let mut aborted: Option<String> = None;
+        let mut aborted: Option<StoreError> = None;
         {
             // Only this thread ever takes the write lock, so holding a read lock
             // here blocks nobody.
             let base = state.read();
             for WriteRequest { op, reply } in batch {
                 let result = match &aborted {
-                    Some(msg) => Err(StoreError::Backend(msg.clone())),
+                    Some(err) => Err(err.clone()),
                     None => self.execute(&base, &mut overlay, op),
                 };
-                if matches!(result, Err(StoreError::Backend(_))) && aborted.is_none() && self.conn.is_autocommit() {
-                    aborted = Some("the transaction was aborted by the database".to_owned());
+                if let Err(err) = &result
+                    && err.is_storage_failure()
+                    && aborted.is_none()
+                    && self.conn.is_autocommit()
+                {
+                    aborted = Some(match err {
+                        StoreError::NoSpace(_) => err.clone(),
+                        _ => StoreError::Backend("the transaction was aborted by the database".to_owned()),
+                    });
                 }
                 outcomes.push((reply, result));
             }
         }
 
         let committed = match aborted {
-            Some(msg) => Err(msg),
+            Some(err) => Err(err),
             None => self.commit(),
         };
         match committed {
@@ -128,17 +195,36 @@ impl Writer {
                     st.apply(change);
                 }
                 drop(st);
+                self.counters.record_success();
                 for (reply, result) in outcomes {
                     let _ = reply.send(result);
                 }
                 self.checkpointer.after_commit(&self.conn);
             }
-            Err(msg) => {
-                tracing::error!("store batch of {} commands failed: {msg}", outcomes.len());
+            Err(err) => {
+                tracing::error!("store batch of {} commands failed: {err}", outcomes.len());
                 self.recover();
+                self.counters.record_failure(&err);
                 for (reply, _) in outcomes {
-                    let _ = reply.send(Err(StoreError::Backend(msg.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
+            }
+        }
+    }
+
+    /// The smallest write there is (the schema version, rewritten unchanged):
+    /// it needs a transaction and room for one page in the WAL, like any
+    /// client write.
+    fn probe(&mut self) {
+        let probed = self
+            .conn
+            .execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            .map_err(|e| backend("probing whether the store can write", &e));
+        match probed {
+            Ok(()) => self.counters.record_success(),
+            Err(err) => {
+                self.recover();
+                self.counters.record_failure(&err);
             }
         }
     }
@@ -263,14 +349,14 @@ impl Writer {
             .map_err(|err| backend("writing the outbox", &err))
     }
 
-    fn commit(&self) -> Result<(), String> {
+    fn commit(&self) -> Result<(), StoreError> {
         #[cfg(test)]
         if self.counters.fail_commit_of_batch.load(AtomicOrdering::SeqCst)
             == self.counters.batches.load(AtomicOrdering::SeqCst)
         {
-            return Err("commit failed: injected failure".to_owned());
+            return Err(StoreError::Backend("commit failed: injected failure".to_owned()));
         }
-        self.conn.execute_batch("COMMIT").map_err(|e| format!("commit failed: {e}"))
+        self.conn.execute_batch("COMMIT").map_err(|e| backend("commit failed", &e))
     }
 
     /// After a failed batch: end the transaction and make memory equal the

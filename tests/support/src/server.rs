@@ -35,11 +35,15 @@ pub struct Options<'a> {
     pub keys_file: Option<&'a Path>,
     pub data_dir: Option<&'a Path>,
     pub extra_args: &'a [&'a str],
+    /// A command that runs the server (e.g. `nsenter … --`): the binary and
+    /// its arguments follow it. It must exec the server, so the process id
+    /// stays the server's.
+    pub wrapper: &'a [&'a str],
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { token: Some(TOKEN), keys_file: None, data_dir: None, extra_args: &[] }
+        Options { token: Some(TOKEN), keys_file: None, data_dir: None, extra_args: &[], wrapper: &[] }
     }
 }
 
@@ -61,7 +65,14 @@ impl Server {
             }
         };
         let streamed = logs::streamed_filter();
-        let mut cmd = Command::new(bin);
+        let mut cmd = match opts.wrapper.split_first() {
+            None => Command::new(bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(opts.extra_args)
@@ -127,6 +138,11 @@ impl Server {
 
     pub fn client_with(&self, token: Option<&str>) -> Client {
         Client { http: reqwest::Client::new(), base: self.base.clone(), token: token.map(str::to_string) }
+    }
+
+    /// The server's process id (to signal it or read its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash or the OOM killer would.
