@@ -2,8 +2,6 @@
 //! with a SCIM error within the configured limits, the admin port keeps
 //! answering meanwhile, and SIGTERM completes while such a client is open.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use scim_test_support::{Options, Server, TOKEN};
@@ -92,8 +90,7 @@ async fn healthz_fast(admin: &str) {
 async fn idle_slow_and_stuck_connections_are_closed_within_their_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(&dir);
-    let server =
-        Server::start_with(BIN, Options { extra_args: &["--config", cfg.to_str().unwrap()], ..Default::default() });
+    let server = start_with_config(&cfg);
     let scim = addr(&server.base);
 
     // Idle: connected, never sends anything.
@@ -131,8 +128,7 @@ async fn idle_slow_and_stuck_connections_are_closed_within_their_timeouts() {
 async fn connections_past_the_cap_get_503_and_the_admin_port_still_answers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(&dir);
-    let server =
-        Server::start_with(BIN, Options { extra_args: &["--config", cfg.to_str().unwrap()], ..Default::default() });
+    let server = start_with_config(&cfg);
     let scim = addr(&server.base);
     let mut held = Vec::new();
     for _ in 0..40 {
@@ -169,8 +165,7 @@ async fn connections_past_the_cap_get_503_and_the_admin_port_still_answers() {
 async fn oversized_heads_and_undecodable_paths_get_scim_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(&dir);
-    let server =
-        Server::start_with(BIN, Options { extra_args: &["--config", cfg.to_str().unwrap()], ..Default::default() });
+    let server = start_with_config(&cfg);
     let scim = addr(&server.base);
 
     let mut s = TcpStream::connect(&scim).await.unwrap();
@@ -189,43 +184,9 @@ async fn oversized_heads_and_undecodable_paths_get_scim_errors() {
     assert_eq!(r.body["status"], "400");
 }
 
-/// The server started by hand, for its process id.
-struct Spawned {
-    child: Child,
-    scim: String,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_server(cfg: &std::path::Path, data: &std::path::Path) -> Spawned {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--durability", "process"])
-        .arg("--config")
-        .arg(cfg)
-        .arg("--data-dir")
-        .arg(data)
-        .env("SCIM_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut scim = None;
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(u) = line.strip_prefix("SCIM base URL: ") {
-            scim = Some(addr(u));
-            break;
-        }
-    }
-    // Keep reading, so the server never writes to a closed pipe.
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    Spawned { child, scim: scim.expect("the server printed its URL") }
+fn start_with_config(cfg: &std::path::Path) -> Server {
+    let cfg = cfg.to_str().unwrap();
+    Server::start_with(BIN, Options { extra_args: &["--durability", "process", "--config", cfg], ..Default::default() })
 }
 
 #[tokio::test]
@@ -238,22 +199,23 @@ async fn sigterm_completes_within_the_drain_time_while_a_client_holds_a_partial_
         "connections:\n  headerReadTimeoutSeconds: 600\n  idleTimeoutSeconds: 600\n  drainSeconds: 2\n",
     )
     .unwrap();
-    let mut server = spawn_server(&cfg, &dir.path().join("data"));
-    let mut partial = TcpStream::connect(&server.scim).await.unwrap();
+    let mut server = start_with_config(&cfg);
+    let scim = addr(&server.base);
+    let mut partial = TcpStream::connect(&scim).await.unwrap();
     partial.write_all(b"GET /scim/v2/Users HTTP/1.1\r\nhost: x\r\nx-part").await.unwrap();
-    let _idle = TcpStream::connect(&server.scim).await.unwrap();
+    let _idle = TcpStream::connect(&scim).await.unwrap();
     // The partial head has reached the server once a request after it is answered.
-    let mut probe = TcpStream::connect(&server.scim).await.unwrap();
+    let mut probe = TcpStream::connect(&scim).await.unwrap();
     probe.write_all(b"GET /scim/v2/Users HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
     assert!(read_until_closed(&mut probe, CLOSED_WITHIN).await.is_some());
 
-    let pid = i32::try_from(server.child.id()).unwrap();
+    let pid = i32::try_from(server.pid()).unwrap();
     let started = Instant::now();
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
+        if let Some(s) = server.try_wait() {
             break Some(s);
         }
         if Instant::now() > deadline {

@@ -1,11 +1,9 @@
 //! Clients that pipeline requests and never read their responses cost the
 //! server bounded memory: 2,000 of them keep its RSS under 150 MB.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scim_test_support::TOKEN;
+use scim_test_support::{Options, Server, TOKEN};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -18,47 +16,11 @@ const RSS_LIMIT_KB: u64 = 150 * 1024;
 /// How long the server's memory is watched while the clients hold on.
 const WATCH: Duration = Duration::from_secs(15);
 
-struct Spawned {
-    child: Child,
-    base: String,
-    admin: String,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_server(dir: &std::path::Path) -> Spawned {
+fn start(dir: &std::path::Path) -> Server {
     let cfg = dir.join("serve.yaml");
     std::fs::write(&cfg, "connections:\n  maxConnections: 2100\n  writeTimeoutSeconds: 5\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--durability", "process"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("SCIM_TOKEN", TOKEN)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut base, mut admin) = (None, None);
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(u) = line.strip_prefix("SCIM base URL: ") {
-            base = Some(u.to_string());
-        }
-        if let Some(u) = line.strip_prefix("Admin URL: ") {
-            admin = Some(u.to_string());
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    Spawned { child, base: base.expect("SCIM URL"), admin: admin.expect("admin URL") }
+    let cfg = cfg.to_str().unwrap();
+    Server::start_with(BIN, Options { extra_args: &["--durability", "process", "--config", cfg], ..Default::default() })
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -128,11 +90,11 @@ async fn non_reader(addr: std::net::SocketAddr, host: &str) -> Option<TcpStream>
 async fn two_thousand_clients_that_never_read_keep_the_server_under_150_mb() {
     raise_open_files();
     let dir = tempfile::tempdir().unwrap();
-    let server = spawn_server(dir.path());
+    let server = start(dir.path());
     populate(&server.base).await;
     let host = server.base.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let addr: std::net::SocketAddr = host.parse().unwrap();
-    let pid = server.child.id();
+    let pid = server.pid();
     let before = rss_kb(pid);
 
     let mut clients = Vec::with_capacity(CONNECTIONS);

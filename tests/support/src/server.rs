@@ -145,6 +145,11 @@ impl Server {
         self.child.id()
     }
 
+    /// The exit status, if the server has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL, as a crash or the OOM killer would.
     pub fn kill9(mut self) -> Option<tempfile::TempDir> {
         let _ = self.child.kill();
