@@ -124,6 +124,30 @@ async fn idle_slow_and_stuck_connections_are_closed_within_their_timeouts() {
     healthz_fast(&server.admin).await;
 }
 
+/// The idle timeout counts from the end of the last response, not from the
+/// connection's start: a connection busy for longer than it stays open, and
+/// is closed once it falls silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_counts_from_the_last_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&dir);
+    let server = start_with_config(&cfg);
+    let mut conn = TcpStream::connect(addr(&server.base)).await.unwrap();
+    let req =
+        format!("GET /scim/v2/ServiceProviderConfig HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n");
+    // 6 s of requests on one connection, three times the idle timeout (2 s).
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..12 {
+        tick.tick().await;
+        conn.write_all(req.as_bytes()).await.expect("the busy connection is still open");
+        let n = tokio::time::timeout(CLOSED_WITHIN, conn.read(&mut buf)).await.expect("an answer").unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "answered while busy");
+    }
+    let out = read_until_closed(&mut conn, CLOSED_WITHIN).await;
+    assert_eq!(out.as_deref(), Some(""), "closed once idle: {out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_get_503_and_the_admin_port_still_answers() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::scim::error::ScimError;
 
@@ -43,8 +43,12 @@ pub(crate) fn raw_scim_error(status: u16, detail: &str) -> Vec<u8> {
 }
 
 /// What the socket and the request handling of one connection share.
-#[derive(Default)]
 pub(crate) struct ConnShared {
+    /// When the connection was accepted; `idle_from` counts from here.
+    accepted: Instant,
+    /// Nanoseconds after `accepted` when the last response was handed over
+    /// (0: none yet), the start of the current idle time.
+    idle_from: AtomicU64,
     /// Set while the connection waits for (the rest of) a request head:
     /// from its start, and again once a response has been sent.
     handling: AtomicBool,
@@ -55,7 +59,25 @@ pub(crate) struct ConnShared {
     turn: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
+impl Default for ConnShared {
+    fn default() -> Self {
+        ConnShared {
+            accepted: Instant::now(),
+            idle_from: AtomicU64::new(0),
+            handling: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            turn: Mutex::new(None),
+        }
+    }
+}
+
 impl ConnShared {
+    /// Since when the connection has had nothing to do (meaningful only
+    /// while no request is in progress).
+    fn idle_since(&self) -> Instant {
+        self.accepted + Duration::from_nanos(self.idle_from.load(Ordering::Relaxed))
+    }
+
     /// A request head has been parsed and is being handled.
     pub(crate) fn begin_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -68,6 +90,8 @@ impl ConnShared {
         if turn.is_some() {
             *self.turn.lock() = turn;
         }
+        let since_accept = u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_from.store(since_accept, Ordering::Relaxed);
         self.handling.store(false, Ordering::Relaxed);
     }
 }
@@ -75,6 +99,8 @@ impl ConnShared {
 /// The limits [`GuardedIo`] keeps.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IoLimits {
+    /// How long a connection may wait for the first byte of a request.
+    pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub write_timeout: Duration,
     pub max_header_bytes: usize,
@@ -94,11 +120,44 @@ struct Head {
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
+/// The idle timeout of one connection, on one timer that is set once and
+/// moved only when it fires early: arming a timer for every wait between
+/// two requests (as hyper's header read timeout does) costs keep-alive
+/// clients several percent of read throughput.
+///
+/// hyper reads ahead before it answers a request and does not read again
+/// after the answer until woken, so the timer must already be registered
+/// when the connection falls idle: it is polled on every read that would
+/// block and after every flush, and when it fires the connection's task
+/// wakes and the read that follows decides.
+#[derive(Default)]
+struct IdleTimer(Option<Pin<Box<Sleep>>>);
+
+impl IdleTimer {
+    /// Whether the connection, idle since `idle_since` (`None` while a
+    /// request is on its way or in progress), has passed `timeout`; keeps the
+    /// timer registered otherwise.
+    fn expired(&mut self, cx: &mut Context<'_>, idle_since: Option<Instant>, timeout: Duration) -> bool {
+        let timer = self.0.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            match idle_since {
+                Some(since) if now >= since + timeout => return true,
+                Some(since) => timer.as_mut().reset(since + timeout),
+                // Never later than the end of an idle period starting now.
+                None => timer.as_mut().reset(now + timeout),
+            }
+        }
+        false
+    }
+}
+
 pub(crate) struct GuardedIo {
     stream: TcpStream,
     shared: Arc<ConnShared>,
     limits: IoLimits,
     head: Head,
+    idle: IdleTimer,
     write_deadline: Option<Pin<Box<Sleep>>>,
     /// Set once an oversized head was answered: the rest is discarded
     /// until the client stops or the linger passes.
@@ -111,7 +170,15 @@ fn timed_out(what: &str) -> io::Error {
 
 impl GuardedIo {
     pub(crate) fn new(stream: TcpStream, shared: Arc<ConnShared>, limits: IoLimits) -> Self {
-        GuardedIo { stream, shared, limits, head: Head::default(), write_deadline: None, rejected: None }
+        GuardedIo {
+            stream,
+            shared,
+            limits,
+            head: Head::default(),
+            idle: IdleTimer::default(),
+            write_deadline: None,
+            rejected: None,
+        }
     }
 
     fn awaiting_head(&self) -> bool {
@@ -235,11 +302,18 @@ impl AsyncRead for GuardedIo {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let current = Some(this.shared.requests.load(Ordering::Relaxed));
+                let current = this.shared.requests.load(Ordering::Relaxed);
+                let awaiting = this.awaiting_head();
+                // Idle: no request in progress and not one byte of the next.
+                let idle_since = (awaiting && this.head.request != Some(current)).then(|| this.shared.idle_since());
+                if this.idle.expired(cx, idle_since, this.limits.idle_timeout) {
+                    return Poll::Ready(Err(timed_out("the connection was idle for too long")));
+                }
+                if !awaiting || this.head.request != Some(current) {
+                    return Poll::Pending;
+                }
                 let timeout = this.limits.header_timeout;
-                if this.awaiting_head()
-                    && this.head.request == current
-                    && !this.head.complete
+                if !this.head.complete
                     && this
                         .head
                         .deadline
@@ -283,6 +357,10 @@ impl AsyncWrite for GuardedIo {
             // hyper flushes once its buffers are written: a finished
             // response no longer holds memory, so its turn goes back.
             self.shared.turn.lock().take();
+            let this = &mut *self;
+            // Re-armed if it fired while a request was in progress, so it
+            // covers the idle time that may start now.
+            let _ = this.idle.expired(cx, None, this.limits.idle_timeout);
         }
         r
     }

@@ -2,10 +2,8 @@
 //! timeouts of each connection, and a bounded drain on shutdown.
 //!
 //! Each connection is served by hyper's HTTP/1.1 server with:
-//! - the idle timeout as hyper's header read timeout (hyper starts it as soon
-//!   as it waits for a request, so it bounds an idle keep-alive connection);
-//! - the header timeout and the header size limit from a request's first
-//!   byte, in [`GuardedIo`];
+//! - the idle timeout (until a request's first byte), the header timeout and
+//!   the header size limit (from that byte), in [`GuardedIo`];
 //! - a body timeout on the request body ([`TimedBody`]), answered with 408;
 //! - a write timeout: a response that makes no progress for that long
 //!   closes the connection;
@@ -23,7 +21,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -154,6 +152,7 @@ async fn serve_conn(
     let _ = stream.set_nodelay(true);
     let conn_shared = Arc::new(ConnShared::default());
     let io_limits = IoLimits {
+        idle_timeout: l.limits.idle_timeout,
         header_timeout: l.limits.header_timeout,
         write_timeout: l.limits.write_timeout,
         max_header_bytes: l.limits.max_header_bytes,
@@ -166,9 +165,10 @@ async fn serve_conn(
     // hyper's read buffer must hold a head of the largest size we accept,
     // so our 431 answers rather than hyper's bodiless one.
     let max_buf = (l.limits.max_header_bytes * 2).max(64 * 1024);
+    // No timer for hyper: its header read timeout would arm one per request;
+    // `GuardedIo` keeps both the idle and the header timeout.
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(l.limits.idle_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(max_buf)
         .max_header_size(max_buf)
