@@ -202,6 +202,22 @@ async fn oversized_heads_and_undecodable_paths_get_scim_errors() {
     let _ = s.write_all(long.as_bytes()).await;
     assert_scim_error(&read_until_closed(&mut s, CLOSED_WITHIN).await.expect("closed"), 414);
 
+    // What hyper itself refuses: a malformed request line, a header field
+    // that is not one, more than 100 header fields.
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (raw, status) in [
+        ("GET /scim/v2/Users HTTP/1.1 trailing\r\nhost: x\r\n\r\n".to_owned(), 400),
+        ("GET /scim/v2/Users HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(), 400),
+        (format!("GET /scim/v2/Users HTTP/1.1\r\nhost: x\r\n{many}\r\n"), 431),
+    ] {
+        let mut s = TcpStream::connect(&scim).await.unwrap();
+        let _ = s.write_all(raw.as_bytes()).await;
+        assert_scim_error(&read_until_closed(&mut s, CLOSED_WITHIN).await.expect("closed"), status);
+    }
+    // A legitimate empty-bodied answer is left alone (the admin port's 404).
+    let r = reqwest::get(format!("{}/no-such-page", server.admin)).await.unwrap();
+    assert_eq!(r.status(), 404);
+
     let r = server.client().get("/Users/%ff").await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.content_type, "application/scim+json");

@@ -331,8 +331,39 @@ impl AsyncRead for GuardedIo {
     }
 }
 
+/// hyper answers a request it cannot parse (a malformed request line or
+/// header, more header fields than it takes) by itself, with the status and
+/// an empty body. Such an answer is recognised by its status and its empty,
+/// untyped body — every response of ours carries a typed body — and replaced
+/// by the same status with a SCIM error body.
+fn hyper_parse_error(head: &[u8]) -> Option<u16> {
+    if head.len() > 256 || !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    let status: u16 = std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()?;
+    if !matches!(status, 400 | 414 | 431) {
+        return None;
+    }
+    let head = std::str::from_utf8(head).ok()?.to_ascii_lowercase();
+    (head.contains("\r\ncontent-length: 0\r\n") && !head.contains("\r\ncontent-type:")).then_some(status)
+}
+
+fn parse_error_detail(status: u16) -> &'static str {
+    match status {
+        414 => "the request line is too long",
+        431 => "the request has more header fields than this server accepts (100)",
+        _ => "the request line or a header field is not valid HTTP/1.1",
+    }
+}
+
 impl AsyncWrite for GuardedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(status) = hyper_parse_error(buf) {
+            // hyper closes the connection after this answer; nothing else
+            // was sent since the last response, so the kernel takes it whole.
+            let _ = self.stream.try_write(&raw_scim_error(status, parse_error_detail(status)));
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut self.stream).poll_write(cx, buf);
         self.on_write(cx, r)
     }
@@ -342,6 +373,11 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let [only] = bufs
+            && hyper_parse_error(only).is_some()
+        {
+            return self.poll_write(cx, only);
+        }
         let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         self.on_write(cx, r)
     }
