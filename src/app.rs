@@ -152,6 +152,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         Some(cfg) => Some(Projector::new(crate::zitadel::client::Client::new(cfg)?, cfg.clone(), store.clone())),
         None => None,
     };
+    let metrics = Arc::new(ServerMetrics::new());
     let state = Arc::new(AppState {
         store: store.clone(),
         provisioning: Provisioning::new(store.clone(), projector.clone()),
@@ -159,7 +160,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         base_url: base_url.clone(),
         max_body: settings.max_body,
         keys: keys.ring,
-        metrics: Arc::new(ServerMetrics::new()),
+        metrics: metrics.clone(),
     });
 
     println!("SCIM base URL: {base_url}");
@@ -185,12 +186,14 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         listener: listeners.scim,
         router: scim_router(state.clone()),
         limits: scim_limits,
+        metrics: metrics.clone(),
     };
     let admin = listener::Listener {
         name: "admin",
         listener: listeners.admin,
         router: admin_router(state),
         limits: admin_limits,
+        metrics,
     };
     tokio::join!(listener::serve(scim, stop_rx.clone()), listener::serve(admin, stop_rx));
     store.close();

@@ -170,6 +170,12 @@ async fn connections_past_the_cap_get_503_and_the_admin_port_still_answers() {
     }
     assert_scim_error(&refused.expect("a connection past the cap is refused with a response"), 503);
     healthz_fast(&server.admin).await;
+    let (_, metrics) = server.admin_get("/metrics").await;
+    let value = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert!(value(r#"scim_connections_refused_total{listener="scim"}"#) >= 1, "refusals are counted: {metrics}");
+    assert_eq!(value(r#"scim_connections_open{listener="scim"}"#), 40, "{metrics}");
     drop(held);
     // Until the server has seen the held connections close, a new one may
     // still be refused, with the 503 written before the request is even sent:

@@ -30,6 +30,7 @@ use tower_service::Service;
 
 use super::conn_body::{TimedBody, TrackedBody, closing_scim_error};
 use super::conn_io::{ConnShared, GuardedIo, IoLimits, raw_scim_error};
+use super::metrics::{OpenConnection, ServerMetrics};
 
 /// How long after an accept error (such as running out of file
 /// descriptors) the listener tries again.
@@ -58,6 +59,7 @@ pub(crate) struct Listener {
     pub listener: TcpListener,
     pub router: Router,
     pub limits: ConnLimits,
+    pub metrics: Arc<ServerMetrics>,
 }
 
 /// What every connection of a listener shares.
@@ -100,9 +102,11 @@ pub(crate) async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
             accepted = l.listener.accept() => match accepted {
                 Ok((stream, _)) => match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        conns.spawn(serve_conn(stream, shared.clone(), stop_rx.clone(), slot));
+                        let open = l.metrics.connection_opened(l.name);
+                        conns.spawn(serve_conn(stream, shared.clone(), stop_rx.clone(), (slot, open)));
                     }
                     Err(_) => {
+                        l.metrics.connection_refused(l.name);
                         shared.warn("connection refused: too many open connections", "raise connections.maxConnections if this is legitimate load");
                         conns.spawn(refuse(stream, l.limits.max_connections));
                     }
@@ -147,7 +151,7 @@ async fn serve_conn(
     stream: TcpStream,
     l: Arc<PerListener>,
     mut stop: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, OpenConnection),
 ) {
     let _ = stream.set_nodelay(true);
     let conn_shared = Arc::new(ConnShared::default());

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,11 +34,19 @@ pub(crate) struct LatencyLabels {
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabels {
+    /// "scim" or "admin".
+    pub listener: &'static str,
+}
+
 /// The SCIM port's request metrics and the registry `/metrics` encodes.
 pub(crate) struct ServerMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
     total: AtomicU64,
     failed: AtomicU64,
     last_request_ms: AtomicI64,
@@ -66,10 +74,24 @@ impl ServerMetrics {
             "SCIM request latency by resource and method",
             latency.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register("connections_open", "Open connections by listener", connections_open.clone());
+        registry.register(
+            "connections_refused",
+            "Connections refused with a 503 because the listener had its maximum open",
+            connections_refused.clone(),
+        );
+        for listener in ["scim", "admin"] {
+            let _ = connections_open.get_or_create(&ListenerLabels { listener });
+            let _ = connections_refused.get_or_create(&ListenerLabels { listener });
+        }
         Self {
             registry,
             requests,
             latency,
+            connections_open,
+            connections_refused,
             total: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_request_ms: AtomicI64::new(0),
@@ -86,6 +108,17 @@ impl ServerMetrics {
         }
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         self.last_request_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Counts an open connection until the returned guard is dropped.
+    pub(crate) fn connection_opened(&self, listener: &'static str) -> OpenConnection {
+        let gauge = self.connections_open.get_or_create(&ListenerLabels { listener }).clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    pub(crate) fn connection_refused(&self, listener: &'static str) {
+        self.connections_refused.get_or_create(&ListenerLabels { listener }).inc();
     }
 
     pub(crate) fn total(&self) -> u64 {
@@ -112,6 +145,15 @@ impl ServerMetrics {
         }
         out.push_str("# EOF\n");
         out
+    }
+}
+
+/// One open connection on `scim_connections_open`.
+pub(crate) struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
