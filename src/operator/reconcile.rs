@@ -159,7 +159,8 @@ async fn reject_invalid_spec(ctx: &ReconcileContext, pass: &Pass, problems: Vec<
 async fn plan_keys(ctx: &ReconcileContext, pass: &Pass) -> Result<PlannedKeys, ObserveError> {
     let tenant = &pass.tenant;
     let found = observe::found_keys(ctx, tenant, &pass.uid, pass.now).await?;
-    let request = tenant.annotations().get(annotation::ROTATE).cloned();
+    // An emptied annotation asks for nothing.
+    let request = tenant.annotations().get(annotation::ROTATE).filter(|v| !v.trim().is_empty()).cloned();
     let handled = |value: &str| {
         pass.previous.last_handled_rotate_at.as_deref() == Some(value)
             || ctx.operator.memo.lock().get(&pass.uid).is_some_and(|m| m.rotate_handled.as_deref() == Some(value))
