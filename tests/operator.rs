@@ -16,6 +16,7 @@ use scim_operator::operator::controller::ControllerConfig;
 use scim_operator::operator::crd::ScimTenant;
 use scim_operator::operator::leader::LeaseConfig;
 use scim_operator::operator::run::{RunOptions, run_with};
+use scim_test_support::kstatus::{self, Status as KStatus};
 use scim_test_support::kube_fake::KubeFake;
 use scim_test_support::wait_until;
 use scim_test_support::zitadel_fake::{FakeResource, ZitadelFake};
@@ -166,6 +167,45 @@ impl Env {
         );
     }
 
+    /// `kubectl apply --server-side` of a tenant with these annotations (a manifest in Git).
+    async fn apply_annotated(&self, name: &str, annotations: Value, spec: Value) {
+        let body = json!({"apiVersion": "scim.unique.app/v1alpha1", "kind": "ScimTenant",
+            "metadata": {"name": name, "namespace": NS, "annotations": annotations}, "spec": spec});
+        self.tenants().patch(name, &PatchParams::apply("kubectl").force(), &Patch::Apply(&body)).await.unwrap();
+    }
+
+    /// Waits until controller `i` has completed `n` more successful passes.
+    async fn wait_passes(&self, i: usize, n: u64) {
+        let start = ok_reconciles(&self.metrics(i).await);
+        let ok = wait_until(WAIT, || async { ok_reconciles(&self.metrics(i).await) >= start + n }).await;
+        assert!(ok, "controller {i} did not complete {n} passes");
+    }
+
+    async fn last_handled_rotate(&self, name: &str) -> Option<String> {
+        self.tenant(name).await?.status?.last_handled_rotate_at
+    }
+
+    /// The tenant as the API server stores it.
+    fn raw(&self, name: &str) -> Value {
+        self.kube.get("scim.unique.app/v1alpha1", "scimtenants", Some(NS), name).unwrap_or(Value::Null)
+    }
+
+    /// Waits until kstatus (cli-utils' rules) computes `want` for the tenant.
+    async fn wait_kstatus(&self, name: &str, want: KStatus) -> kstatus::Result {
+        let ok = wait_until(WAIT, || async { kstatus::compute(&self.raw(name)).status == want }).await;
+        assert!(ok, "{name}: kstatus never became {want:?}; object: {:#}", self.raw(name));
+        kstatus::compute(&self.raw(name))
+    }
+
+    /// Stops controller `i` and waits until it has shut down.
+    async fn stop_controller(&mut self, i: usize) {
+        if let Some(stop) = self.controllers[i].stop.take() {
+            let _ = stop.send(());
+        }
+        let stopped = wait_until(WAIT, || async { self.controllers[i].task.is_finished() }).await;
+        assert!(stopped, "controller {i} did not stop");
+    }
+
     async fn secret(&self, name: &str) -> Option<Secret> {
         Api::<Secret>::namespaced(self.client.clone(), NS).get_opt(name).await.unwrap()
     }
@@ -226,6 +266,16 @@ fn spec(keys: Value) -> Value {
     })
 }
 
+/// `scim_operator_reconciles_total{result="ok"}` in a metrics page.
+fn ok_reconciles(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("scim_operator_reconciles_total{result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn sha(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -250,7 +300,7 @@ async fn a_new_tenant_becomes_ready_with_every_child_and_its_zitadel_binding() {
         assert_eq!(c.observed_generation, t.metadata.generation);
     }
     for ty in ["Reconciling", "Stalled"] {
-        assert_eq!(st.conditions.iter().find(|c| c.type_ == ty).unwrap().status, "False");
+        assert!(st.conditions.iter().all(|c| c.type_ != ty), "{ty} is present only while True");
     }
     assert_eq!(st.endpoint.as_deref(), Some("http://acme-scim.tenants.svc/scim/v2"));
     assert!(t.metadata.finalizers.unwrap_or_default().contains(&"scim.unique.app/zitadel-cleanup".to_string()));
@@ -323,16 +373,18 @@ async fn keys_are_added_removed_rotated_and_expire() {
     );
     env.wait_event("Normal", "KeyRemoved").await;
 
-    // Rotate now: a new token, the annotation is consumed.
+    // Rotate now: a new token; the annotation stays (it is a request token).
     let patch = json!({"metadata": {"annotations": {"scim.unique.app/rotate": "next"}}});
     env.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     assert!(
         wait_until(WAIT, || async {
             env.secret_text("acme-scim-key-next", "token").await.is_some_and(|t| t != next)
-                && env.tenant("acme").await.unwrap().metadata.annotations.unwrap_or_default().is_empty()
+                && env.tenant("acme").await.and_then(|t| t.status?.last_handled_rotate_at).as_deref() == Some("next")
         })
         .await
     );
+    let annotations = env.tenant("acme").await.unwrap().metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get("scim.unique.app/rotate").map(String::as_str), Some("next"));
     let rotated = env.secret_text("acme-scim-key-next", "token").await.unwrap();
     let file = env.secret_text("acme-scim-keys", "keys.yaml").await.unwrap();
     assert!(file.contains(&sha(&rotated)) && !file.contains(&sha(&next)), "{file}");
@@ -424,7 +476,7 @@ async fn zitadel_down_reports_reconciling_then_ready() {
     env.wait_condition("acme", "ZitadelBound", "False", Some("ZitadelUnavailable")).await;
     env.wait_condition("acme", "Reconciling", "True", Some("ZitadelUnavailable")).await;
     assert_eq!(env.condition("acme", "Ready").await.unwrap().0, "False");
-    assert_eq!(env.condition("acme", "Stalled").await.unwrap().0, "False", "an outage is not a stall");
+    assert_eq!(env.condition("acme", "Stalled").await, None, "an outage is not a stall");
     // Keys and the workload do not wait for ZITADEL.
     assert!(env.secret("acme-scim-key-entra").await.is_some());
     env.zitadel.set_down(false);
@@ -439,7 +491,7 @@ async fn a_rejected_admin_credential_stalls_without_hot_retries() {
     env.start().await;
     env.apply("acme", spec(json!([{"name": "entra"}]))).await;
     env.wait_condition("acme", "Stalled", "True", Some("ZitadelUnauthorized")).await;
-    assert_eq!(env.condition("acme", "Reconciling").await.unwrap().0, "False");
+    assert_eq!(env.condition("acme", "Reconciling").await, None);
     // Backoff, not a hot loop: over 3 s with a 2 s backoff cap, a handful of attempts.
     env.zitadel.reset_calls();
     let mark = env.kube.mark();
@@ -501,7 +553,9 @@ async fn suspend_stops_reconciling_and_resume_restores() {
     let mut s = spec(json!([{"name": "entra"}]));
     s["suspend"] = json!(true);
     env.apply("acme", s).await;
-    env.wait_condition("acme", "Ready", "False", Some("Suspended")).await;
+    env.wait_condition("acme", "Ready", "True", Some("Suspended")).await;
+    // Current to kstatus (Flux, kubectl wait): suspended is not "in progress forever".
+    env.wait_kstatus("acme", KStatus::Current).await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), NS);
     cms.delete("acme-scim-config", &DeleteParams::default()).await.unwrap();
     let restored =
@@ -606,6 +660,155 @@ async fn provisioning_health_comes_from_the_server_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotate_request_is_acted_on_once_per_value_across_restarts() {
+    let mut env = Env::new().await;
+    env.start().await;
+    let keys = || spec(json!([{"name": "entra"}]));
+    let rotate = |value: &str| json!({"scim.unique.app/rotate": value});
+    // The request is in the manifest from the start: the key is created under it, not rotated after.
+    env.apply_annotated("acme", rotate("entra@1"), keys()).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    assert!(wait_until(WAIT, || async { env.last_handled_rotate("acme").await.as_deref() == Some("entra@1") }).await);
+    let first = entra_token(&env).await;
+    env.wait_passes(0, 3).await;
+    assert_eq!(entra_token(&env).await, first, "a key created under a request is not rotated again");
+
+    // A new value in Git is a new request: one rotation, and the annotation stays as applied.
+    env.apply_annotated("acme", rotate("entra@2"), keys()).await;
+    assert!(
+        wait_until(WAIT, || async {
+            env.last_handled_rotate("acme").await.as_deref() == Some("entra@2") && entra_token(&env).await != first
+        })
+        .await
+    );
+    let second = entra_token(&env).await;
+    env.wait_event("Normal", "KeyRotated").await;
+    env.wait_passes(0, 3).await;
+    assert_eq!(entra_token(&env).await, second, "the same value never rotates twice");
+    let annotations = env.tenant("acme").await.unwrap().metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get("scim.unique.app/rotate").map(String::as_str), Some("entra@2"), "never removed");
+
+    // A restart: status is the memory. Even a status that lost the last
+    // request (the controller died between rotating and writing status) does
+    // not rotate again, because the key Secret records its request.
+    env.stop_controller(0).await;
+    let lost = json!({"status": {"lastHandledRotateAt": "entra@1"}});
+    env.tenants().patch_status("acme", &PatchParams::default(), &Patch::Merge(&lost)).await.unwrap();
+    let c = env.config();
+    let i = env.start_controller(c, None).await;
+    assert!(wait_until(WAIT, || async { env.last_handled_rotate("acme").await.as_deref() == Some("entra@2") }).await);
+    env.wait_passes(i, 3).await;
+    assert_eq!(entra_token(&env).await, second, "a restart does not serve the same request again");
+
+    // `kubectl annotate --overwrite` with a new value rotates once more.
+    env.apply_annotated("acme", rotate("entra@3"), keys()).await;
+    assert!(
+        wait_until(WAIT, || async {
+            env.last_handled_rotate("acme").await.as_deref() == Some("entra@3") && entra_token(&env).await != second
+        })
+        .await
+    );
+    let third = entra_token(&env).await;
+    let file = env.secret_text("acme-scim-keys", "keys.yaml").await.unwrap();
+    assert!(file.contains(&sha(&third)) && !file.contains(&sha(&second)), "{file}");
+}
+
+async fn entra_token(env: &Env) -> String {
+    env.secret_text("acme-scim-key-entra", "token").await.unwrap_or_default()
+}
+
+/// The Argo CD health check's fixtures (tests/argocd-health) are the
+/// operator's own output: each state here must match its fixture in
+/// condition types, statuses and reasons. `SCIM_UPDATE_FIXTURES=1` rewrites
+/// them from the live object.
+fn check_fixture(env: &Env, name: &str, fixture: &str) {
+    let path = format!("{}/tests/argocd-health/testdata/{fixture}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let live = fixture_of(env, &env.raw(name));
+    if std::env::var_os("SCIM_UPDATE_FIXTURES").is_some() {
+        std::fs::write(&path, serde_yaml::to_string(&live).unwrap()).unwrap();
+        return;
+    }
+    let stored: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let summary = |o: &Value| -> Vec<(String, String, String)> {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (f("type"), f("status"), f("reason"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        (summary(&live), &live["spec"]["suspend"], kstatus::compute(&live)),
+        (summary(&stored), &stored["spec"]["suspend"], kstatus::compute(&stored)),
+        "{path} no longer matches the operator's status: regenerate it with SCIM_UPDATE_FIXTURES=1 \
+         cargo test --test operator kstatus_, then check cargo test --test argocd_health"
+    );
+}
+
+/// A live tenant without what differs between runs (uids, times, ports).
+fn fixture_of(env: &Env, live: &Value) -> Value {
+    let mut o = json!({"apiVersion": live["apiVersion"], "kind": live["kind"],
+        "metadata": {"name": live["metadata"]["name"], "namespace": live["metadata"]["namespace"],
+            "generation": live["metadata"]["generation"]},
+        "spec": live["spec"], "status": live["status"]});
+    for c in o["status"]["conditions"].as_array_mut().into_iter().flatten() {
+        c["lastTransitionTime"] = json!("2026-12-01T10:00:00Z");
+    }
+    for k in o["status"]["keys"].as_array_mut().into_iter().flatten() {
+        k["createdAt"] = json!("2026-12-01T10:00:00Z");
+        k["fingerprint"] = json!("0123456789ab");
+    }
+    let mut text = o.to_string().replace(&env.zitadel.url, "https://zitadel.example.com");
+    if let Some(user) = o["status"]["serviceUserId"].as_str() {
+        text = text.replace(user, "300000000000000001");
+    }
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_reads_stalled_ready_reconciling_and_suspended_tenants_as_intended() {
+    let mut env = Env::new().await;
+    std::fs::write(env.credential.path(), "not-a-valid-pat").unwrap();
+    env.start().await;
+    env.apply("acme", spec(json!([{"name": "entra"}]))).await;
+
+    // Stalled: a human must act. kstatus Failed; Argo CD Degraded.
+    env.wait_condition("acme", "Stalled", "True", Some("ZitadelUnauthorized")).await;
+    let r = env.wait_kstatus("acme", KStatus::Failed).await;
+    assert_eq!(r.reason, "ZitadelUnauthorized");
+    check_fixture(&env, "acme", "degraded");
+
+    // Ready: Current; Healthy.
+    std::fs::write(env.credential.path(), ADMIN_PAT).unwrap();
+    env.wait_condition("acme", "Ready", "True", Some("Ready")).await;
+    env.wait_kstatus("acme", KStatus::Current).await;
+    check_fixture(&env, "acme", "healthy");
+
+    // Reconciling: the pods are not ready yet. InProgress; Progressing.
+    env.kube.set_deployments_ready(false);
+    env.wait_condition("acme", "Reconciling", "True", Some("MinimumReplicasUnavailable")).await;
+    let r = env.wait_kstatus("acme", KStatus::InProgress).await;
+    assert_eq!(r.reason, "MinimumReplicasUnavailable");
+    check_fixture(&env, "acme", "progressing");
+
+    // Suspended while not ready: Current all the same (nothing is in progress); Argo CD Suspended.
+    let mut s = spec(json!([{"name": "entra"}]));
+    s["suspend"] = json!(true);
+    env.apply("acme", s).await;
+    env.wait_condition("acme", "Ready", "True", Some("Suspended")).await;
+    env.wait_kstatus("acme", KStatus::Current).await;
+    let st = env.tenant("acme").await.unwrap().status.unwrap();
+    assert!(st.conditions.iter().all(|c| c.type_ != "Reconciling" && c.type_ != "Stalled"), "{st:?}");
+    check_fixture(&env, "acme", "suspended");
+    // Every condition says which generation it describes.
+    let generation = env.tenant("acme").await.unwrap().metadata.generation;
+    assert!(st.conditions.iter().all(|c| c.observed_generation == generation), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_leads_and_a_standby_takes_over() {
     let mut env = Env::new().await;
     let lease = |id: &str| LeaseConfig {
@@ -668,14 +871,7 @@ async fn a_hundred_tenants_become_ready_then_a_minute_passes_without_a_write() {
     })
     .await;
     assert!(settled, "the operator stops writing once every tenant is Ready");
-    let reconciles = |m: &str| -> u64 {
-        m.lines()
-            .find(|l| l.starts_with("scim_operator_reconciles_total{result=\"ok\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let before = reconciles(&env.metrics(0).await);
+    let before = ok_reconciles(&env.metrics(0).await);
     let mark = env.kube.mark();
     tokio::time::sleep(Duration::from_secs(60)).await;
     let writes = env.kube.writes_since(mark);
@@ -685,7 +881,7 @@ async fn a_hundred_tenants_become_ready_then_a_minute_passes_without_a_write() {
         writes.len(),
         writes.iter().take(5).collect::<Vec<_>>()
     );
-    let after = reconciles(&env.metrics(0).await);
+    let after = ok_reconciles(&env.metrics(0).await);
     // Periodic passes did run (status polls every second, ZITADEL every 2 s): silence is not idleness.
     assert!(after >= before + 100, "only {} reconciles in 60 s", after - before);
 }

@@ -58,8 +58,8 @@ pub struct KeyMaterial {
     pub expires_at: Option<String>,
     /// Expired keys keep their Secret (for the admin to see) but leave the hash file.
     pub expired: bool,
-    /// The tenant resourceVersion whose rotate annotation produced this token,
-    /// so a restart between rotating and removing the annotation does not rotate twice.
+    /// The rotate request (annotation value) that produced this token, so a
+    /// restart between rotating and recording it in status does not rotate twice.
     pub rotated_for: Option<String>,
 }
 
@@ -272,8 +272,8 @@ fn key_secret(tenant: &ScimTenant, key: &KeyMaterial) -> Secret {
     if let Some(expires_at) = &key.expires_at {
         annotations.insert(annotation::EXPIRES_AT.into(), expires_at.clone());
     }
-    if let Some(version) = &key.rotated_for {
-        annotations.insert(ROTATED_FOR.into(), version.clone());
+    if let Some(request) = &key.rotated_for {
+        annotations.insert(ROTATED_FOR.into(), request.clone());
     }
     key_secret.metadata.annotations = Some(annotations);
     key_secret

@@ -74,8 +74,8 @@ pub(crate) struct TenantMemo {
     pub bound: Option<BoundMemo>,
     pub provisioning: Option<ProvisioningMemo>,
     pub failures: u32,
-    /// The tenant resourceVersion whose rotate annotation was acted on.
-    pub rotated_at: Option<String>,
+    /// The rotate request last acted on, until the tenant cache shows it in status.
+    pub rotate_handled: Option<String>,
 }
 
 /// Shared by the controllers of every watched namespace.

@@ -25,11 +25,49 @@ pub(crate) use crate::zitadel::config::GroupRoles;
     shortname = "st",
     category = "scim",
     doc = "A customer organisation provisioned from its identity provider (Entra ID) into ZITADEL over SCIM",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
-    printcolumn(name = "Users", type_ = "integer", json_path = ".status.provisioning.users"),
-    printcolumn(name = "Groups", type_ = "integer", json_path = ".status.provisioning.groups"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The Ready condition: True when keys, ZITADEL binding and server are ready, or the tenant is suspended"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the tenant is or is not Ready (Ready, Suspended, InvalidSpec, ZitadelUnavailable, ...)"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "The Tenant URL to type into Entra ID"
+    ),
+    printcolumn(
+        name = "Users",
+        type_ = "integer",
+        json_path = ".status.provisioning.users",
+        description = "Users provisioned, as the tenant's SCIM server last reported"
+    ),
+    printcolumn(
+        name = "Groups",
+        type_ = "integer",
+        json_path = ".status.provisioning.groups",
+        description = "Groups provisioned, as the tenant's SCIM server last reported"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp",
+        description = "When the ScimTenant was created"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "The Ready condition's message (kubectl get -o wide)",
+        priority = 1
+    ),
     selectable = ".spec.zitadel.organizationId"
 )]
 #[serde(rename_all = "camelCase")]
@@ -157,6 +195,10 @@ pub struct ScimTenantStatus {
     pub keys: Vec<KeyStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<ProvisioningStatus>,
+    /// The value of the scim.unique.app/rotate annotation last acted on. A
+    /// value is a request: acted on once, however long the annotation stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_rotate_at: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -215,5 +257,23 @@ mod tests {
             assert!(y.contains(want), "{want} missing in\n{y}");
         }
         assert!(!y.contains("default:"), "defaults live in code, not the schema");
+    }
+
+    #[test]
+    fn printer_columns_show_ready_and_its_reason_and_each_says_what_it_is() {
+        use kube::CustomResourceExt;
+        let crd = ScimTenant::crd();
+        let columns = crd.spec.versions[0].additional_printer_columns.clone().unwrap_or_default();
+        let names: Vec<(&str, i32)> = columns.iter().map(|c| (c.name.as_str(), c.priority.unwrap_or(0))).collect();
+        assert_eq!(
+            names,
+            [("Ready", 0), ("Reason", 0), ("Endpoint", 0), ("Users", 0), ("Groups", 0), ("Age", 0), ("Status", 1)]
+        );
+        let path = |n: &str| columns.iter().find(|c| c.name == n).map(|c| c.json_path.clone()).unwrap_or_default();
+        assert_eq!(path("Reason"), ".status.conditions[?(@.type==\"Ready\")].reason");
+        assert_eq!(path("Status"), ".status.conditions[?(@.type==\"Ready\")].message");
+        for c in &columns {
+            assert!(c.description.as_deref().is_some_and(|d| !d.is_empty()), "{} has no description", c.name);
+        }
     }
 }

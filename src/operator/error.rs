@@ -14,7 +14,7 @@ pub(crate) enum Error {
     Bind(#[from] BindError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    /// Removing the served rotate annotation from the tenant.
+    /// A Kubernetes API call outside the steps' own errors.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("{0}")]

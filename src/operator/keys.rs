@@ -21,7 +21,7 @@ const WARN_AHEAD: Duration = Duration::from_secs(14 * 86_400);
 pub(crate) struct FoundKey {
     pub token: String,
     pub created_at: OffsetDateTime,
-    /// The tenant resourceVersion whose rotate annotation produced it.
+    /// The rotate request (the annotation's value) that produced it.
     pub rotated_for: Option<String>,
 }
 
@@ -64,12 +64,20 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
 
-/// A rotation request: the key named by the annotation, and the tenant's
-/// resourceVersion (a request is served once per version).
+/// A rotation request not yet acted on: the annotation's whole value is the
+/// request token (Flux's `requestedAt` convention), and the part before the
+/// first `@` names the key: `entra`, `entra@2026-12-02T08:34:00Z`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rotate<'a> {
     pub key: &'a str,
-    pub tenant_version: &'a str,
+    pub request: &'a str,
+}
+
+impl<'a> Rotate<'a> {
+    pub(crate) fn parse(request: &'a str) -> Self {
+        let key = request.split_once('@').map_or(request, |(key, _)| key).trim();
+        Rotate { key, request }
+    }
 }
 
 /// Plans the keys. `generate` makes a new token.
@@ -82,8 +90,8 @@ pub(crate) fn plan(
 ) -> KeyPlan {
     let now = now.replace_nanosecond(0).unwrap_or(now);
     let mut p = KeyPlan::default();
-    let version = rotate.map(|r| r.tenant_version.to_string());
-    let rotate = rotate.map(|r| r.key.trim()).filter(|r| !r.is_empty());
+    let request = rotate.map(|r| r.request.to_string());
+    let rotate = rotate.map(|r| r.key).filter(|r| !r.is_empty());
     if let Some(r) = rotate
         && !spec.iter().any(|k| k.name == r)
     {
@@ -96,16 +104,21 @@ pub(crate) fn plan(
     };
     for k in spec {
         let (token, created, rotated_for) = match found.get(&k.name) {
-            Some(f) if rotate != Some(k.name.as_str()) || f.rotated_for == version => {
+            // The Secret remembers the request it was rotated for: a pass
+            // that rotated but died before recording it in status does not
+            // rotate again after a restart.
+            Some(f) if rotate != Some(k.name.as_str()) || f.rotated_for == request => {
                 (f.token.clone(), f.created_at, f.rotated_for.clone())
             }
             Some(_) => {
                 p.rotated = Some(k.name.clone());
-                (generate(), now, version.clone())
+                (generate(), now, request.clone())
             }
+            // A key born under a pending request is as new as a rotation would make it.
             None => {
                 p.generated.push(k.name.clone());
-                (generate(), now, None)
+                let served = (rotate == Some(k.name.as_str())).then(|| request.clone()).flatten();
+                (generate(), now, served)
             }
         };
         let lifetime = k.expires_after.as_deref().and_then(parse_duration);
@@ -178,22 +191,48 @@ mod tests {
             ("a".to_string(), FoundKey { token: "old-a".into(), created_at: at(0), rotated_for: None }),
             ("b".to_string(), FoundKey { token: "old-b".into(), created_at: at(0), rotated_for: None }),
         ]);
-        let rot = |key| Some(Rotate { key, tenant_version: "7" });
-        let p = plan(&spec(&[("a", None), ("b", None)]), &found, rot("b"), at(50), counter());
+        let rot = |value| Some(Rotate::parse(value));
+        let p = plan(&spec(&[("a", None), ("b", None)]), &found, rot("b@1"), at(50), counter());
         assert_eq!((p.keys[0].token.as_str(), p.keys[1].token.as_str()), ("old-a", "token-1"));
         assert_eq!(p.keys[1].created_at, rfc3339(at(50)));
+        assert_eq!(p.keys[1].rotated_for.as_deref(), Some("b@1"), "the Secret records the request");
         assert_eq!(p.rotated.as_deref(), Some("b"));
-        // The same request seen again (a restart before the annotation was removed) is served already.
+        // The same request seen again (a restart before status recorded it) is served already.
         let mut after = found.clone();
         after.insert(
             "b".into(),
-            FoundKey { token: "token-1".into(), created_at: at(50), rotated_for: Some("7".into()) },
+            FoundKey { token: "token-1".into(), created_at: at(50), rotated_for: Some("b@1".into()) },
         );
-        let again = plan(&spec(&[("a", None), ("b", None)]), &after, rot("b"), at(60), counter());
+        let again = plan(&spec(&[("a", None), ("b", None)]), &after, rot("b@1"), at(60), counter());
         assert_eq!((again.keys[1].token.as_str(), again.rotated.as_deref()), ("token-1", None));
+        // A new value is a new request, for the same key.
+        let next = plan(&spec(&[("a", None), ("b", None)]), &after, rot("b@2"), at(70), counter());
+        assert_eq!((next.keys[1].token.as_str(), next.rotated.as_deref()), ("token-1", Some("b")));
         let p = plan(&spec(&[("a", None)]), &found, rot("zz"), at(50), counter());
         assert_eq!(p.rotate_unknown.as_deref(), Some("zz"));
         assert_eq!(p.removed, ["b"], "b left the spec: its Secret goes");
+    }
+
+    #[test]
+    fn a_request_names_its_key_before_the_first_at_sign() {
+        let r = Rotate::parse("entra@2026-12-02T08:34:00Z");
+        assert_eq!((r.key, r.request), ("entra", "entra@2026-12-02T08:34:00Z"));
+        assert_eq!(Rotate::parse("entra").key, "entra");
+        assert_eq!(Rotate::parse(" entra @x").key, "entra");
+        assert_eq!(Rotate::parse("@x").key, "");
+    }
+
+    #[test]
+    fn a_key_created_under_a_pending_request_is_not_rotated_again() {
+        let p = plan(&spec(&[("a", None)]), &BTreeMap::new(), Some(Rotate::parse("a@1")), at(0), counter());
+        assert_eq!((p.generated.as_slice(), p.rotated.as_deref()), (["a".to_string()].as_slice(), None));
+        assert_eq!(p.keys[0].rotated_for.as_deref(), Some("a@1"));
+        let found = BTreeMap::from([(
+            "a".to_string(),
+            FoundKey { token: "token-1".into(), created_at: at(0), rotated_for: Some("a@1".into()) },
+        )]);
+        let again = plan(&spec(&[("a", None)]), &found, Some(Rotate::parse("a@1")), at(10), counter());
+        assert_eq!((again.keys[0].token.as_str(), again.rotated.as_deref()), ("token-1", None));
     }
 
     #[test]

@@ -85,14 +85,16 @@ pub(crate) mod event {
 
 /// Annotation keys.
 pub(crate) mod annotation {
-    /// `kubectl annotate st NAME scim.unique.app/rotate=<key name>` replaces that key now.
+    /// `scim.unique.app/rotate=<key name>[@<anything>]` replaces that key once per
+    /// distinct value (the value is a request token, as Flux's `requestedAt`);
+    /// the annotation stays, `status.lastHandledRotateAt` records the value served.
     pub(crate) const ROTATE: &str = "scim.unique.app/rotate";
     /// `scim.unique.app/skip-zitadel-cleanup=true`: delete the tenant without
     /// touching ZITADEL (when ZITADEL is gone for good).
     pub(crate) const SKIP_CLEANUP: &str = "scim.unique.app/skip-zitadel-cleanup";
     /// On a key Secret: when its token was generated (expiry counts from here).
     pub(crate) const CREATED_AT: &str = "scim.unique.app/created-at";
-    /// On a key Secret: the tenant resourceVersion whose rotate annotation was served.
+    /// On a key Secret: the rotate request (annotation value) its token was generated for.
     pub(crate) const ROTATED_FOR: &str = "scim.unique.app/rotated-for";
     pub(crate) const KEY_NAME: &str = "scim.unique.app/key-name";
     pub(crate) const FINGERPRINT: &str = "scim.unique.app/fingerprint";

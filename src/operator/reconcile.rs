@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use serde_json::json;
 use time::OffsetDateTime;
 
 use super::apply::{self, write_status};
@@ -90,9 +88,10 @@ struct PlannedKeys {
     plan: KeyPlan,
     /// Spec keys whose Secret belongs to something else.
     conflicts: Vec<String>,
-    /// A rotate annotation not yet served for this tenant version.
+    /// The rotate annotation's value, acted on in this pass or before.
+    request: Option<String>,
+    /// The request was not acted on before this pass.
     rotation_requested: bool,
-    tenant_version: String,
 }
 
 /// A pass over a live tenant. A suspended tenant only gets its conditions
@@ -126,7 +125,7 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
         Err(e) => return record_failure(ctx, &pass, observed, e.into()).await,
     };
     remove_keys_left_out(ctx, &pass, &keys.plan).await?;
-    announce_keys(ctx, &pass, &keys).await?;
+    announce_keys(ctx, &pass, &keys).await;
     let binding_notes: Vec<EventNote> = binding.events.iter().map(|(r, m)| EventNote::normal(r, m.clone())).collect();
     ctx.operator.publish_all(&tenant, &binding_notes).await;
 
@@ -134,7 +133,7 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
     let (provisioning, provisioning_check) =
         provisioning_health::observe(ctx, &tenant, &pass.uid, &observed.server).await;
     observed.provisioning = provisioning_check;
-    let new_status = fresh_status(&pass, &desired, &binding, &keys.plan, provisioning);
+    let new_status = fresh_status(&pass, &desired, &binding, &keys, provisioning);
     write_status(ctx, &tenant, pass.status(new_status, &observed)).await?;
     Ok(requeue(ctx, &pass, &observed, &keys.plan))
 }
@@ -152,27 +151,26 @@ async fn reject_invalid_spec(ctx: &ReconcileContext, pass: &Pass, problems: Vec<
     Ok(Action::await_change())
 }
 
-/// The annotation asks once per tenant resourceVersion: the key Secret
-/// records the version it served (surviving restarts), and the memo covers a
-/// cache that still shows the annotation after we removed it.
+/// The rotate annotation is a request token that stays on the tenant (so Git
+/// and the cluster agree): it is acted on once per distinct value. Status
+/// records the value handled; the key Secret records the request it was
+/// rotated for (a restart before the status write); the memo covers a tenant
+/// cache that does not show our status write yet.
 async fn plan_keys(ctx: &ReconcileContext, pass: &Pass) -> Result<PlannedKeys, ObserveError> {
     let tenant = &pass.tenant;
     let found = observe::found_keys(ctx, tenant, &pass.uid, pass.now).await?;
-    let tenant_version = tenant.resource_version().unwrap_or_default();
-    let requested = tenant.annotations().get(annotation::ROTATE).cloned();
-    let served = ctx
-        .operator
-        .memo
-        .lock()
-        .get(&pass.uid)
-        .is_some_and(|m| m.rotated_at.as_deref() == Some(tenant_version.as_str()));
-    let rotate =
-        requested.as_deref().filter(|_| !served).map(|key| keys::Rotate { key, tenant_version: &tenant_version });
+    // An emptied annotation asks for nothing.
+    let request = tenant.annotations().get(annotation::ROTATE).filter(|v| !v.trim().is_empty()).cloned();
+    let handled = |value: &str| {
+        pass.previous.last_handled_rotate_at.as_deref() == Some(value)
+            || ctx.operator.memo.lock().get(&pass.uid).is_some_and(|m| m.rotate_handled.as_deref() == Some(value))
+    };
+    let rotate = request.as_deref().filter(|value| !handled(value)).map(keys::Rotate::parse);
     // Keys whose Secret belongs to someone else are left out, never overwritten.
     let spec_keys: Vec<_> = tenant.spec.keys.iter().filter(|k| !found.conflicts.contains(&k.name)).cloned().collect();
     let plan = keys::plan(&spec_keys, &found.keys, rotate, pass.now, crate::keys::generate_token);
     let rotation_requested = rotate.is_some();
-    Ok(PlannedKeys { plan, conflicts: found.conflicts, rotation_requested, tenant_version })
+    Ok(PlannedKeys { plan, conflicts: found.conflicts, request, rotation_requested })
 }
 
 /// Deletes the Secrets of keys that left `spec.keys`.
@@ -187,20 +185,16 @@ async fn remove_keys_left_out(ctx: &ReconcileContext, pass: &Pass, plan: &KeyPla
     Ok(())
 }
 
-/// Tells about generated and rotated keys, and marks a served rotation
-/// request done (in the memo, then by removing the annotation).
-async fn announce_keys(ctx: &ReconcileContext, pass: &Pass, keys: &PlannedKeys) -> Result<(), Error> {
+/// Tells about generated and rotated keys, and remembers a served rotation
+/// request until status records it. The annotation is left in place.
+async fn announce_keys(ctx: &ReconcileContext, pass: &Pass, keys: &PlannedKeys) {
     let operator = &ctx.operator;
     operator.publish_all(&pass.tenant, &events::keys_generated(&keys.plan, &pass.previous.keys)).await;
     if !keys.rotation_requested {
-        return Ok(());
+        return;
     }
     operator.publish_all(&pass.tenant, &events::rotation(&keys.plan)).await;
-    operator.memo.lock().entry(pass.uid.clone()).or_default().rotated_at = Some(keys.tenant_version.clone());
-    let api: Api<ScimTenant> = Api::namespaced(operator.client.clone(), &pass.namespace);
-    let patch = json!({"metadata": {"annotations": {annotation::ROTATE: null}}});
-    api.patch(&pass.tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    operator.memo.lock().entry(pass.uid.clone()).or_default().rotate_handled = keys.request.clone();
 }
 
 /// The status fields this pass learnt (conditions are added by `Pass::status`).
@@ -208,10 +202,11 @@ fn fresh_status(
     pass: &Pass,
     desired: &Desired,
     binding: &BindOutcome,
-    plan: &KeyPlan,
+    planned: &PlannedKeys,
     provisioning: Option<ProvisioningStatus>,
 ) -> ScimTenantStatus {
-    let keys = plan
+    let keys = planned
+        .plan
         .keys
         .iter()
         .map(|k| KeyStatus {
@@ -229,6 +224,8 @@ fn fresh_status(
         service_user_id: binding.user_id.clone(),
         keys,
         provisioning,
+        // Kept when the annotation goes: the last request handled stays known.
+        last_handled_rotate_at: planned.request.clone().or_else(|| pass.previous.last_handled_rotate_at.clone()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Status computation, pure: what the reconcile observed in, conditions out.
 //! kstatus semantics (`Ready`, `Reconciling`, `Stalled`) for Flux, Argo CD and
-//! `kubectl wait`, plus four detail conditions. `lastTransitionTime` moves only
+//! `kubectl wait`, plus four detail conditions, each with `observedGeneration`. `lastTransitionTime` moves only
 //! when a condition's status flips, so an unchanged world writes nothing.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -68,6 +68,9 @@ pub(crate) struct Observed {
     pub provisioning: Check,
 }
 
+const SUSPENDED_MESSAGE: &str =
+    "spec.suspend is true: the operator leaves the tenant's keys, ZITADEL binding and workload as they are";
+
 fn cond(t: &str, status: &str, reason: &str, message: &str, generation: i64, now: &Time) -> Condition {
     Condition {
         type_: t.into(),
@@ -111,31 +114,21 @@ pub(crate) fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<
         .iter()
         .find(|(_, c)| !matches!(c, Check::Ok { .. }))
         .map(|(t, c)| (*t, c.reason(), c.message().to_string()));
+    // kstatus reads `Reconciling` and `Stalled` as abnormal-true conditions:
+    // each is present only while True. A suspended tenant is Current (Ready
+    // True, reason Suspended): nothing is in progress, by request.
     let mut out = Vec::new();
-    let (ready, reconciling) = if obs.suspended {
-        (
-            cond(READY, FALSE, reason::SUSPENDED, "spec.suspend is true: nothing is reconciled", g, now),
-            cond(RECONCILING, FALSE, reason::SUSPENDED, "", g, now),
-        )
+    if obs.suspended {
+        out.push(cond(READY, TRUE, reason::SUSPENDED, SUSPENDED_MESSAGE, g, now));
     } else if let Some((reason, message)) = &stalled {
-        (cond(READY, FALSE, reason, message, g, now), cond(RECONCILING, FALSE, reason, "", g, now))
+        out.push(cond(READY, FALSE, reason, message, g, now));
+        out.push(cond(STALLED, TRUE, reason, message, g, now));
     } else if let Some((t, reason, message)) = &blocking {
-        (
-            cond(READY, FALSE, reason, &format!("{t}: {message}"), g, now),
-            cond(RECONCILING, TRUE, reason, message, g, now),
-        )
+        out.push(cond(READY, FALSE, reason, &format!("{t}: {message}"), g, now));
+        out.push(cond(RECONCILING, TRUE, reason, message, g, now));
     } else {
-        (
-            cond(READY, TRUE, reason::READY, "keys, ZITADEL bindings and the SCIM server are ready", g, now),
-            cond(RECONCILING, FALSE, reason::READY, "", g, now),
-        )
-    };
-    out.push(ready);
-    out.push(reconciling);
-    out.push(match &stalled {
-        Some((reason, message)) => cond(STALLED, TRUE, reason, message, g, now),
-        None => cond(STALLED, FALSE, reason::PROGRESSING, "", g, now),
-    });
+        out.push(cond(READY, TRUE, reason::READY, "keys, ZITADEL bindings and the SCIM server are ready", g, now));
+    }
     for (t, c) in details {
         out.push(detail(t, c, g, now));
     }
@@ -177,12 +170,15 @@ mod tests {
         c.iter().find(|x| x.type_ == ty).unwrap()
     }
 
+    fn has(c: &[Condition], ty: &str) -> bool {
+        c.iter().any(|x| x.type_ == ty)
+    }
+
     #[test]
     fn ready_when_everything_is_and_transitions_only_move_on_flips() {
         let c1 = conditions(&[], &all_ok(), &t(100));
         assert_eq!(get(&c1, "Ready").status, "True");
-        assert_eq!(get(&c1, "Reconciling").status, "False");
-        assert_eq!(get(&c1, "Stalled").status, "False");
+        assert!(!has(&c1, "Reconciling") && !has(&c1, "Stalled"), "abnormal-true conditions only while True");
         assert!(c1.iter().all(|c| c.observed_generation == Some(3)));
         let c2 = conditions(&c1, &all_ok(), &t(200));
         assert_eq!(c1, c2, "an unchanged world computes the same status");
@@ -192,7 +188,11 @@ mod tests {
         assert_eq!(get(&c3, "Ready").status, "False");
         assert_eq!(get(&c3, "Ready").last_transition_time, t(300));
         assert_eq!(get(&c3, "Reconciling").status, "True");
+        assert_eq!(get(&c3, "Reconciling").last_transition_time, t(300));
         assert_eq!(get(&c3, "KeysReady").last_transition_time, t(100));
+        let c4 = conditions(&c3, &all_ok(), &t(400));
+        assert!(!has(&c4, "Reconciling"), "Reconciling goes once the server is back");
+        assert_eq!(get(&c4, "Ready").last_transition_time, t(400));
     }
 
     #[test]
@@ -201,7 +201,8 @@ mod tests {
         o.invalid = Some("spec.keys[0]: used twice".into());
         let c = conditions(&[], &o, &t(1));
         assert_eq!((get(&c, "Stalled").status.as_str(), get(&c, "Stalled").reason.as_str()), ("True", "InvalidSpec"));
-        assert_eq!(get(&c, "Reconciling").status, "False");
+        assert!(!has(&c, "Reconciling"));
+        assert_eq!(get(&c, "Ready").reason, "InvalidSpec");
         let mut o = all_ok();
         o.zitadel =
             Check::Failed { reason: "ZitadelUnauthorized", message: "the admin credential was rejected".into() };
@@ -211,14 +212,28 @@ mod tests {
     }
 
     #[test]
-    fn provisioning_backlog_does_not_gate_ready_and_suspend_does() {
+    fn provisioning_backlog_does_not_gate_ready() {
         let mut o = all_ok();
         o.provisioning = Check::Pending { reason: "ProjectionBacklog", message: "12 pending".into() };
         let c = conditions(&[], &o, &t(1));
         assert_eq!(get(&c, "Ready").status, "True");
         assert_eq!(get(&c, "ProvisioningHealthy").status, "False");
+    }
+
+    #[test]
+    fn a_suspended_tenant_is_ready_with_reason_suspended_and_nothing_in_progress() {
         let mut o = all_ok();
         o.suspended = true;
-        assert_eq!(get(&conditions(&[], &o, &t(1)), "Ready").reason, "Suspended");
+        // What a pass over a suspended tenant observes: nothing checked.
+        for c in [&mut o.keys, &mut o.zitadel, &mut o.server, &mut o.provisioning] {
+            *c = Check::Unknown { reason: "Suspended", message: String::new() };
+        }
+        o.invalid = Some("ignored while suspended".into());
+        let c = conditions(&[], &o, &t(1));
+        let ready = get(&c, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Suspended"));
+        assert!(ready.message.contains("spec.suspend"), "{}", ready.message);
+        assert!(!has(&c, "Reconciling") && !has(&c, "Stalled"));
+        assert!(c.iter().all(|c| c.observed_generation == Some(3)));
     }
 }

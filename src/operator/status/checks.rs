@@ -40,7 +40,7 @@ pub(crate) fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[Strin
         return Check::Failed {
             reason: reason::KEYS_EXPIRED,
             message: format!(
-                "every key has expired ({}): rotate one with kubectl annotate st {} {rotate}=<key> and paste the new token into Entra",
+                "every key has expired ({}): rotate one with kubectl annotate --overwrite st {} {rotate}=<key>@<date> and paste the new token into Entra",
                 plan.expired.join(", "),
                 tenant.name_any()
             ),
@@ -55,7 +55,9 @@ pub(crate) fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[Strin
     if let Some((name, at)) = plan.expiring.first() {
         return Check::Ok {
             reason: reason::KEY_EXPIRING_SOON,
-            message: format!("key {name} expires at {at}: add a new key and switch Entra, or annotate {rotate}={name}"),
+            message: format!(
+                "key {name} expires at {at}: add a new key and switch Entra, or annotate {rotate}={name}@<date>"
+            ),
         };
     }
     Check::Ok { reason: reason::KEYS_ISSUED, message: format!("{} key(s) valid", plan.valid_keys()) }

@@ -71,7 +71,11 @@ fn every_key_expired_makes_keys_ready_false_and_says_how_to_rotate() {
     let plan = KeyPlan { keys: vec![key("entra", true)], expired: vec!["entra".into()], ..Default::default() };
     let c = keys_ready(&keys_check(&tenant(""), &plan, &[]));
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "KeysExpired"));
-    assert!(c.message.contains("kubectl annotate st acme scim.unique.app/rotate=<key>"), "{}", c.message);
+    assert!(
+        c.message.contains("kubectl annotate --overwrite st acme scim.unique.app/rotate=<key>@<date>"),
+        "{}",
+        c.message
+    );
 }
 
 #[test]
