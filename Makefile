@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator manifests e2e fuzz venv clean
+.PHONY: bench-slow-readers image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator manifests e2e fuzz venv clean
 
 all: build
 
@@ -81,7 +81,16 @@ bench: $(VENV)/.stamp
 	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
 	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
+	$(MAKE) --no-print-directory bench-slow-readers >> BENCHMARKS.md
 	cat bench/decisions.md >> BENCHMARKS.md
+
+## Memory with 2,000 clients that pipeline requests and never read (release build); prints Markdown.
+bench-slow-readers:
+	@$(CARGO) build --quiet --release --locked --bin scim-operator
+	@printf '\n## Clients that never read\n\n_%s UTC, command `make bench-slow-readers`._ ' "$$(date -u '+%Y-%m-%d %H:%M')"
+	@SCIM_SERVER_BIN=$(BIN) $(CARGO) test --quiet --locked --test slow_readers -- --ignored --nocapture 2>/dev/null \
+	  | sed -n 's/^bench: //p'
+	@printf '\n'
 
 ## 1,000 ScimTenants reconciled by the controller against the fakes, at ZITADEL's default
 ## rate limit and without it; prints Markdown.
