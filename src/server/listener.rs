@@ -213,13 +213,17 @@ async fn handle(
             },
         },
     };
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let req: Request = req.map(|b| Body::new(TimedBody::new(b, l.limits.body_timeout, timed_out.clone())));
+    // Most requests (every GET) have no body: nothing to time.
+    let timed_out = (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(AtomicBool::new(false)));
+    let req: Request = match &timed_out {
+        Some(flag) => req.map(|b| Body::new(TimedBody::new(b, l.limits.body_timeout, flag.clone()))),
+        None => req.map(Body::new),
+    };
     let resp = match l.router.clone().call(req).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
-    let resp = if timed_out.load(Ordering::Relaxed) {
+    let resp = if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
         closing_scim_error(408, format!("the request body did not arrive within {} s", l.limits.body_timeout.as_secs()))
     } else {
         resp
