@@ -28,6 +28,7 @@ pub const CONTROLLER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("", "persistentvolumeclaims", &["list", "watch", "create", "patch"]),
     ("apps", "deployments", &["list", "watch", "create", "patch"]),
     ("networking.k8s.io", "ingresses", &["list", "watch", "create", "patch", "delete"]),
+    ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch", "delete"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
