@@ -169,9 +169,19 @@ impl NetworkPolicyArgs {
     ) -> Result<scim_operator::operator::build::NetworkPolicyDefaults, String> {
         use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
         let peers = |flag: &str, json: &str| -> Result<Vec<NetworkPolicyPeer>, String> {
-            serde_json::from_str(json).map_err(|e| {
-                format!("--{flag} is not a JSON list of NetworkPolicy peers ({e}), e.g. [{{\"namespaceSelector\":{{\"matchLabels\":{{\"kubernetes.io/metadata.name\":\"ingress-nginx\"}}}}}}]")
-            })
+            let example =
+                r#"e.g. [{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"ingress-nginx"}}}]"#;
+            let list: Vec<NetworkPolicyPeer> = serde_json::from_str(json)
+                .map_err(|e| format!("--{flag} is not a JSON list of NetworkPolicy peers ({e}), {example}"))?;
+            match list
+                .iter()
+                .position(|p| p.ip_block.is_none() && p.namespace_selector.is_none() && p.pod_selector.is_none())
+            {
+                Some(i) => {
+                    Err(format!("--{flag}: peer {i} has none of ipBlock, namespaceSelector, podSelector, {example}"))
+                }
+                None => Ok(list),
+            }
         };
         let mut admin_from_namespaces = vec![operator_namespace.to_string()];
         for ns in self.tenant_network_policy_monitoring_namespaces.into_iter().map(|n| n.trim().to_string()) {
