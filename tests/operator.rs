@@ -883,3 +883,111 @@ async fn network_policy_and_pod_settings_are_applied_repaired_and_quiet() {
     env.apply("acme", s).await;
     assert!(wait_until(WAIT, || async { policy().is_none() }).await, "networkPolicy.enabled: false removes it");
 }
+
+/// The built-in ClusterRoles as Kubernetes ships them: empty, filled by aggregation.
+fn builtin_aggregated_role(name: &str) -> k8s_openapi::api::rbac::v1::ClusterRole {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "aggregationRule": {"clusterRoleSelectors": [
+            {"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{name}"): "true"}}
+        ]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_admin_manages_tenants_through_the_aggregated_roles_and_viewers_never_read_secrets() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    let mut env = Env::new().await;
+    let roles: Api<ClusterRole> = Api::all(env.client.clone());
+    for name in ["admin", "edit", "view"] {
+        roles.create(&PostParams::default(), &builtin_aggregated_role(name)).await.unwrap();
+    }
+    for file in ["role.yaml", "scimtenant_editor_role.yaml", "scimtenant_viewer_role.yaml"] {
+        let text = std::fs::read_to_string(format!("{}/config/rbac/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        roles.create(&PostParams::default(), &serde_yaml::from_str(&text).unwrap()).await.unwrap();
+    }
+    let bind = |kind: &str, user: &str, role: &str| -> Value {
+        json!({"metadata": {"name": format!("{user}-{role}")}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}], "kind": kind})
+    };
+    let controller_binding: ClusterRoleBinding =
+        serde_json::from_value(bind("ClusterRoleBinding", "controller", "scim-operator")).unwrap();
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&PostParams::default(), &controller_binding)
+        .await
+        .unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(env.client.clone(), NS);
+    for (user, role) in [("alice", "admin"), ("bob", "view")] {
+        bindings
+            .create(&PostParams::default(), &serde_json::from_value(bind("RoleBinding", user, role)).unwrap())
+            .await
+            .unwrap();
+    }
+    env.kube.enforce_rbac(true);
+    env.start().await;
+
+    // alice administers the namespace: she creates, edits, reads and deletes ScimTenants.
+    let alice: Api<ScimTenant> = Api::namespaced(env.kube.client_as("alice"), NS);
+    let body = |keys: Value| {
+        json!({"apiVersion": "scim.unique.app/v1alpha1", "kind": "ScimTenant",
+        "metadata": {"name": "acme", "namespace": NS}, "spec": spec(keys)})
+    };
+    alice
+        .patch("acme", &PatchParams::apply("alice").force(), &Patch::Apply(&body(json!([{"name": "entra"}]))))
+        .await
+        .unwrap();
+    env.wait_condition("acme", "Ready", "True", None).await;
+    alice
+        .patch(
+            "acme",
+            &PatchParams::apply("alice").force(),
+            &Patch::Apply(&body(json!([{"name": "entra"}, {"name": "next"}]))),
+        )
+        .await
+        .unwrap();
+    assert!(alice.get_status("acme").await.unwrap().status.is_some(), "alice reads the status");
+    assert_eq!(alice.list(&Default::default()).await.unwrap().items.len(), 1);
+    let elsewhere: Api<ScimTenant> = Api::namespaced(env.kube.client_as("alice"), "other");
+    let denied = elsewhere.list(&Default::default()).await.unwrap_err();
+    assert!(matches!(&denied, kube::Error::Api(s) if s.code == 403), "{denied:?}: her RoleBinding is for {NS} only");
+
+    // bob views: ScimTenants and their status, no writes, no Secrets.
+    let bob: Api<ScimTenant> = Api::namespaced(env.kube.client_as("bob"), NS);
+    let seen = bob.get_status("acme").await.unwrap().status.unwrap();
+    assert!(seen.endpoint.is_some() && !seen.keys.is_empty(), "bob sees the endpoint and key fingerprints");
+    let mut other = body(json!([{"name": "entra"}]));
+    other["metadata"]["name"] = json!("bobs");
+    let denied = bob.patch("bobs", &PatchParams::apply("bob"), &Patch::Apply(&other)).await.unwrap_err();
+    assert!(matches!(&denied, kube::Error::Api(s) if s.code == 403 && s.reason == "Forbidden"), "{denied:?}");
+    let token = Api::<Secret>::namespaced(env.kube.client_as("bob"), NS).get("acme-scim-key-entra").await.unwrap_err();
+    assert!(matches!(&token, kube::Error::Api(s) if s.code == 403), "a viewer never reads a key Secret: {token:?}");
+    assert!(bob.delete("acme", &DeleteParams::default()).await.is_err());
+
+    alice.delete("acme", &DeleteParams::default()).await.unwrap();
+    assert!(wait_until(WAIT, || async { env.tenant("acme").await.is_none() }).await, "the finalizer completes");
+
+    // The fake's RBAC log: every decision as the authorizer made it.
+    let log = env.kube.access();
+    let decided = |user: &str, verb: &str, resource: &str| {
+        log.iter()
+            .filter(|a| a.user == user && a.verb == verb && a.resource == resource)
+            .map(|a| a.allowed)
+            .collect::<Vec<_>>()
+    };
+    for (verb, resource) in
+        [("patch", "scimtenants"), ("get", "scimtenants/status"), ("list", "scimtenants"), ("delete", "scimtenants")]
+    {
+        assert!(
+            decided("alice", verb, resource).contains(&true),
+            "alice {verb} {resource}: {:?}",
+            decided("alice", verb, resource)
+        );
+    }
+    assert_eq!(decided("bob", "get", "secrets"), [false]);
+    assert_eq!(decided("bob", "patch", "scimtenants"), [false]);
+    assert_eq!(decided("bob", "delete", "scimtenants"), [false]);
+    assert!(decided("bob", "get", "scimtenants/status").iter().all(|a| *a));
+    let refused: Vec<_> = log.iter().filter(|a| a.user == "controller" && !a.allowed).collect();
+    assert!(refused.is_empty(), "the controller needs more than config/rbac grants: {refused:?}");
+}
