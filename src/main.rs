@@ -61,7 +61,7 @@ enum Command {
         operator_namespace: String,
     },
     /// Run the ScimTenant controller (in the cluster, or against the current kubeconfig).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Manage SCIM bearer keys.
     Key {
         #[command(subcommand)]
@@ -412,7 +412,7 @@ fn main() -> ExitCode {
         }
         Command::Controller(args) => {
             init_tracing();
-            controller(args)
+            controller(*args)
         }
         Command::Key { command: KeyCommand::Generate { name } } => {
             let token = keys::generate_token();
