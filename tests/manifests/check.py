@@ -263,6 +263,9 @@ def structural_problems(node: dict, path: str = "") -> list[str]:
     if "properties" in node and "additionalProperties" in node:
         out.append(f"{path}: properties and additionalProperties together")
     for junctor in ("anyOf", "oneOf", "allOf"):
+        # The one exception: int-or-string may spell its two types out in anyOf.
+        if node.get("x-kubernetes-int-or-string") and junctor == "anyOf":
+            continue
         for i, sub in enumerate(node.get(junctor) or []):
             for banned in ("type", "default", "description", "nullable", "additionalProperties", "$ref"):
                 if banned in sub:
