@@ -407,6 +407,9 @@ fn chart_templates() -> Vec<(String, String)> {
         "leader-election-rbac.yaml",
         "service.yaml",
         "servicemonitor.yaml",
+        "aggregated-roles.yaml",
+        "networkpolicy.yaml",
+        "poddisruptionbudget.yaml",
         "NOTES.txt",
     ] {
         assert!(files.iter().any(|(n, _)| n == required), "{CHART}/templates/{required} is missing");
