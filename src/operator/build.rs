@@ -340,7 +340,7 @@ fn deployment(
     let pod_labels = pod::merged(server.pod_labels.as_ref(), own_labels);
     let pod_annotations =
         pod::merged(server.pod_annotations.as_ref(), BTreeMap::from([(annotation::CONFIG_HASH.into(), config_hash)]));
-    Deployment {
+    let mut deployment = Deployment {
         metadata: meta(tenant, server_name(tenant), "server"),
         spec: Some(DeploymentSpec {
             replicas: Some(server.replicas.unwrap_or(1)),
@@ -355,32 +355,29 @@ fn deployment(
                     annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
-                spec: Some(pod::fit(
-                    PodSpec {
-                        automount_service_account_token: Some(false),
-                        security_context: Some(PodSecurityContext {
-                            run_as_non_root: Some(true),
-                            run_as_user: Some(RUN_AS),
-                            run_as_group: Some(RUN_AS),
-                            fs_group: Some(RUN_AS),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        containers: vec![server_container(defaults, server)],
-                        volumes: Some(volumes(tenant, cred)),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
-                    },
-                    defaults,
-                    server,
-                )),
+                    }),
+                    containers: vec![server_container(defaults, server)],
+                    volumes: Some(volumes(tenant, cred)),
+                    ..Default::default()
+                }),
             },
             ..Default::default()
         }),
         ..Default::default()
+    };
+    if let Some(pod) = deployment.spec.as_mut().and_then(|d| d.template.spec.as_mut()) {
+        pod::fit(pod, defaults, server);
     }
+    deployment
 }
 
 fn server_container(defaults: &TenantDefaults, server: &ServerSpec) -> Container {

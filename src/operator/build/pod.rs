@@ -19,14 +19,13 @@ fn image_pull_secrets(defaults: &TenantDefaults, server: &ServerSpec) -> Option<
     Some(refs).filter(|r: &Vec<LocalObjectReference>| !r.is_empty())
 }
 
-/// `pod` with the tenant's scheduling settings and pull secrets.
-pub(super) fn fit(mut pod: PodSpec, defaults: &TenantDefaults, server: &ServerSpec) -> PodSpec {
+/// Gives `pod` the tenant's scheduling settings and pull secrets.
+pub(super) fn fit(pod: &mut PodSpec, defaults: &TenantDefaults, server: &ServerSpec) {
     pod.image_pull_secrets = image_pull_secrets(defaults, server);
     pod.node_selector = server.node_selector.clone().filter(|m| !m.is_empty());
     pod.tolerations = server.tolerations.clone().filter(|t| !t.is_empty());
     pod.affinity = server.affinity.clone();
     pod.priority_class_name = server.priority_class_name.clone().filter(|p| !p.is_empty());
-    pod
 }
 
 /// `extra` under `own`: a key both set keeps the operator's value.
