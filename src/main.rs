@@ -375,6 +375,7 @@ fn controller(a: ControllerArgs) -> Result<(), String> {
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
             .collect(),
+        // POD_NAMESPACE: the operator's own namespace, which reads the tenants' /status.
         network_policy: a.network_policy.defaults(&a.lease_namespace)?,
     };
     let mut config = ControllerConfig::new(settings, a.zitadel_credential_file);
