@@ -119,7 +119,7 @@ struct ControllerArgs {
     leader_election: bool,
     #[arg(long, env = "LEASE_NAME", default_value = "scim-operator")]
     lease_name: String,
-    /// Namespace of the Lease (the operator's own).
+    /// The operator's own namespace: it holds the Lease, and the tenants' NetworkPolicies admit it on the admin port.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// This replica's identity in the Lease and in events.
