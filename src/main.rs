@@ -56,9 +56,12 @@ enum Command {
         /// The ZITADEL API URL the server is configured with.
         #[arg(long, default_value = "https://zitadel.example.com")]
         zitadel_url: String,
+        /// The operator's namespace (allowed on the admin port by the NetworkPolicy).
+        #[arg(long, default_value = "scim-operator-system")]
+        operator_namespace: String,
     },
     /// Run the ScimTenant controller (in the cluster, or against the current kubeconfig).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Manage SCIM bearer keys.
     Key {
         #[command(subcommand)]
@@ -116,7 +119,7 @@ struct ControllerArgs {
     leader_election: bool,
     #[arg(long, env = "LEASE_NAME", default_value = "scim-operator")]
     lease_name: String,
-    /// Namespace of the Lease (the operator's own).
+    /// The operator's own namespace: it holds the Lease, and the tenants' NetworkPolicies admit it on the admin port.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// This replica's identity in the Lease and in events.
@@ -131,6 +134,69 @@ struct ControllerArgs {
     /// Where a tenant server's /status is read; {service}, {namespace} and {name} are filled in.
     #[arg(long, env = "STATUS_URL_TEMPLATE", default_value = "http://{service}.{namespace}.svc:9090/status")]
     status_url_template: String,
+    /// Pull secrets of tenant pods that name none (comma-separated names; the operator's own).
+    #[arg(long, env = "SERVER_IMAGE_PULL_SECRETS", value_delimiter = ',', default_value = "")]
+    server_image_pull_secrets: Vec<String>,
+    #[command(flatten)]
+    network_policy: NetworkPolicyArgs,
+}
+
+/// The tenants' NetworkPolicies (README, "Network policies").
+#[derive(clap::Args)]
+struct NetworkPolicyArgs {
+    /// Give every tenant a NetworkPolicy unless its spec.server.networkPolicy.enabled says otherwise.
+    #[arg(long, env = "TENANT_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    tenant_network_policy: bool,
+    /// Who may reach the SCIM port: a JSON list of NetworkPolicy peers (the Ingress controller's pods); [] allows any source.
+    #[arg(long, env = "TENANT_NETWORK_POLICY_SCIM_FROM", default_value = "[]")]
+    tenant_network_policy_scim_from: String,
+    /// Namespaces besides the operator's own whose pods may read the admin port (/metrics, /status), comma-separated.
+    #[arg(long, env = "TENANT_NETWORK_POLICY_MONITORING_NAMESPACES", value_delimiter = ',', default_value = "")]
+    tenant_network_policy_monitoring_namespaces: Vec<String>,
+    /// Where ZITADEL is for egress: a JSON list of NetworkPolicy peers (ipBlock CIDRs, namespaces); [] allows any destination on the ZITADEL port.
+    #[arg(long, env = "TENANT_NETWORK_POLICY_ZITADEL_TO", default_value = "[]")]
+    tenant_network_policy_zitadel_to: String,
+    /// The ZITADEL port as the pod reaches it (an in-cluster Service's targetPort); default: the port of --zitadel-url.
+    #[arg(long, env = "TENANT_NETWORK_POLICY_ZITADEL_PORT")]
+    tenant_network_policy_zitadel_port: Option<u16>,
+}
+
+impl NetworkPolicyArgs {
+    /// The settings, with the operator's own namespace allowed on the admin port.
+    fn defaults(
+        self,
+        operator_namespace: &str,
+    ) -> Result<scim_operator::operator::build::NetworkPolicyDefaults, String> {
+        use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+        let peers = |flag: &str, json: &str| -> Result<Vec<NetworkPolicyPeer>, String> {
+            let example =
+                r#"e.g. [{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"ingress-nginx"}}}]"#;
+            let list: Vec<NetworkPolicyPeer> = serde_json::from_str(json)
+                .map_err(|e| format!("--{flag} is not a JSON list of NetworkPolicy peers ({e}), {example}"))?;
+            match list
+                .iter()
+                .position(|p| p.ip_block.is_none() && p.namespace_selector.is_none() && p.pod_selector.is_none())
+            {
+                Some(i) => {
+                    Err(format!("--{flag}: peer {i} has none of ipBlock, namespaceSelector, podSelector, {example}"))
+                }
+                None => Ok(list),
+            }
+        };
+        let mut admin_from_namespaces = vec![operator_namespace.to_string()];
+        for ns in self.tenant_network_policy_monitoring_namespaces.into_iter().map(|n| n.trim().to_string()) {
+            if !ns.is_empty() && !admin_from_namespaces.contains(&ns) {
+                admin_from_namespaces.push(ns);
+            }
+        }
+        Ok(scim_operator::operator::build::NetworkPolicyDefaults {
+            enabled: self.tenant_network_policy,
+            scim_from: peers("tenant-network-policy-scim-from", &self.tenant_network_policy_scim_from)?,
+            admin_from_namespaces,
+            zitadel_to: peers("tenant-network-policy-zitadel-to", &self.tenant_network_policy_zitadel_to)?,
+            zitadel_port: self.tenant_network_policy_zitadel_port.filter(|p| *p > 0).map(i32::from),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -218,7 +284,12 @@ fn preflight(config: &std::path::Path, users: &std::path::Path, json: bool) -> R
     Ok(())
 }
 
-fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<(), String> {
+fn render(
+    file: &std::path::Path,
+    image: String,
+    zitadel_url: String,
+    operator_namespace: String,
+) -> Result<(), String> {
     use scim_operator::operator::build::{self, CredentialRef, KeyMaterial, TenantDefaults};
     use scim_operator::operator::crd::ScimTenant;
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -247,7 +318,8 @@ fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<
         key: "key.json".into(),
         is_key_file: true,
     };
-    let settings = TenantDefaults { image, zitadel_url, zitadel_instance_host: None };
+    let mut settings = TenantDefaults { image, zitadel_url, ..Default::default() };
+    settings.network_policy.admin_from_namespaces = vec![operator_namespace];
     let d = build::build(&tenant, &settings, &keys, &cred);
     let mut docs: Vec<String> = Vec::new();
     let mut push = |v: Result<String, serde_yaml::Error>| v.map(|y| docs.push(y)).map_err(|e| e.to_string());
@@ -269,6 +341,9 @@ fn render(file: &std::path::Path, image: String, zitadel_url: String) -> Result<
     push(serde_yaml::to_string(&with_kind(&d.service, "v1", "Service")))?;
     if let Some(i) = &d.ingress {
         push(serde_yaml::to_string(&with_kind(i, "networking.k8s.io/v1", "Ingress")))?;
+    }
+    if let Some(p) = &d.network_policy {
+        push(serde_yaml::to_string(&with_kind(p, "networking.k8s.io/v1", "NetworkPolicy")))?;
     }
     print!("---\n{}", docs.join("---\n"));
     Ok(())
@@ -294,6 +369,14 @@ fn controller(a: ControllerArgs) -> Result<(), String> {
         image: a.server_image,
         zitadel_url: a.zitadel_url,
         zitadel_instance_host: a.zitadel_instance_host.filter(|h| !h.is_empty()),
+        image_pull_secrets: a
+            .server_image_pull_secrets
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        // POD_NAMESPACE: the operator's own namespace, which reads the tenants' /status.
+        network_policy: a.network_policy.defaults(&a.lease_namespace)?,
     };
     let mut config = ControllerConfig::new(settings, a.zitadel_credential_file);
     config.watch_namespaces =
@@ -325,10 +408,12 @@ fn main() -> ExitCode {
         }
         Command::Preflight { config, users, json } => preflight(&config, &users, json),
         Command::Crd => scim_operator::operator::crd::crd_yaml().map(|y| print!("{y}")).map_err(|e| e.to_string()),
-        Command::Render { file, image, zitadel_url } => render(&file, image, zitadel_url),
+        Command::Render { file, image, zitadel_url, operator_namespace } => {
+            render(&file, image, zitadel_url, operator_namespace)
+        }
         Command::Controller(args) => {
             init_tracing();
-            controller(args)
+            controller(*args)
         }
         Command::Key { command: KeyCommand::Generate { name } } => {
             let token = keys::generate_token();

@@ -667,3 +667,121 @@ async fn real_controller_converges_and_goes_quiet() {
     task.abort();
     assert!(wait_until(WAIT, || async { fake.open_watches() == 0 }).await);
 }
+
+#[tokio::test]
+async fn rbac_bindings_rules_and_aggregation_decide_when_enforced() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let fake = KubeFake::start().await;
+    let admin = fake.client();
+    let post = PostParams::default();
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    // `reader` is filled by aggregation from `cm-reader` (matchExpressions), and itself
+    // carries a label `outer` selects: aggregation through an aggregated role.
+    roles
+        .create(
+            &post,
+            &obj(json!({"metadata": {"name": "cm-reader", "labels": {"tier": "read"}},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]})),
+        )
+        .await
+        .unwrap();
+    roles
+        .create(&post, &obj(json!({"metadata": {"name": "reader", "labels": {"outer": "yes"}},
+            "aggregationRule": {"clusterRoleSelectors": [{"matchExpressions": [{"key": "tier", "operator": "In", "values": ["read"]}]}]},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})))
+        .await
+        .unwrap();
+    roles
+        .create(
+            &post,
+            &obj(json!({"metadata": {"name": "outer"},
+            "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"outer": "yes"}}]}})),
+        )
+        .await
+        .unwrap();
+    let subject = json!([{"kind": "ServiceAccount", "name": "app", "namespace": "a"}]);
+    Api::<RoleBinding>::namespaced(admin.clone(), "a")
+        .create(
+            &post,
+            &obj(json!({"metadata": {"name": "app-outer"}, "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "outer"}})),
+        )
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(admin.clone(), "b")
+        .create(
+            &post,
+            &obj(json!({"metadata": {"name": "one-secret"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["s1"]}]})),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "b")
+        .create(
+            &post,
+            &obj(json!({"metadata": {"name": "app-one-secret"}, "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "one-secret"}})),
+        )
+        .await
+        .unwrap();
+    Api::<ConfigMap>::namespaced(admin.clone(), "a").create(&post, &cm("c", json!({}))).await.unwrap();
+    let mut s1 = Secret::default();
+    s1.metadata.name = Some("s1".into());
+    Api::<Secret>::namespaced(admin.clone(), "b").create(&post, &s1).await.unwrap();
+    s1.metadata.name = Some("s2".into());
+    Api::<Secret>::namespaced(admin.clone(), "b").create(&post, &s1).await.unwrap();
+
+    let app = fake.client_as("system:serviceaccount:a:app");
+    let cms_a: Api<ConfigMap> = Api::namespaced(app.clone(), "a");
+    assert!(cms_a.get("c").await.is_ok(), "RBAC is off until enforced");
+    fake.enforce_rbac(true);
+    assert!(cms_a.get("c").await.is_ok(), "configmaps get through outer ← reader ← cm-reader");
+    assert!(cms_a.list(&ListParams::default()).await.is_ok());
+    let e = cms_a.delete("c", &DeleteParams::default()).await.unwrap_err();
+    assert_eq!(api_code(&e).map(|c| c.0), Some(403), "reader's own `*` rule is replaced by aggregation");
+    let e = Api::<ConfigMap>::namespaced(app.clone(), "b").get("c").await.unwrap_err();
+    assert_eq!(api_code(&e).map(|c| c.0), Some(403), "a RoleBinding grants in its namespace only");
+    let secrets_b: Api<Secret> = Api::namespaced(app.clone(), "b");
+    assert!(secrets_b.get("s1").await.is_ok());
+    let e = secrets_b.get("s2").await.unwrap_err();
+    let kube::Error::Api(status) = &e else { panic!("{e:?}") };
+    assert_eq!(
+        (status.code, status.reason.as_str(), status.message.as_str()),
+        (
+            403,
+            "Forbidden",
+            "secrets \"s2\" is forbidden: User \"system:serviceaccount:a:app\" cannot get resource \"secrets\" in API group \"\" in the namespace \"b\""
+        )
+    );
+    assert!(secrets_b.list(&ListParams::default()).await.is_err(), "resourceNames never allow a list");
+    assert!(Api::<Namespace>::all(app.clone()).list(&ListParams::default()).await.is_err(), "nothing cluster-wide");
+
+    // A ClusterRoleBinding grants everywhere, cluster scope included; the harness is never restricted.
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &post,
+            &obj(json!({"metadata": {"name": "app-reader"}, "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cm-reader"}})),
+        )
+        .await
+        .unwrap();
+    assert!(Api::<ConfigMap>::namespaced(app.clone(), "b").get_opt("c").await.is_ok());
+    assert!(Api::<ConfigMap>::all(app).list(&ListParams::default()).await.is_ok());
+    assert!(Api::<Secret>::namespaced(admin, "b").list(&ListParams::default()).await.is_ok());
+    let denied: Vec<_> =
+        fake.access().into_iter().filter(|a| !a.allowed).map(|a| (a.verb, a.resource, a.namespace)).collect();
+    assert_eq!(
+        denied,
+        [
+            ("delete".to_string(), "configmaps".to_string(), Some("a".to_string())),
+            ("get".into(), "configmaps".into(), Some("b".into())),
+            ("get".into(), "secrets".into(), Some("b".into())),
+            ("list".into(), "secrets".into(), Some("b".into())),
+            ("list".into(), "namespaces".into(), None),
+        ],
+        "the log records each refusal"
+    );
+}

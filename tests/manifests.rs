@@ -79,6 +79,7 @@ fn the_sample_renders_every_child() {
             ("Deployment", "acme-scim"),
             ("Service", "acme-scim"),
             ("Ingress", "acme-scim"),
+            ("NetworkPolicy", "acme-scim"),
         ]
     );
     assert!(y.contains("https://scim.acme.example.com/scim/v2"));

@@ -98,6 +98,7 @@ impl Env {
             image: "ghcr.io/unique-app/scim-operator:test".into(),
             zitadel_url: self.zitadel.url.clone(),
             zitadel_instance_host: None,
+            ..Default::default()
         };
         let mut c = ControllerConfig::new(settings, self.credential.path().to_path_buf());
         c.resync = Duration::from_secs(2);
@@ -936,7 +937,8 @@ async fn the_shipped_rbac_allows_every_request_the_controller_makes() {
     };
     let c = env.config();
     env.start_controller(c, Some(lease)).await;
-    // A life that touches every kind of child: ingress, keys added, rotated and removed, deletion.
+    // A life that touches every kind of child: ingress and NetworkPolicy added and removed,
+    // keys added, rotated and removed, deletion.
     let mut s = spec(json!([{"name": "entra"}, {"name": "next"}]));
     s["server"] = json!({"ingress": {"host": "scim.acme.example.com"}});
     env.apply("acme", s).await;
@@ -944,10 +946,13 @@ async fn the_shipped_rbac_allows_every_request_the_controller_makes() {
     let patch = json!({"metadata": {"annotations": {"scim.unique.app/rotate": "next"}}});
     env.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     env.wait_event("Normal", "KeyRotated").await;
-    env.apply("acme", spec(json!([{"name": "next"}]))).await;
+    let mut s = spec(json!([{"name": "next"}]));
+    s["server"] = json!({"networkPolicy": {"enabled": false}});
+    env.apply("acme", s).await;
     assert!(
         wait_until(WAIT, || async {
             env.kube.get("networking.k8s.io/v1", "ingresses", Some(NS), "acme-scim").is_none()
+                && env.kube.get("networking.k8s.io/v1", "networkpolicies", Some(NS), "acme-scim").is_none()
         })
         .await
     );
@@ -979,4 +984,206 @@ async fn the_shipped_rbac_allows_every_request_the_controller_makes() {
         .filter(|(_, r, v)| v != "create" && !(r == "scimtenants/finalizers" && v == "update"))
         .collect();
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policy_and_pod_settings_are_applied_repaired_and_quiet() {
+    let mut env = Env::new().await;
+    let mut c = env.config();
+    c.settings.image_pull_secrets = vec!["operator-registry".into()];
+    c.settings.network_policy.admin_from_namespaces = vec!["scim-operator".into(), "monitoring".into()];
+    c.settings.network_policy.scim_from = vec![
+        serde_json::from_value(
+            json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}),
+        )
+        .unwrap(),
+    ];
+    env.start_controller(c, None).await;
+    let mut s = spec(json!([{"name": "entra"}]));
+    s["server"] = json!({
+        "nodeSelector": {"pool": "identity"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "identity", "effect": "NoSchedule"}],
+        "priorityClassName": "tenant-critical",
+        "podLabels": {"team": "identity"},
+        "podAnnotations": {"example.com/owner": "identity"},
+        "ingress": {"host": "scim.acme.example.com", "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}
+    });
+    env.apply("acme", s.clone()).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    let st = env.tenant("acme").await.unwrap().status.unwrap();
+    assert_eq!(st.endpoint.as_deref(), Some("http://scim.acme.example.com/scim/v2"), "no TLS on the Ingress");
+
+    let deps: Api<Deployment> = Api::namespaced(env.client.clone(), NS);
+    let pod = deps.get("acme-scim").await.unwrap().spec.unwrap().template;
+    let pod_spec = pod.spec.unwrap();
+    assert_eq!(pod_spec.image_pull_secrets.unwrap()[0].name, "operator-registry", "the operator's own by default");
+    assert_eq!(pod_spec.node_selector.unwrap()["pool"], "identity");
+    assert_eq!(pod_spec.tolerations.unwrap()[0].value.as_deref(), Some("identity"));
+    assert_eq!(pod_spec.priority_class_name.as_deref(), Some("tenant-critical"));
+    let meta = pod.metadata.unwrap();
+    assert_eq!(meta.labels.unwrap()["team"], "identity");
+    assert_eq!(meta.annotations.unwrap()["example.com/owner"], "identity");
+    let ingress = env.kube.get("networking.k8s.io/v1", "ingresses", Some(NS), "acme-scim").unwrap();
+    assert_eq!(ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"], "letsencrypt");
+
+    let policy = || env.kube.get("networking.k8s.io/v1", "networkpolicies", Some(NS), "acme-scim");
+    let np = policy().expect("a NetworkPolicy per tenant");
+    let uid = env.tenant("acme").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], json!(uid));
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "acme");
+    assert_eq!(np["spec"]["ingress"][0]["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ingress-nginx"
+    );
+    assert_eq!(np["spec"]["ingress"][1]["ports"], json!([{"port": 9090, "protocol": "TCP"}]));
+    let zitadel_port: i64 = env.zitadel.url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    assert_eq!(np["spec"]["egress"][1]["ports"], json!([{"port": zitadel_port, "protocol": "TCP"}]));
+
+    // Someone opens the admin port to the whole cluster: closed again.
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(env.client.clone(), NS);
+    let open = json!({"spec": {"ingress": [{"ports": [{"port": 9090, "protocol": "TCP"}]}]}});
+    policies.patch("acme-scim", &PatchParams::default(), &Patch::Merge(&open)).await.unwrap();
+    assert!(
+        wait_until(WAIT, || async { policy().is_some_and(|p| p["spec"]["ingress"] == np["spec"]["ingress"]) }).await,
+        "the edited NetworkPolicy is restored"
+    );
+    policies.delete("acme-scim", &DeleteParams::default()).await.unwrap();
+    assert!(
+        wait_until(WAIT, || async { policy().is_some_and(|p| p["metadata"]["uid"] != np["metadata"]["uid"]) }).await,
+        "the deleted NetworkPolicy is recreated"
+    );
+    // Someone drops the tolerations: the pod could not be scheduled on its pool; restored.
+    let edit = json!({"spec": {"template": {"spec": {"tolerations": null, "nodeSelector": null}}}});
+    deps.patch("acme-scim", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    assert!(
+        wait_until(WAIT, || async {
+            let p = deps.get("acme-scim").await.unwrap().spec.unwrap().template.spec.unwrap();
+            p.tolerations.is_some_and(|t| t.len() == 1) && p.node_selector.is_some_and(|n| n["pool"] == "identity")
+        })
+        .await,
+        "the pod settings are restored"
+    );
+
+    // Repaired, the operator is quiet again: passes run (status every second), nothing is written.
+    let quiet = wait_until(WAIT, || async {
+        let mark = env.kube.mark();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        env.kube.writes_since(mark).is_empty()
+    })
+    .await;
+    assert!(quiet, "writes at steady state: {:?}", env.kube.writes().iter().rev().take(5).collect::<Vec<_>>());
+
+    // Switched off in the spec: the policy goes.
+    s["server"]["networkPolicy"] = json!({"enabled": false});
+    env.apply("acme", s).await;
+    assert!(wait_until(WAIT, || async { policy().is_none() }).await, "networkPolicy.enabled: false removes it");
+}
+
+/// The built-in ClusterRoles as Kubernetes ships them: empty, filled by aggregation.
+fn builtin_aggregated_role(name: &str) -> k8s_openapi::api::rbac::v1::ClusterRole {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "aggregationRule": {"clusterRoleSelectors": [
+            {"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{name}"): "true"}}
+        ]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_admin_manages_tenants_through_the_aggregated_roles_and_viewers_never_read_secrets() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    let mut env = Env::new().await;
+    let roles: Api<ClusterRole> = Api::all(env.client.clone());
+    for name in ["admin", "edit", "view"] {
+        roles.create(&PostParams::default(), &builtin_aggregated_role(name)).await.unwrap();
+    }
+    for file in ["role.yaml", "scimtenant_editor_role.yaml", "scimtenant_viewer_role.yaml"] {
+        let text = std::fs::read_to_string(format!("{}/config/rbac/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        roles.create(&PostParams::default(), &serde_yaml::from_str(&text).unwrap()).await.unwrap();
+    }
+    let bind = |kind: &str, user: &str, role: &str| -> Value {
+        json!({"metadata": {"name": format!("{user}-{role}")}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}], "kind": kind})
+    };
+    let controller_binding: ClusterRoleBinding =
+        serde_json::from_value(bind("ClusterRoleBinding", "controller", "scim-operator")).unwrap();
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&PostParams::default(), &controller_binding)
+        .await
+        .unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(env.client.clone(), NS);
+    for (user, role) in [("alice", "admin"), ("bob", "view")] {
+        bindings
+            .create(&PostParams::default(), &serde_json::from_value(bind("RoleBinding", user, role)).unwrap())
+            .await
+            .unwrap();
+    }
+    env.kube.enforce_rbac(true);
+    env.start().await;
+
+    // alice administers the namespace: she creates, edits, reads and deletes ScimTenants.
+    let alice: Api<ScimTenant> = Api::namespaced(env.kube.client_as("alice"), NS);
+    let body = |keys: Value| {
+        json!({"apiVersion": "scim.unique.app/v1alpha1", "kind": "ScimTenant",
+        "metadata": {"name": "acme", "namespace": NS}, "spec": spec(keys)})
+    };
+    alice
+        .patch("acme", &PatchParams::apply("alice").force(), &Patch::Apply(&body(json!([{"name": "entra"}]))))
+        .await
+        .unwrap();
+    env.wait_condition("acme", "Ready", "True", None).await;
+    alice
+        .patch(
+            "acme",
+            &PatchParams::apply("alice").force(),
+            &Patch::Apply(&body(json!([{"name": "entra"}, {"name": "next"}]))),
+        )
+        .await
+        .unwrap();
+    assert!(alice.get_status("acme").await.unwrap().status.is_some(), "alice reads the status");
+    assert_eq!(alice.list(&Default::default()).await.unwrap().items.len(), 1);
+    let elsewhere: Api<ScimTenant> = Api::namespaced(env.kube.client_as("alice"), "other");
+    let denied = elsewhere.list(&Default::default()).await.unwrap_err();
+    assert!(matches!(&denied, kube::Error::Api(s) if s.code == 403), "{denied:?}: her RoleBinding is for {NS} only");
+
+    // bob views: ScimTenants and their status, no writes, no Secrets.
+    let bob: Api<ScimTenant> = Api::namespaced(env.kube.client_as("bob"), NS);
+    let seen = bob.get_status("acme").await.unwrap().status.unwrap();
+    assert!(seen.endpoint.is_some() && !seen.keys.is_empty(), "bob sees the endpoint and key fingerprints");
+    let mut other = body(json!([{"name": "entra"}]));
+    other["metadata"]["name"] = json!("bobs");
+    let denied = bob.patch("bobs", &PatchParams::apply("bob"), &Patch::Apply(&other)).await.unwrap_err();
+    assert!(matches!(&denied, kube::Error::Api(s) if s.code == 403 && s.reason == "Forbidden"), "{denied:?}");
+    let token = Api::<Secret>::namespaced(env.kube.client_as("bob"), NS).get("acme-scim-key-entra").await.unwrap_err();
+    assert!(matches!(&token, kube::Error::Api(s) if s.code == 403), "a viewer never reads a key Secret: {token:?}");
+    assert!(bob.delete("acme", &DeleteParams::default()).await.is_err());
+
+    alice.delete("acme", &DeleteParams::default()).await.unwrap();
+    assert!(wait_until(WAIT, || async { env.tenant("acme").await.is_none() }).await, "the finalizer completes");
+
+    // The fake's RBAC log: every decision as the authorizer made it.
+    let log = env.kube.access();
+    let decided = |user: &str, verb: &str, resource: &str| {
+        log.iter()
+            .filter(|a| a.user == user && a.verb == verb && a.resource == resource)
+            .map(|a| a.allowed)
+            .collect::<Vec<_>>()
+    };
+    for (verb, resource) in
+        [("patch", "scimtenants"), ("get", "scimtenants/status"), ("list", "scimtenants"), ("delete", "scimtenants")]
+    {
+        assert!(
+            decided("alice", verb, resource).contains(&true),
+            "alice {verb} {resource}: {:?}",
+            decided("alice", verb, resource)
+        );
+    }
+    assert_eq!(decided("bob", "get", "secrets"), [false]);
+    assert_eq!(decided("bob", "patch", "scimtenants"), [false]);
+    assert_eq!(decided("bob", "delete", "scimtenants"), [false]);
+    assert!(decided("bob", "get", "scimtenants/status").iter().all(|a| *a));
+    let refused: Vec<_> = log.iter().filter(|a| a.user == "controller" && !a.allowed).collect();
+    assert!(refused.is_empty(), "the controller needs more than config/rbac grants: {refused:?}");
 }

@@ -28,7 +28,24 @@ pub const CONTROLLER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("", "persistentvolumeclaims", &["list", "watch", "create", "patch"]),
     ("apps", "deployments", &["list", "watch", "create", "patch"]),
     ("networking.k8s.io", "ingresses", &["list", "watch", "create", "patch", "delete"]),
+    ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch", "delete"]),
     ("events.k8s.io", "events", &["create", "patch"]),
+];
+
+/// What the aggregated `scimtenant-editor` ClusterRole grants (into admin and edit).
+pub const EDITOR_PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    (
+        "scim.unique.app",
+        "scimtenants",
+        &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+    ),
+    ("scim.unique.app", "scimtenants/status", &["get"]),
+];
+
+/// What the aggregated `scimtenant-viewer` ClusterRole grants (into view): no Secrets.
+pub const VIEWER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("scim.unique.app", "scimtenants", &["get", "list", "watch"]),
+    ("scim.unique.app", "scimtenants/status", &["get", "list", "watch"]),
 ];
 
 /// The leader-election Lease, granted by a Role in the operator's namespace only.
@@ -51,6 +68,12 @@ const CONTROLLER_ENV: &[&str] = &[
     "POD_NAME",
     "POD_NAMESPACE",
     "STATUS_URL_TEMPLATE",
+    "SERVER_IMAGE_PULL_SECRETS",
+    "TENANT_NETWORK_POLICY",
+    "TENANT_NETWORK_POLICY_SCIM_FROM",
+    "TENANT_NETWORK_POLICY_MONITORING_NAMESPACES",
+    "TENANT_NETWORK_POLICY_ZITADEL_TO",
+    "TENANT_NETWORK_POLICY_ZITADEL_PORT",
 ];
 
 /// Controller settings the chart leaves at the binary's default.
@@ -290,9 +313,30 @@ fn the_image_tag_follows_the_release() {
 fn config_rbac_grants_exactly_what_the_controller_uses() {
     let docs = kustomize("config/rbac");
     let roles: Vec<&Value> = docs.iter().filter(|d| kind(d) == "ClusterRole").collect();
-    assert_eq!(roles.len(), 1, "config/rbac has one ClusterRole");
-    assert_eq!(name(roles[0]), "scim-operator");
+    let names: Vec<&str> = roles.iter().map(|r| name(r)).collect();
+    assert_eq!(names, ["scim-operator", "scimtenant-editor", "scimtenant-viewer"], "config/rbac's ClusterRoles");
     assert_rules("config/rbac ClusterRole", &roles[0]["rules"], CONTROLLER_PERMISSIONS);
+    assert_rules("config/rbac scimtenant-editor", &roles[1]["rules"], EDITOR_PERMISSIONS);
+    assert_rules("config/rbac scimtenant-viewer", &roles[2]["rules"], VIEWER_PERMISSIONS);
+    let aggregates_to = |role: &Value| -> Vec<String> {
+        let mut to: Vec<String> = role["metadata"]["labels"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_str() == Some("true"))
+            .filter_map(|(k, _)| k.as_str()?.strip_prefix("rbac.authorization.k8s.io/aggregate-to-").map(str::to_owned))
+            .collect();
+        to.sort();
+        to
+    };
+    assert_eq!(aggregates_to(roles[0]), Vec::<String>::new(), "the controller's role is no one else's");
+    assert_eq!(aggregates_to(roles[1]), ["admin", "edit"]);
+    assert_eq!(aggregates_to(roles[2]), ["admin", "edit", "view"]);
+    let bindings: Vec<&Value> = docs.iter().filter(|d| kind(d).ends_with("Binding")).collect();
+    assert!(
+        bindings.iter().all(|b| !b["roleRef"]["name"].as_str().unwrap_or("").starts_with("scimtenant-")),
+        "the aggregated roles are bound by the built-in roles, not by config/rbac"
+    );
 
     // Leases only through a namespaced Role.
     let lease_roles: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Role").collect();
@@ -363,6 +407,9 @@ fn chart_templates() -> Vec<(String, String)> {
         "leader-election-rbac.yaml",
         "service.yaml",
         "servicemonitor.yaml",
+        "aggregated-roles.yaml",
+        "networkpolicy.yaml",
+        "poddisruptionbudget.yaml",
         "NOTES.txt",
     ] {
         assert!(files.iter().any(|(n, _)| n == required), "{CHART}/templates/{required} is missing");
@@ -612,6 +659,29 @@ fn chart_rbac_matches_config_rbac() {
     let config = only(&yaml_docs(&read("config/rbac/role.yaml")), "ClusterRole", "role.yaml")["rules"].clone();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     assert_eq!(grants(&rules, &mut a), grants(&config, &mut b), "chart rules vs config/rbac/role.yaml");
+
+    // The aggregated roles: the same rules as config/rbac, the same aggregation labels,
+    // created with rbac.create and rbac.aggregatedRoles.
+    for (define, file, expected) in [
+        ("scim-operator.editorRules", "scimtenant_editor_role.yaml", EDITOR_PERMISSIONS),
+        ("scim-operator.viewerRules", "scimtenant_viewer_role.yaml", VIEWER_PERMISSIONS),
+    ] {
+        let chart: Value = serde_yaml::from_str(&define_body(&helpers, define)).unwrap();
+        assert_rules(define, &chart, expected);
+        let config = only(&yaml_docs(&read(&format!("config/rbac/{file}"))), "ClusterRole", file).clone();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert_eq!(grants(&chart, &mut a), grants(&config["rules"], &mut b), "{define} vs config/rbac/{file}");
+        let aggregated = template("aggregated-roles.yaml");
+        assert!(aggregated.contains(&format!("include \"{define}\"")), "aggregated-roles.yaml uses {define}");
+        for (label, _) in config["metadata"]["labels"].as_mapping().unwrap() {
+            let label = label.as_str().unwrap();
+            if label.starts_with("rbac.authorization.k8s.io/") {
+                assert!(aggregated.contains(&format!("{label}: \"true\"")), "aggregated-roles.yaml lacks {label}");
+            }
+        }
+    }
+    let aggregated = template("aggregated-roles.yaml");
+    assert!(aggregated.starts_with("{{- if and .Values.rbac.create .Values.rbac.aggregatedRoles }}"));
 }
 
 #[test]

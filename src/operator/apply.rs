@@ -98,8 +98,8 @@ where
     }
 }
 
-/// Applies every built child, in the order the server needs them (its keys
-/// and config before the Deployment that mounts them). Returns the Deployment
+/// Applies every built child, in the order the server needs them (its keys,
+/// config and NetworkPolicy before the Deployment that runs it). Returns the Deployment
 /// as applied, for `ServerAvailable`.
 pub(crate) async fn apply_children(
     ctx: &ReconcileContext,
@@ -114,6 +114,16 @@ pub(crate) async fn apply_children(
     ensure(client, &stores.secrets, &desired.hash_secret).await?;
     ensure(client, &stores.configmaps, &desired.config).await?;
     ensure(client, &stores.pvcs, &desired.pvc).await?;
+    // The policy before the pod, so the pod never runs unfenced.
+    match &desired.network_policy {
+        Some(policy) => {
+            ensure(client, &stores.network_policies, policy).await?;
+        }
+        None => {
+            let namespace = tenant.namespace().unwrap_or_default();
+            delete_if_present(client, &stores.network_policies, &namespace, &build::server_name(tenant)).await?;
+        }
+    }
     let deployment = ensure(client, &stores.deployments, &desired.deployment).await?;
     ensure(client, &stores.services, &desired.service).await?;
     match &desired.ingress {

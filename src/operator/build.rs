@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
-    IngressTLS, ServiceBackendPort,
+    IngressTLS, NetworkPolicy, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -39,13 +39,21 @@ const ZITADEL_MOUNT: &str = "/etc/scim/zitadel";
 const DATA_MOUNT: &str = "/data";
 const TMP_MOUNT: &str = "/tmp";
 
+mod network_policy;
+mod pod;
+
+pub use network_policy::NetworkPolicyDefaults;
+
 /// Operator-wide defaults of every tenant's server (from the controller's flags).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TenantDefaults {
     /// The image of the SCIM server when the tenant names none (the operator's own).
     pub image: String,
     pub zitadel_url: String,
     pub zitadel_instance_host: Option<String>,
+    /// Pull secrets (names) of tenant pods that name none: the operator's own.
+    pub image_pull_secrets: Vec<String>,
+    pub network_policy: NetworkPolicyDefaults,
 }
 
 /// One SCIM key as the controller found or generated it.
@@ -98,6 +106,8 @@ pub struct Desired {
     pub deployment: Deployment,
     pub service: Service,
     pub ingress: Option<Ingress>,
+    /// None when the tenant's NetworkPolicy is switched off.
+    pub network_policy: Option<NetworkPolicy>,
     pub endpoint: String,
 }
 
@@ -155,10 +165,18 @@ fn meta(tenant: &ScimTenant, name: String, component: &str) -> ObjectMeta {
     }
 }
 
-/// The Tenant URL Entra is given.
+/// The Tenant URL Entra is given: `publicUrl` if set, else what the Ingress
+/// serves (`https://` only with TLS on it), else the in-cluster Service.
 pub(crate) fn endpoint(tenant: &ScimTenant) -> String {
-    match tenant.spec.server.as_ref().and_then(|s| s.ingress.as_ref()).filter(|i| !i.host.is_empty()) {
-        Some(i) => format!("https://{}/scim/v2", i.host),
+    let server = tenant.spec.server.as_ref();
+    if let Some(url) = server.and_then(|s| s.public_url.as_deref()).filter(|u| !u.is_empty()) {
+        return url.to_string();
+    }
+    match server.and_then(|s| s.ingress.as_ref()).filter(|i| !i.host.is_empty()) {
+        Some(i) => {
+            let tls = i.tls_secret_name.as_deref().is_some_and(|s| !s.is_empty());
+            format!("{}://{}/scim/v2", if tls { "https" } else { "http" }, i.host)
+        }
         None => format!(
             "http://{}.{}.svc/scim/v2",
             server_name(tenant),
@@ -251,6 +269,8 @@ pub fn build(tenant: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial
         deployment: deployment(tenant, defaults, &server, cred, &config_text),
         service: service(tenant),
         ingress: ingress(tenant, &server),
+        network_policy: network_policy::wanted(tenant, &defaults.network_policy)
+            .then(|| network_policy::network_policy(tenant, defaults)),
         endpoint: endpoint(tenant),
     }
 }
@@ -315,9 +335,12 @@ fn deployment(
     config_text: &str,
 ) -> Deployment {
     let config_hash = hex::encode(Sha256::digest(config_text.as_bytes()))[..16].to_string();
-    let mut pod_labels = labels(tenant, "server");
-    pod_labels.retain(|k, _| k != label::MANAGED_BY);
-    Deployment {
+    let mut own_labels = labels(tenant, "server");
+    own_labels.retain(|k, _| k != label::MANAGED_BY);
+    let pod_labels = pod::merged(server.pod_labels.as_ref(), own_labels);
+    let pod_annotations =
+        pod::merged(server.pod_annotations.as_ref(), BTreeMap::from([(annotation::CONFIG_HASH.into(), config_hash)]));
+    let mut deployment = Deployment {
         metadata: meta(tenant, server_name(tenant), "server"),
         spec: Some(DeploymentSpec {
             replicas: Some(server.replicas.unwrap_or(1)),
@@ -329,7 +352,7 @@ fn deployment(
                     labels: Some(pod_labels),
                     // The keys file is reloaded in place; only a config change
                     // needs a new pod.
-                    annotations: Some(BTreeMap::from([(annotation::CONFIG_HASH.into(), config_hash)])),
+                    annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -350,7 +373,11 @@ fn deployment(
             ..Default::default()
         }),
         ..Default::default()
+    };
+    if let Some(pod) = deployment.spec.as_mut().and_then(|d| d.template.spec.as_mut()) {
+        pod::fit(pod, defaults, server);
     }
+    deployment
 }
 
 fn server_container(defaults: &TenantDefaults, server: &ServerSpec) -> Container {
@@ -456,8 +483,10 @@ fn ingress(tenant: &ScimTenant, server: &ServerSpec) -> Option<Ingress> {
         }),
         ..Default::default()
     };
+    let mut metadata = meta(tenant, server_name(tenant), "server");
+    metadata.annotations = spec.annotations.clone().filter(|a| !a.is_empty());
     Some(Ingress {
-        metadata: meta(tenant, server_name(tenant), "server"),
+        metadata,
         spec: Some(IngressSpec {
             ingress_class_name: spec.class_name.clone().filter(|c| !c.is_empty()),
             tls: spec

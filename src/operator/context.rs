@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
@@ -35,6 +35,7 @@ pub(crate) struct Stores {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub ingresses: Store<Ingress>,
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 impl Stores {
@@ -46,6 +47,7 @@ impl Stores {
             self.deployments.wait_until_ready(),
             self.services.wait_until_ready(),
             self.ingresses.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
         );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -103,7 +103,8 @@ async fn run_scope(
     let (deployments, deployment_events) = reflect(scoped::<Deployment>(&client, &namespace));
     let (services, service_events) = reflect(scoped::<Service>(&client, &namespace));
     let (ingresses, ingress_events) = reflect(scoped::<Ingress>(&client, &namespace));
-    let stores = Stores { secrets, configmaps, pvcs, deployments, services, ingresses };
+    let (network_policies, network_policy_events) = reflect(scoped::<NetworkPolicy>(&client, &namespace));
+    let stores = Stores { secrets, configmaps, pvcs, deployments, services, ingresses, network_policies };
     let ctx = Arc::new(ReconcileContext { operator: operator.clone(), stores: stores.clone() });
     let metrics = operator.metrics.clone();
     tokio::spawn(async move {
@@ -117,6 +118,7 @@ async fn run_scope(
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(ingress_events)
+        .owns_stream(network_policy_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -3,7 +3,9 @@
 //! Defaults live in code (the builders in `build.rs`), not in the schema, so GitOps tools
 //! see no drift between what was applied and what is stored.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -78,8 +80,10 @@ pub struct ScimTenantSpec {
     pub zitadel: ZitadelSpec,
     /// SCIM bearer keys for Entra's "Secret token". Several may be valid at once.
     // Bounds keep the CEL rules' estimated cost within the API server's budget.
+    // A list-map keyed on `name`: the API server rejects two keys of one name,
+    // and server-side apply merges keys by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub keys: Vec<KeySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSpec>,
@@ -134,26 +138,75 @@ pub struct KeySpec {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$')").message("key names are 1-32 lowercase letters, digits or '-'"))]
     #[schemars(length(min = 1, max = 32))]
     pub name: String,
-    /// How long a key is valid after it is created, e.g. 8760h.
+    /// How long a key is valid after it is created, e.g. 8760h, 30d or 1h30m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub expires_after: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+/// What `spec.keys[].expiresAfter` accepts (`validate::parse_duration`).
+pub const DURATION_PATTERN: &str = "^([0-9]+[dhms])+$";
+/// A positive Kubernetes quantity, as `spec.server.storage.size` takes it.
+pub const STORAGE_SIZE_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE][0-9]+)?$";
+
+/// The label keys the operator sets on a tenant's pods; extra pod labels may not use them.
+const OWN_POD_LABELS: &str = "!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/instance' in self) && !('app.kubernetes.io/component' in self) && !('app.kubernetes.io/part-of' in self)";
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSpec {
-    /// Default 1 (the embedded store supports one replica).
+    /// 1 (the default) or 0 to pause the server: the embedded store has one writer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
     pub replicas: Option<i32>,
     /// Default: the operator's own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Secrets in the tenant's namespace to pull the image with. Default: the
+    /// operator's own pull secrets (by name); `[]` sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Extra labels of the server's pod; the operator's own
+    /// (app.kubernetes.io/name, instance, component, part-of) cannot be set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(OWN_POD_LABELS).message("podLabels cannot set the operator's own app.kubernetes.io/ labels (name, instance, component, part-of)"))]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations of the server's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// The Tenant URL Entra is given, when it is not what the Ingress implies
+    /// (e.g. TLS ends at a load balancer in front of an Ingress without TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^https?://[^/]+(/.*)?$"), length(max = 2048))]
+    pub public_url: Option<String>,
+    /// The tenant's NetworkPolicy. Default: the operator's setting (on unless
+    /// the operator is installed with it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// false: no NetworkPolicy for this tenant (a cluster-wide policy or none applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -161,6 +214,7 @@ pub struct ServerSpec {
 pub struct StorageSpec {
     /// Default 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = STORAGE_SIZE_PATTERN), length(max = 32))]
     pub size: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -172,8 +226,12 @@ pub struct IngressSpec {
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
+    /// Without it the Ingress serves plain HTTP and the endpoint is `http://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_name: Option<String>,
+    /// Annotations of the Ingress, e.g. `cert-manager.io/cluster-issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -275,5 +333,53 @@ mod tests {
         for c in &columns {
             assert!(c.description.as_deref().is_some_and(|d| !d.is_empty()), "{} has no description", c.name);
         }
+    }
+
+    /// The spec's schema as the API server reads it.
+    fn spec_schema() -> serde_json::Value {
+        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml().unwrap()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    fn matches(pattern: &str, s: &str) -> bool {
+        // The schema's patterns are ECMA 262 as the API server reads them; these use
+        // only what the `regex` crate's syntax shares with it.
+        regex::Regex::new(pattern).unwrap().is_match(s)
+    }
+
+    #[test]
+    fn admission_rejects_what_reconcile_would_reject() {
+        let spec = spec_schema();
+        let keys = &spec["properties"]["keys"];
+        assert_eq!(keys["x-kubernetes-list-type"], "map", "two keys of one name are rejected by the API server");
+        assert_eq!(keys["x-kubernetes-list-map-keys"], serde_json::json!(["name"]));
+        assert!(keys["items"]["required"].as_array().unwrap().contains(&"name".into()), "a map key must be required");
+
+        let expires = &keys["items"]["properties"]["expiresAfter"];
+        let pattern = expires["pattern"].as_str().expect("expiresAfter has a pattern");
+        for ok in ["8760h", "30d", "1h30m", "90s"] {
+            assert!(matches(pattern, ok), "{ok}");
+            assert!(super::super::validate::parse_duration(ok).is_some(), "{ok}: reconcile agrees");
+        }
+        for bad in ["", "soon", "10", "1y", "-1h", "1.5h", "8760 h"] {
+            assert!(!matches(pattern, bad), "{bad}");
+        }
+
+        let server = &spec["properties"]["server"]["properties"];
+        let size = server["storage"]["properties"]["size"]["pattern"].as_str().expect("storage size has a pattern");
+        for ok in ["1Gi", "500Mi", "10G", "1.5Gi", "1e9", "1024"] {
+            assert!(matches(size, ok), "{ok}");
+        }
+        for bad in ["", "1 Gi", "1GB", "-1Gi", "lots", "1gi"] {
+            assert!(!matches(size, bad), "{bad}");
+        }
+
+        let replicas = &server["replicas"];
+        assert_eq!((replicas["minimum"].as_f64(), replicas["maximum"].as_f64()), (Some(0.0), Some(1.0)));
+
+        let labels = &server["podLabels"]["x-kubernetes-validations"][0]["rule"];
+        assert!(labels.as_str().unwrap().contains("'app.kubernetes.io/instance' in self"), "{labels}");
+        let url = server["publicUrl"]["pattern"].as_str().unwrap();
+        assert!(matches(url, "https://scim.example.com/scim/v2") && !matches(url, "scim.example.com"));
     }
 }

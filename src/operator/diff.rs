@@ -58,7 +58,7 @@ fn same_quantity(a: &Value, b: &Value) -> bool {
 }
 
 /// A Kubernetes quantity's value (`500m`, `1Gi`, `2e3`), if it is one.
-fn quantity(s: &str) -> Option<f64> {
+pub(crate) fn quantity(s: &str) -> Option<f64> {
     const SUFFIXES: [(&str, f64); 15] = [
         ("Ki", 1024.0),
         ("Mi", 1048576.0),

@@ -80,6 +80,18 @@ pub(crate) fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
     {
         p.push(format!("spec.server.replicas is {r}: the embedded store serves one replica (0 pauses the server)"));
     }
+    // The CRD's patterns reject these at admission; tenants stored before it get the same word here.
+    let server = spec.server.clone().unwrap_or_default();
+    if let Some(size) = server.storage.as_ref().and_then(|s| s.size.as_deref()).filter(|s| !s.is_empty())
+        && super::diff::quantity(size).is_none_or(|bytes| bytes < 1.0)
+    {
+        p.push(format!("spec.server.storage.size '{size}' is not a storage size like 1Gi or 500Mi"));
+    }
+    if let Some(url) = server.public_url.as_deref().filter(|u| !u.is_empty())
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        p.push(format!("spec.server.publicUrl '{url}' must start with https:// (the Tenant URL Entra is given)"));
+    }
     if let Some(su) = &z.service_user
         && su.managed == Some(false)
         && su.existing_secret_ref.is_none()
@@ -124,6 +136,12 @@ mod tests {
         assert!(all.contains("expiresAfter 'soon'"), "{all}");
         assert!(all.contains("replicas is 3"), "{all}");
         assert!(all.contains("longer than 100 years"), "{all}");
+        let e =
+            validate(&spec("  server: {storage: {size: lots}, publicUrl: scim.example.com}\n")).unwrap_err().join("\n");
+        assert!(e.contains("storage.size 'lots'") && e.contains("publicUrl 'scim.example.com'"), "{e}");
+        assert!(
+            validate(&spec("  server: {storage: {size: 5Gi}, publicUrl: 'https://s.example.com/scim/v2'}\n")).is_ok()
+        );
         let mut s = spec("");
         s.zitadel.organization_id.clear();
         assert!(validate(&s).unwrap_err()[0].contains("organizationId is empty"));

@@ -96,6 +96,9 @@ spec:
 EOF
 kubectl -n "$TNS" wait --for=condition=Ready st/acme --timeout=180s
 kubectl -n "$TNS" get st acme
+# Its NetworkPolicy (admin port from the operator's namespace only) did not keep it from Ready:
+# the operator read its /status and the server reached ZITADEL on the URL's port.
+kubectl -n "$TNS" get networkpolicy acme-scim -o jsonpath='{.spec.ingress[1].from[0].namespaceSelector.matchLabels}' | grep -q "$OPNS"
 
 step "Entra's first request, with the key the operator issued"
 TOKEN=$(kubectl -n "$TNS" get secret acme-scim-key-entra -o jsonpath='{.data.token}' | base64 -d)

@@ -19,6 +19,13 @@
    sample) are validated against our CRD's own schema, unknown fields included.
    Only the ServiceMonitor (prometheus-operator's CRD, whose schema is not here)
    is checked for shape by hand.
+4. Our CRD's schema is structural as the API server requires (a type on every node,
+   no $ref or type-carrying anyOf/oneOf, properties and additionalProperties never
+   together, list-map keys required scalars of object items), and carries the
+   admission rules it promises.
+5. Each value set renders the optional objects its values ask for and no others:
+   a PodDisruptionBudget exactly from replicaCount 2, the operator's NetworkPolicy,
+   the aggregated ClusterRoles with their aggregation labels.
 
 Prints one line per check and `N passed, M failed`; exits 1 on any failure.
 """
@@ -241,6 +248,89 @@ def validate_all(sources: dict[str, list[dict]], versions: list[str], crd: dict)
                   f"schemas of Kubernetes {version} (strict): {source}, {n} objects", "; ".join(problems))
 
 
+# ---------------------------------------------------------------- 4. structural CRD
+def structural_problems(node: dict, path: str = "") -> list[str]:
+    """What the API server's structural-schema check would reject (apiextensions
+    validation: every node typed unless int-or-string or preserving unknown fields,
+    no $ref, no types inside logical junctors, list-map keys required scalars)."""
+    out = []
+    if not isinstance(node, dict):
+        return [f"{path}: not a schema object"]
+    if "$ref" in node:
+        out.append(f"{path}: $ref")
+    if "type" not in node and not (node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")):
+        out.append(f"{path}: no type")
+    if "properties" in node and "additionalProperties" in node:
+        out.append(f"{path}: properties and additionalProperties together")
+    for junctor in ("anyOf", "oneOf", "allOf"):
+        # The one exception: int-or-string may spell its two types out in anyOf.
+        if node.get("x-kubernetes-int-or-string") and junctor == "anyOf":
+            continue
+        for i, sub in enumerate(node.get(junctor) or []):
+            for banned in ("type", "default", "description", "nullable", "additionalProperties", "$ref"):
+                if banned in sub:
+                    out.append(f"{path}.{junctor}[{i}]: {banned} inside a logical junctor")
+    if node.get("x-kubernetes-list-type") == "map":
+        items = node.get("items") or {}
+        keys = node.get("x-kubernetes-list-map-keys") or []
+        if items.get("type") != "object" or not keys:
+            out.append(f"{path}: a list-map needs object items and keys")
+        for k in keys:
+            prop = (items.get("properties") or {}).get(k) or {}
+            if prop.get("type") not in ("string", "integer", "boolean"):
+                out.append(f"{path}: list-map key {k} is not a scalar property")
+            if k not in (items.get("required") or []) and "default" not in prop:
+                out.append(f"{path}: list-map key {k} is neither required nor defaulted")
+    for k, sub in (node.get("properties") or {}).items():
+        out += structural_problems(sub, f"{path}.{k}")
+    if isinstance(node.get("additionalProperties"), dict):
+        out += structural_problems(node["additionalProperties"], f"{path}.*")
+    if isinstance(node.get("items"), dict):
+        out += structural_problems(node["items"], f"{path}[]")
+    return out
+
+
+def check_crd(crd: dict) -> None:
+    schema = crd_schema(crd)
+    problems = structural_problems(schema)
+    check(not problems, "the CRD's schema is structural", "; ".join(problems[:10]))
+    spec = schema["properties"]["spec"]["properties"]
+    keys, server = spec["keys"], spec["server"]["properties"]
+    rules = {
+        "spec.keys is a list-map keyed on name": keys.get("x-kubernetes-list-type") == "map"
+        and keys.get("x-kubernetes-list-map-keys") == ["name"],
+        "spec.keys[].expiresAfter has a pattern": "pattern" in keys["items"]["properties"]["expiresAfter"],
+        "spec.server.storage.size has a pattern": "pattern" in server["storage"]["properties"]["size"],
+        "spec.server.replicas is 0..1": (server["replicas"].get("minimum"), server["replicas"].get("maximum")) == (0, 1),
+    }
+    for what, ok in rules.items():
+        check(ok, f"CRD admission rule: {what}")
+
+
+# ---------------------------------------------------------------- 5. optional objects
+def check_optional_objects(sets: dict[str, dict], sources: dict[str, list[dict]]) -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for name, values in sets.items():
+        v = deep_merge(defaults, values)
+        objs = sources[f"chart[{name}, release {len('scim-operator')} chars]"]
+        kinds = [o["kind"] for o in objs]
+        want_pdb = int(v["replicaCount"]) >= 2
+        check(("PodDisruptionBudget" in kinds) == want_pdb,
+              f"{name}: a PodDisruptionBudget {'exists' if want_pdb else 'does not exist'} (replicaCount {v['replicaCount']})")
+        want_np = v["networkPolicy"]["operator"]["enabled"]
+        check(("NetworkPolicy" in kinds) == want_np, f"{name}: the operator's NetworkPolicy {'exists' if want_np else 'does not exist'}")
+        aggregated = {o["metadata"]["name"].rsplit("-", 2)[-2] + "-" + o["metadata"]["name"].rsplit("-", 1)[-1]: o
+                      for o in objs if o["kind"] == "ClusterRole" and "aggregate-to-admin" in str(o["metadata"].get("labels"))}
+        want_roles = v["rbac"]["create"] and v["rbac"]["aggregatedRoles"]
+        ok = sorted(aggregated) == (["scimtenant-editor", "scimtenant-viewer"] if want_roles else [])
+        if want_roles and ok:
+            labels = aggregated["scimtenant-viewer"]["metadata"]["labels"]
+            ok = labels.get("rbac.authorization.k8s.io/aggregate-to-view") == "true" and not any(
+                "secrets" in r["resources"] for role in aggregated.values() for r in role["rules"])
+        check(ok, f"{name}: aggregated ScimTenant roles {'exist, viewer aggregated to view, no Secrets' if want_roles else 'absent'}",
+              str(sorted(aggregated)))
+
+
 def run(cmd: list[str]) -> str:
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
@@ -274,6 +364,8 @@ def main() -> int:
         run([os.path.abspath(a.bin), "render", "-f", "config/samples/scimtenant.yaml"]))
     sources["scim-operator crd"] = docs(run([os.path.abspath(a.bin), "crd"]))
     validate_all(sources, versions, crd)
+    check_crd(crd)
+    check_optional_objects(sets, sources)
     print(f"manifests: {passed} passed, {failed} failed")
     return 1 if failed else 0
 

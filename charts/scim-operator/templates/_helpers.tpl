@@ -79,6 +79,9 @@ compares it with its CONTROLLER_PERMISSIONS table, so it must stay plain YAML.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -92,4 +95,59 @@ config/rbac/leader_election_role.yaml (checked by tests/packaging.rs).
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "create", "update", "patch"]
+{{- end }}
+
+{{/*
+The names of the operator's pull secrets, comma-separated: tenant pods that name none get them.
+*/}}
+{{- define "scim-operator.pullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
+{{/*
+The port ZITADEL is reached on: networkPolicy.zitadel.port, else the port of zitadel.url
+(443 for https://, 80 for http://). NetworkPolicies match ports, never host names.
+*/}}
+{{- define "scim-operator.zitadelPort" -}}
+{{- $port := int .Values.networkPolicy.zitadel.port }}
+{{- if eq $port 0 }}
+{{- $url := urlParse (required "zitadel.url is required (the ZITADEL API base URL, e.g. https://id.example.com)" .Values.zitadel.url) }}
+{{- $hostPort := splitList ":" $url.host }}
+{{- if gt (len $hostPort) 1 }}
+{{- last $hostPort }}
+{{- else if eq $url.scheme "http" }}
+{{- 80 }}
+{{- else }}
+{{- 443 }}
+{{- end }}
+{{- else }}
+{{- $port }}
+{{- end }}
+{{- end }}
+
+{{/*
+What a namespace admin may do with ScimTenants (aggregated into admin and edit).
+Keep equal to config/rbac/scimtenant_editor_role.yaml (checked by tests/packaging.rs).
+*/}}
+{{- define "scim-operator.editorRules" -}}
+- apiGroups: ["scim.unique.app"]
+  resources: ["scimtenants"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+- apiGroups: ["scim.unique.app"]
+  resources: ["scimtenants/status"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
+What a viewer may read (aggregated into view, edit and admin): ScimTenants and their
+status, never Secrets. Keep equal to config/rbac/scimtenant_viewer_role.yaml.
+*/}}
+{{- define "scim-operator.viewerRules" -}}
+- apiGroups: ["scim.unique.app"]
+  resources: ["scimtenants", "scimtenants/status"]
+  verbs: ["get", "list", "watch"]
 {{- end }}

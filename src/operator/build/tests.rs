@@ -14,6 +14,7 @@ fn settings() -> TenantDefaults {
         image: "ghcr.io/unique/scim-operator:0.1.0".into(),
         zitadel_url: "http://zitadel.zitadel.svc:8080".into(),
         zitadel_instance_host: Some("id.example.com".into()),
+        ..Default::default()
     }
 }
 
@@ -167,4 +168,71 @@ fn every_rendered_serve_yaml_is_a_valid_server_config_with_the_tenants_values() 
         assert_eq!(z.default_roles, t.spec.zitadel.default_roles);
         assert_eq!(z.organization_id, t.spec.zitadel.organization_id);
     }
+}
+
+#[test]
+fn the_endpoint_is_https_only_with_tls_or_when_public_url_says_so() {
+    let endpoint_of =
+        |server: &str| build(&tenant(&format!("{ACME}  server: {server}\n")), &settings(), &[], &cred()).endpoint;
+    assert_eq!(endpoint_of("{ingress: {host: scim.acme.example.com}}"), "http://scim.acme.example.com/scim/v2");
+    assert_eq!(
+        endpoint_of("{ingress: {host: scim.acme.example.com, tlsSecretName: t}}"),
+        "https://scim.acme.example.com/scim/v2"
+    );
+    let behind_lb = "{ingress: {host: scim.acme.example.com}, publicUrl: 'https://scim.acme.example.com/scim/v2'}";
+    assert_eq!(endpoint_of(behind_lb), "https://scim.acme.example.com/scim/v2");
+    let t = tenant(&format!("{ACME}  server: {behind_lb}\n"));
+    let d = build(&t, &settings(), &[], &cred());
+    let cfg: crate::config::ServeConfig = serde_yaml::from_str(&d.config.data.as_ref().unwrap()["serve.yaml"]).unwrap();
+    assert_eq!(
+        cfg.public_url.as_deref(),
+        Some("https://scim.acme.example.com/scim/v2"),
+        "the server links the same URL"
+    );
+}
+
+#[test]
+fn pod_settings_reach_the_pod_and_never_override_the_operators_labels() {
+    let t = tenant(&format!(
+        "{ACME}  server:
+    imagePullSecrets: [{{name: tenant-registry}}]
+    nodeSelector: {{pool: identity}}
+    tolerations: [{{key: dedicated, operator: Equal, value: identity, effect: NoSchedule}}]
+    affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: zone, operator: In, values: [a]}}]}}]}}}}}}
+    priorityClassName: tenant-critical
+    podLabels: {{team: identity, app.kubernetes.io/instance: hijack}}
+    podAnnotations: {{example.com/owner: identity, scim.unique.app/config-hash: forged}}
+    ingress: {{host: scim.acme.example.com, annotations: {{cert-manager.io/cluster-issuer: letsencrypt}}}}
+"
+    ));
+    let mut s = settings();
+    s.image_pull_secrets = vec!["operator-registry".into()];
+    let d = build(&t, &s, &[key("entra", false)], &cred());
+    let tpl = &d.deployment.spec.as_ref().unwrap().template;
+    let pod = tpl.spec.as_ref().unwrap();
+    let names: Vec<&str> = pod.image_pull_secrets.iter().flatten().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["tenant-registry"], "the tenant's own pull secrets replace the operator's");
+    assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "identity");
+    assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("dedicated"));
+    assert!(pod.affinity.as_ref().unwrap().node_affinity.is_some());
+    assert_eq!(pod.priority_class_name.as_deref(), Some("tenant-critical"));
+    let meta = tpl.metadata.as_ref().unwrap();
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "identity");
+    assert_eq!(labels["app.kubernetes.io/instance"], "acme", "the Deployment's selector still matches its pods");
+    let selector = d.deployment.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let annotations = meta.annotations.as_ref().unwrap();
+    assert_eq!(annotations["example.com/owner"], "identity");
+    assert_ne!(annotations["scim.unique.app/config-hash"], "forged");
+    let ingress_annotations = d.ingress.as_ref().unwrap().metadata.annotations.as_ref().unwrap();
+    assert_eq!(ingress_annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
+
+    // Unset: the operator's pull secrets; `[]`: none.
+    let plain = build(&tenant(ACME), &s, &[], &cred());
+    let pod = plain.deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "operator-registry");
+    assert!(pod.node_selector.is_none() && pod.tolerations.is_none() && pod.affinity.is_none());
+    let none = build(&tenant(&format!("{ACME}  server: {{imagePullSecrets: []}}\n")), &s, &[], &cred());
+    assert!(none.deployment.spec.unwrap().template.spec.unwrap().image_pull_secrets.is_none());
 }

@@ -10,6 +10,7 @@
 //! no writes once it has converged.
 
 mod patch;
+mod rbac;
 mod select;
 mod store;
 mod watch;
@@ -17,7 +18,7 @@ mod watch;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -59,6 +60,8 @@ pub struct Access {
     /// `plural` or `plural/subresource`.
     pub resource: String,
     pub namespace: Option<String>,
+    /// What RBAC decided (`enforce_rbac`); true when RBAC is not enforced.
+    pub allowed: bool,
 }
 
 const USER_HEADER: &str = "x-fake-user";
@@ -82,6 +85,7 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     access: Mutex<Vec<Access>>,
     open_watches: AtomicUsize,
+    enforce_rbac: AtomicBool,
 }
 
 pub struct KubeFake {
@@ -106,6 +110,7 @@ impl KubeFake {
             state: Mutex::new(State::new(opts.history)),
             access: Mutex::new(Vec::new()),
             open_watches: AtomicUsize::new(0),
+            enforce_rbac: AtomicBool::new(false),
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -142,6 +147,13 @@ impl KubeFake {
             ));
         }
         kube::Client::try_from(config).expect("kube client for the fake")
+    }
+
+    /// From now on, requests of clients with a user (`client_as`) are allowed
+    /// only as the stored RBAC objects allow them (see `rbac.rs`); denied ones
+    /// get the apiserver's 403 and are logged with `allowed: false`.
+    pub fn enforce_rbac(&self, on: bool) {
+        self.shared.enforce_rbac.store(on, Ordering::SeqCst);
     }
 
     /// Every request with a route, in order (reads included).
@@ -240,7 +252,7 @@ fn access_of(user: String, method: &Method, r: &Route, query: &HashMap<String, S
         Some(sub) => format!("{}/{sub}", r.gvr.plural),
         None => r.gvr.plural.clone(),
     };
-    Access { user, verb: verb.into(), group: r.gvr.group.clone(), resource, namespace: r.ns.clone() }
+    Access { user, verb: verb.into(), group: r.gvr.group.clone(), resource, namespace: r.ns.clone(), allowed: true }
 }
 
 fn parse_route(path: &str) -> Option<Route> {
@@ -354,7 +366,29 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response
     let mutating = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let route = parse_route(&path);
     if let Some(r) = &route {
-        shared.access.lock().push(access_of(user, &method, r, &query));
+        let mut access = access_of(user, &method, r, &query);
+        if !access.user.is_empty() && shared.enforce_rbac.load(Ordering::SeqCst) {
+            let req = rbac::Request {
+                user: &access.user,
+                verb: &access.verb,
+                group: &access.group,
+                resource: &access.resource,
+                namespace: access.namespace.as_deref(),
+                name: r.name.as_deref(),
+            };
+            let mut st = shared.state.lock();
+            if !rbac::allowed(&st, &req) {
+                let e = rbac::forbidden(&req);
+                if mutating {
+                    st.writes.push(write_record(&method, r, r.name.clone(), &query, false, e.code));
+                }
+                access.allowed = false;
+                drop(st);
+                shared.access.lock().push(access);
+                return error_response(&e);
+            }
+        }
+        shared.access.lock().push(access);
     }
 
     {

@@ -69,6 +69,8 @@ const BUILTIN: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
     ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false),
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, false),
+    ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, false),
+    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, false),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true),
     ("scim.unique.app", "v1alpha1", "scimtenants", "ScimTenant", true, true),
 ];
