@@ -37,6 +37,8 @@ pub(crate) enum Denial {
     Unavailable(String),
 }
 
+type Decision = Result<Caller, Denial>;
+
 /// The tenant's side of the rules.
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
@@ -51,7 +53,8 @@ pub(crate) struct Access {
     /// The server's own ZITADEL client (the projector's), for what a token's
     /// claims leave out.
     zitadel: Arc<Projector>,
-    cache: Mutex<HashMap<[u8; 32], (Result<Caller, Denial>, Instant)>>,
+    /// Token hash → (decision, until when it holds).
+    cache: Mutex<HashMap<[u8; 32], (Decision, Instant)>>,
 }
 
 impl Access {
@@ -85,7 +88,7 @@ impl Access {
         decision
     }
 
-    async fn decide(&self, info: &TokenInfo) -> Result<Caller, Denial> {
+    async fn decide(&self, info: &TokenInfo) -> Decision {
         let unauthenticated = || {
             Denial::Unauthenticated(
                 "the access token is not active (expired, revoked, or not issued for this project); sign in again and send a fresh token".into(),
