@@ -40,6 +40,19 @@ pub(crate) struct ListenerLabels {
     pub listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SelfServiceLabels {
+    /// `ok`, `unauthenticated`, `forbidden`, `rate_limited`, `key_limit`,
+    /// `zitadel_unavailable`, `bad_request`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KeyChangeLabels {
+    /// `created` or `deleted`.
+    pub change: &'static str,
+}
+
 /// The SCIM port's request metrics and the registry `/metrics` encodes.
 pub(crate) struct ServerMetrics {
     registry: Registry,
@@ -47,6 +60,8 @@ pub(crate) struct ServerMetrics {
     latency: HistogramFamily,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
+    self_service: Family<SelfServiceLabels, Counter>,
+    key_changes: Family<KeyChangeLabels, Counter>,
     total: AtomicU64,
     failed: AtomicU64,
     last_request_ms: AtomicI64,
@@ -86,12 +101,28 @@ impl ServerMetrics {
             let _ = connections_open.get_or_create(&ListenerLabels { listener });
             let _ = connections_refused.get_or_create(&ListenerLabels { listener });
         }
+        let self_service = Family::<SelfServiceLabels, Counter>::default();
+        let key_changes = Family::<KeyChangeLabels, Counter>::default();
+        registry.register(
+            "self_service_requests",
+            "Requests to the self-service key API (/graphql) by outcome",
+            self_service.clone(),
+        );
+        registry.register(
+            "self_service_key_changes",
+            "Self-service SCIM keys created and deleted",
+            key_changes.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             connections_open,
             connections_refused,
+    }
+
+            self_service,
+            key_changes,
             total: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_request_ms: AtomicI64::new(0),
@@ -119,6 +150,12 @@ impl ServerMetrics {
 
     pub(crate) fn connection_refused(&self, listener: &'static str) {
         self.connections_refused.get_or_create(&ListenerLabels { listener }).inc();
+    pub(crate) fn self_service_request(&self, outcome: &'static str) {
+        self.self_service.get_or_create(&SelfServiceLabels { outcome }).inc();
+    }
+
+    pub(crate) fn key_change(&self, change: &'static str) {
+        self.key_changes.get_or_create(&KeyChangeLabels { change }).inc();
     }
 
     pub(crate) fn total(&self) -> u64 {
@@ -272,6 +309,7 @@ pub(crate) fn resource_of(path: &str) -> &'static str {
         "Schemas" => "Schemas",
         ".search" => "search",
         "Bulk" => "Bulk",
+        "graphql" | "scope-management" => "graphql",
         _ => "other",
     }
 }

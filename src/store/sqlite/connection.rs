@@ -22,7 +22,7 @@ const LOCK_FILE: &str = "scim.lock";
 
 /// Bumped when the table layout changes; a file from a newer layout is refused
 /// rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -125,8 +125,11 @@ pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(),
         // lets the server start and serve reads.
         return Ok(());
     }
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-        .map_err(|e| open_error("creating the schema", &e))
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+        super::api_keys::SCHEMA
+    ))
+    .map_err(|e| open_error("creating the schema", &e))
 }
 
 /// An error while opening, with the likely cause when SQLite's own words
@@ -174,6 +177,7 @@ pub(super) fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> 
         state.put(kind, Entry::with_text(kind, &id, version, seq, &doc, &text));
     }
     load_outbox(conn, &mut state)?;
+    state.api_keys = super::api_keys::load(conn)?;
     Ok((state, max_seq + 1))
 }
 
