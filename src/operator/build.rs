@@ -28,6 +28,9 @@ use super::names::{annotation, label};
 use crate::config::ServeConfig;
 use crate::zitadel::config::{Credentials, ZitadelConfig};
 
+pub(crate) mod self_service;
+
+pub use self::self_service::{IntrospectionMount, introspection_secret_name};
 pub(crate) use super::names::FIELD_MANAGER as MANAGER;
 pub(crate) use super::names::annotation::{CREATED_AT, ROTATED_FOR};
 const SCIM_PORT: i32 = 8080;
@@ -173,6 +176,22 @@ pub(crate) fn server_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred
     serde_yaml::to_string(&serve_config(tenant, defaults, cred)).unwrap_or_default()
 }
 
+/// `serve.yaml` with the `selfService:` section when self-service is enabled
+/// and its credential mounted; without it the bytes are `server_config`'s,
+/// so tenants without self-service keep their config hash.
+pub(crate) fn server_config_with(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    cred: &CredentialRef,
+    introspection: Option<&IntrospectionMount>,
+) -> String {
+    let mut text = server_config(tenant, defaults, cred);
+    if let Some(section) = self_service::section(tenant, introspection) {
+        text.push_str(&self_service::render_section(&section));
+    }
+    text
+}
+
 pub(crate) fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
     let spec = &tenant.spec.zitadel;
     let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
@@ -230,10 +249,28 @@ pub fn credential_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString
     }
 }
 
-/// Every child of `tenant`, as the controller applies them.
-pub fn build(tenant: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
+/// The managed self-service application's key and client id, which the server mounts.
+pub fn introspection_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: meta(tenant, introspection_secret_name(tenant), "introspection-credential"),
+        type_: Some("Opaque".into()),
+        data: Some(data.clone()),
+        ..Default::default()
+    }
+}
+
+/// Every child of `tenant`, as the controller applies them. `introspection`
+/// is the self-service credential, once there is one.
+pub fn build(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    keys: &[KeyMaterial],
+    cred: &CredentialRef,
+    introspection: Option<&IntrospectionMount>,
+) -> Desired {
     let server = tenant.spec.server.clone().unwrap_or_default();
-    let config_text = server_config(tenant, defaults, cred);
+    let introspection = introspection.filter(|_| self_service::enabled(tenant).is_some());
+    let config_text = server_config_with(tenant, defaults, cred, introspection);
     Desired {
         key_secrets: keys.iter().map(|key| key_secret(tenant, key)).collect(),
         hash_secret: secret(
@@ -248,7 +285,7 @@ pub fn build(tenant: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial
             ..Default::default()
         },
         pvc: pvc(tenant, &server),
-        deployment: deployment(tenant, defaults, &server, cred, &config_text),
+        deployment: deployment(tenant, defaults, &server, cred, &config_text, introspection),
         service: service(tenant),
         ingress: ingress(tenant, &server),
         endpoint: endpoint(tenant),
@@ -313,8 +350,17 @@ fn deployment(
     server: &ServerSpec,
     cred: &CredentialRef,
     config_text: &str,
+    introspection: Option<&IntrospectionMount>,
 ) -> Deployment {
     let config_hash = hex::encode(Sha256::digest(config_text.as_bytes()))[..16].to_string();
+    let mut template_annotations = BTreeMap::from([(annotation::CONFIG_HASH.to_string(), config_hash)]);
+    let mut container = server_container(defaults, server);
+    let mut volumes = volumes(tenant, cred);
+    if let Some(mount) = introspection {
+        template_annotations.insert(annotation::INTROSPECTION_VERSION.into(), mount.version.clone());
+        container.volume_mounts.get_or_insert_with(Vec::new).push(self_service::volume_mount());
+        volumes.push(self_service::volume(mount));
+    }
     let mut pod_labels = labels(tenant, "server");
     pod_labels.retain(|k, _| k != label::MANAGED_BY);
     Deployment {
@@ -329,7 +375,7 @@ fn deployment(
                     labels: Some(pod_labels),
                     // The keys file is reloaded in place; only a config change
                     // needs a new pod.
-                    annotations: Some(BTreeMap::from([(annotation::CONFIG_HASH.into(), config_hash)])),
+                    annotations: Some(template_annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -342,8 +388,8 @@ fn deployment(
                         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
                     }),
-                    containers: vec![server_container(defaults, server)],
-                    volumes: Some(volumes(tenant, cred)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -446,7 +492,8 @@ fn service(tenant: &ScimTenant) -> Service {
     }
 }
 
-/// Only SCIM is exposed; the admin port stays inside the cluster.
+/// Only SCIM (and, with self-service, its GraphQL paths) is exposed; the
+/// admin port stays inside the cluster.
 fn ingress(tenant: &ScimTenant, server: &ServerSpec) -> Option<Ingress> {
     let spec = server.ingress.as_ref().filter(|i| !i.host.is_empty())?;
     let backend = IngressBackend {
@@ -468,7 +515,15 @@ fn ingress(tenant: &ScimTenant, server: &ServerSpec) -> Option<Ingress> {
             rules: Some(vec![IngressRule {
                 host: Some(spec.host.clone()),
                 http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath { path: Some("/scim/v2".into()), path_type: "Prefix".into(), backend }],
+                    paths: [
+                        vec![HTTPIngressPath {
+                            path: Some("/scim/v2".into()),
+                            path_type: "Prefix".into(),
+                            backend: backend.clone(),
+                        }],
+                        self_service::ingress_paths(tenant, &backend),
+                    ]
+                    .concat(),
                 }),
             }]),
             ..Default::default()

@@ -35,7 +35,7 @@ fn cred() -> CredentialRef {
 #[test]
 fn builds_every_child_with_owner_and_labels() {
     let t = tenant(ACME);
-    let d = build(&t, &settings(), &[key("entra", false)], &cred());
+    let d = build(&t, &settings(), &[key("entra", false)], &cred(), None);
     assert_eq!(d.endpoint, "http://acme-scim.tenants.svc/scim/v2");
     assert_eq!(d.key_secrets[0].metadata.name.as_deref(), Some("acme-scim-key-entra"));
     let dep = &d.deployment;
@@ -62,7 +62,7 @@ fn builds_every_child_with_owner_and_labels() {
 #[test]
 fn hash_secret_holds_hashes_of_unexpired_keys_only() {
     let t = tenant(ACME);
-    let d = build(&t, &settings(), &[key("entra", false), key("old", true)], &cred());
+    let d = build(&t, &settings(), &[key("entra", false), key("old", true)], &cred(), None);
     let text = String::from_utf8(d.hash_secret.data.as_ref().unwrap()["keys.yaml"].0.clone()).unwrap();
     assert!(text.contains("name: entra"));
     assert!(!text.contains("name: old"));
@@ -78,12 +78,12 @@ fn ingress_sets_the_endpoint_and_the_config_hash_follows_the_config() {
     let t = tenant(&format!(
         "{ACME}  server: {{ingress: {{host: scim.acme.example.com, className: nginx, tlsSecretName: acme-tls}}, storage: {{size: 5Gi}}}}\n"
     ));
-    let d = build(&t, &settings(), &[key("entra", false)], &cred());
+    let d = build(&t, &settings(), &[key("entra", false)], &cred(), None);
     assert_eq!(d.endpoint, "https://scim.acme.example.com/scim/v2");
     assert_eq!(d.ingress.as_ref().unwrap().spec.as_ref().unwrap().ingress_class_name.as_deref(), Some("nginx"));
     assert_eq!(d.pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "5Gi");
     let h1 = d.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone();
-    let d2 = build(&t, &settings(), &[key("entra", false), key("second", false)], &cred());
+    let d2 = build(&t, &settings(), &[key("entra", false), key("second", false)], &cred(), None);
     let h2 = d2.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone();
     assert_eq!(h1, h2, "adding a key does not restart the server");
 }
@@ -167,4 +167,110 @@ fn every_rendered_serve_yaml_is_a_valid_server_config_with_the_tenants_values() 
         assert_eq!(z.default_roles, t.spec.zitadel.default_roles);
         assert_eq!(z.organization_id, t.spec.zitadel.organization_id);
     }
+}
+
+fn introspection(is_key_file: bool) -> IntrospectionMount {
+    IntrospectionMount {
+        secret_name: "acme-scim-introspection".into(),
+        client_id: "3100@acme".into(),
+        is_key_file,
+        version: "k1".into(),
+    }
+}
+
+#[test]
+fn self_service_mounts_its_credential_renders_its_section_and_routes_graphql() {
+    let t = tenant(&format!(
+        "{ACME}  server: {{ingress: {{host: scim.acme.example.com}}}}\n  selfService: {{enabled: true, maxKeys: 4}}\n"
+    ));
+    let plain = build(&t, &settings(), &[key("entra", false)], &cred(), None);
+    let d = build(&t, &settings(), &[key("entra", false)], &cred(), Some(&introspection(true)));
+    let cfg = &d.config.data.as_ref().unwrap()["serve.yaml"];
+    let plain_cfg = &plain.config.data.as_ref().unwrap()["serve.yaml"];
+    assert!(cfg.starts_with(plain_cfg.as_str()), "the section follows the rest unchanged:\n{cfg}");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(cfg).unwrap();
+    let ss = &parsed["selfService"];
+    assert_eq!(ss["maxKeys"], serde_yaml::Value::from(4));
+    assert!(ss.get("adminRole").is_none(), "left to the server's default");
+    assert_eq!(ss["introspection"]["clientId"].as_str(), Some("3100@acme"));
+    assert_eq!(ss["introspection"]["keyFile"].as_str(), Some("/etc/scim/introspection/key.json"));
+    assert!(ss["introspection"].get("clientSecretFile").is_none());
+
+    let pod = d.deployment.spec.as_ref().unwrap().template.clone();
+    let vols = pod.spec.as_ref().unwrap().volumes.clone().unwrap();
+    let vol = vols.iter().find(|v| v.name == "introspection").expect("introspection volume");
+    assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("acme-scim-introspection"));
+    let mounts = pod.spec.as_ref().unwrap().containers[0].volume_mounts.clone().unwrap();
+    assert!(mounts.iter().any(|m| m.name == "introspection" && m.mount_path == "/etc/scim/introspection"));
+    let annotations = pod.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    assert_eq!(annotations["scim.unique.app/introspection-version"], "k1", "a new key rolls the pod");
+
+    let paths: Vec<_> = d.ingress.as_ref().unwrap().spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+        .http
+        .as_ref()
+        .unwrap()
+        .paths
+        .iter()
+        .map(|p| (p.path.clone().unwrap(), p.path_type.clone(), p.backend.service.as_ref().unwrap().port.clone()))
+        .collect();
+    let scim = Some(ServiceBackendPort { name: Some("scim".into()), number: None });
+    assert_eq!(
+        paths,
+        [
+            ("/scim/v2".to_string(), "Prefix".to_string(), scim.clone()),
+            ("/graphql".to_string(), "Exact".to_string(), scim.clone()),
+            ("/scope-management/graphql".to_string(), "Exact".to_string(), scim),
+        ]
+    );
+
+    // A client secret instead of a key; without a credential yet, no section and no mount.
+    let basic = build(&t, &settings(), &[], &cred(), Some(&introspection(false)));
+    let cfg = &basic.config.data.as_ref().unwrap()["serve.yaml"];
+    assert!(
+        cfg.contains("clientSecretFile: /etc/scim/introspection/clientSecret")
+            && !cfg.contains("keyFile: /etc/scim/intro"),
+        "{cfg}"
+    );
+    let pending = build(&t, &settings(), &[], &cred(), None);
+    assert!(!pending.config.data.as_ref().unwrap()["serve.yaml"].contains("selfService"));
+    assert_eq!(
+        pending.ingress.as_ref().unwrap().spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .paths
+            .len(),
+        3
+    );
+
+    // Switched off: the credential is neither rendered nor mounted, and only SCIM is routed.
+    let off = tenant(&format!(
+        "{ACME}  server: {{ingress: {{host: scim.acme.example.com}}}}\n  selfService: {{enabled: false}}\n"
+    ));
+    let d = build(&off, &settings(), &[], &cred(), Some(&introspection(true)));
+    assert!(!d.config.data.as_ref().unwrap()["serve.yaml"].contains("selfService"));
+    assert!(
+        d.deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "introspection")
+    );
+    assert_eq!(
+        d.ingress.as_ref().unwrap().spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .paths
+            .len(),
+        1
+    );
 }

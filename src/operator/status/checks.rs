@@ -145,10 +145,14 @@ pub(crate) fn requeue(
         let secs = (at - now).whole_seconds().max(1);
         after = after.min(Duration::from_secs(u64::try_from(secs).unwrap_or(1)));
     }
-    let pending = [&observed.zitadel, &observed.server]
+    let pending = [Some(&observed.zitadel), Some(&observed.server), observed.self_service.as_ref()]
         .into_iter()
+        .flatten()
         .any(|c| matches!(c, Check::Pending { .. } | Check::Unknown { .. }));
-    let failed = matches!(observed.zitadel, Check::Failed { .. });
+    let failed = [Some(&observed.zitadel), observed.self_service.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c, Check::Failed { .. }));
     Requeue { after, converged: !(pending || failed) }
 }
 

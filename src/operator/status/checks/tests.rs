@@ -43,6 +43,7 @@ fn observed(server: Check, zitadel: Check) -> Observed {
         zitadel,
         server,
         provisioning: ok(reason::HEALTHY),
+        self_service: None,
     }
 }
 
