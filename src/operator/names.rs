@@ -48,6 +48,7 @@ pub(crate) mod reason {
     pub(crate) const KEYS_EXPIRED: &str = "KeysExpired";
     pub(crate) const NO_KEYS: &str = "NoKeys";
     pub(crate) const SECRET_CONFLICT: &str = "SecretConflict";
+    pub(crate) const SELF_SERVICE_KEYS_ONLY: &str = "SelfServiceKeysOnly";
     // ZitadelBound.
     pub(crate) const BOUND: &str = "Bound";
     pub(crate) const CREDENTIAL_SECRET_MISSING: &str = "CredentialSecretMissing";

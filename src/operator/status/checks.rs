@@ -30,6 +30,12 @@ pub(crate) fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[Strin
             ),
         };
     }
+    if tenant.spec.keys.is_empty() && build::self_service::enabled(tenant).is_some() {
+        return Check::Ok {
+            reason: reason::SELF_SERVICE_KEYS_ONLY,
+            message: "spec.keys is empty: the organisation's admins create keys with the self-service API".into(),
+        };
+    }
     if tenant.spec.keys.is_empty() {
         return Check::Failed {
             reason: reason::NO_KEYS,
