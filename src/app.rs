@@ -11,17 +11,22 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{
-    ConnectionsConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, ServeConfig,
+    ConnectionsConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DurabilityConfig, SelfServiceConfig,
+    ServeConfig,
 };
 use crate::keys::{self, KeyError, KeyHash};
 use crate::provisioning::Provisioning;
 use crate::server::auth::{self, DevKey, KeyRing};
 use crate::server::listener::{self, ConnLimits};
 use crate::server::metrics::ServerMetrics;
+use crate::server::self_service::SelfService;
+use crate::server::self_service::access::{Access, Rules};
+use crate::server::self_service::keys::KeyManager;
 use crate::server::{AppState, BASE_PATH, admin_router, scim_router};
 use crate::store::Durability;
 use crate::store::{Store, StoreError};
 use crate::zitadel::config::ZitadelConfig;
+use crate::zitadel::introspection::Introspector;
 use crate::zitadel::projector::Projector;
 
 /// How often the keys file is re-read; a removed key stops working within this.
@@ -45,6 +50,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("zitadel: {0}")]
     Zitadel(#[from] crate::zitadel::error::ZitadelError),
+    #[error("selfService: {0}")]
+    SelfService(String),
 }
 
 /// Effective settings of `serve`: the config file with flags applied.
@@ -62,6 +69,8 @@ pub struct ServeSettings {
     pub zitadel: Option<ZitadelConfig>,
     /// Connection timeouts and limits; unset fields take the defaults below.
     pub connections: ConnectionsConfig,
+    /// The self-service key API (needs `zitadel`).
+    pub self_service: Option<SelfServiceConfig>,
 }
 
 /// Defaults of `connections` (documented in README, "Running `serve`").
@@ -91,6 +100,7 @@ impl ServeSettings {
             env_token: env_token.filter(|t| !t.is_empty()),
             zitadel: c.zitadel,
             connections: c.connections.unwrap_or_default(),
+            self_service: c.self_service,
         }
     }
 
@@ -152,6 +162,9 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         Some(cfg) => Some(Projector::new(crate::zitadel::client::Client::new(cfg)?, cfg.clone(), store.clone())),
         None => None,
     };
+    let metrics = Arc::new(ServerMetrics::new());
+    let self_service =
+        self_service(&settings, projector.as_ref(), &store, &keys.ring, &metrics, stop_rx.clone()).await?;
     let state = Arc::new(AppState {
         store: store.clone(),
         provisioning: Provisioning::new(store.clone(), projector.clone()),
@@ -159,7 +172,8 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         base_url: base_url.clone(),
         max_body: settings.max_body,
         keys: keys.ring,
-        metrics: Arc::new(ServerMetrics::new()),
+        metrics,
+        self_service: self_service.clone(),
     });
 
     println!("SCIM base URL: {base_url}");
@@ -193,9 +207,46 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         limits: admin_limits,
     };
     tokio::join!(listener::serve(scim, stop_rx.clone()), listener::serve(admin, stop_rx));
+    if let Some(s) = &self_service {
+        s.keys.flush_last_used().await;
+    }
     store.close();
     tracing::info!("scim server stopped");
     Ok(())
+}
+
+/// How often the self-service keys' last use is written to the store.
+const LAST_USED_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The self-service key API, when configured: its introspection client, the
+/// stored keys loaded into the ring, and the task that stores their last use.
+async fn self_service(
+    settings: &ServeSettings,
+    projector: Option<&Arc<Projector>>,
+    store: &Arc<dyn Store>,
+    ring: &Arc<KeyRing>,
+    metrics: &Arc<ServerMetrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<Arc<SelfService>>, ServeError> {
+    let Some(cfg) = &settings.self_service else { return Ok(None) };
+    let (Some(projector), Some(z)) = (projector, &settings.zitadel) else {
+        return Err(ServeError::SelfService("selfService needs the zitadel: section".into()));
+    };
+    let introspector = Introspector::new(z, &cfg.introspection).map_err(|e| ServeError::SelfService(e.to_string()))?;
+    let rules = Rules {
+        organization_id: z.organization_id.clone(),
+        project_id: z.project_id.clone(),
+        admin_role: cfg.admin_role().to_string(),
+    };
+    let access = Access::new(rules, introspector, Arc::clone(projector));
+    let keys = Arc::new(KeyManager::start(store.clone(), ring.clone(), metrics.clone(), cfg.max_keys()).await?);
+    let flusher = keys.spawn_last_used_flusher(LAST_USED_FLUSH_INTERVAL);
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        flusher.abort();
+    });
+    println!("Self-service keys: POST {{SCIM host}}/graphql and /scope-management/graphql (role {})", cfg.admin_role());
+    Ok(Some(Arc::new(SelfService::new(access, keys))))
 }
 
 /// The fixed keys (SCIM_TOKEN, or a standalone key kept in the data

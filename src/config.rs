@@ -60,6 +60,86 @@ pub struct ServeConfig {
     /// has a default (see [`ConnectionsConfig`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<ConnectionsConfig>,
+    /// The self-service key API (`POST /graphql`, `/scope-management/graphql`):
+    /// an organisation's admin creates and deletes SCIM keys with a ZITADEL
+    /// access token. Needs `zitadel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_service: Option<SelfServiceConfig>,
+}
+
+/// `selfService:` of the `serve` config.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SelfServiceConfig {
+    /// The project role an admin needs on `zitadel.projectId`, default `Chat.Admin.All`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_role: Option<String>,
+    /// Most active self-service keys at once, default 16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
+    /// How the server authenticates to ZITADEL's token introspection, as an
+    /// API application of the project.
+    pub introspection: IntrospectionConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The API application's client id. With `keyFile` it may be left empty:
+    /// the key file names it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// A file holding the client secret (Basic client authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The API application's key JSON (private-key JWT client authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+pub(crate) const DEFAULT_ADMIN_ROLE: &str = "Chat.Admin.All";
+pub(crate) const DEFAULT_MAX_KEYS: usize = 16;
+
+impl SelfServiceConfig {
+    pub(crate) fn admin_role(&self) -> &str {
+        self.admin_role.as_deref().unwrap_or(DEFAULT_ADMIN_ROLE)
+    }
+
+    pub(crate) fn max_keys(&self) -> usize {
+        self.max_keys.unwrap_or(DEFAULT_MAX_KEYS)
+    }
+
+    /// Every problem at once, each naming the key and the fix.
+    pub(crate) fn problems(&self, has_zitadel: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        if !has_zitadel {
+            p.push(
+                "selfService needs the zitadel: section (tokens are checked with ZITADEL and the keys belong to its organisationId); add zitadel: {url, credentials, organizationId, projectId, projectOrganizationId} or remove selfService".into(),
+            );
+        }
+        if self.admin_role.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            p.push(format!(
+                "selfService.adminRole is empty: remove it for the default {DEFAULT_ADMIN_ROLE} or name a project role"
+            ));
+        }
+        if self.max_keys == Some(0) {
+            p.push("selfService.maxKeys must be at least 1 (default 16)".into());
+        }
+        let i = &self.introspection;
+        match (&i.client_secret_file, &i.key_file) {
+            (None, None) => p.push(
+                "selfService.introspection needs clientSecretFile (Basic) or keyFile (the API application's key JSON)"
+                    .into(),
+            ),
+            (Some(_), Some(_)) => p.push("selfService.introspection: set clientSecretFile or keyFile, not both".into()),
+            (Some(_), None) if i.client_id.trim().is_empty() => p.push(
+                "selfService.introspection.clientId is missing: copy the API application's client id from ZITADEL"
+                    .into(),
+            ),
+            _ => {}
+        }
+        p
+    }
 }
 
 /// How long a client may take and how much it may hold, per listener. A
@@ -143,6 +223,15 @@ impl ServeConfig {
                 return Err(ConfigError::Invalid { key: "zitadel", why: format!("\n  - {}", problems.join("\n  - ")) });
             }
         }
+        if let Some(s) = &self.self_service {
+            let problems = s.problems(self.zitadel.is_some());
+            if !problems.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "selfService",
+                    why: format!("\n  - {}", problems.join("\n  - ")),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -191,5 +280,23 @@ mod tests {
         assert!(ServeConfig::parse("").is_ok());
         let c = ServeConfig::parse("publicUrl: ftp://x\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("publicUrl"));
+    }
+
+    #[test]
+    fn self_service_is_parsed_with_defaults_and_needs_zitadel() {
+        let c = ServeConfig::parse("selfService:\n  introspection:\n    clientId: \"1@p\"\n    clientSecretFile: /s\n")
+            .unwrap();
+        let s = c.self_service.as_ref().unwrap();
+        assert_eq!((s.admin_role(), s.max_keys()), ("Chat.Admin.All", 16));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("selfService needs the zitadel: section"), "{e}");
+        let e = ServeConfig::parse("selfService:\n  adminRol: x\n  introspection: {}\n").unwrap_err().to_string();
+        assert!(e.contains("adminRol"), "{e}");
+        let e =
+            ServeConfig::parse("selfService:\n  introspection: {clientId: a, secret: b}\n").unwrap_err().to_string();
+        assert!(e.contains("secret"), "{e}");
+        let c = ServeConfig::parse("selfService:\n  maxKeys: 0\n  introspection: {}\n").unwrap();
+        let p = c.self_service.unwrap().problems(true).join("\n");
+        assert!(p.contains("maxKeys") && p.contains("clientSecretFile"), "{p}");
     }
 }

@@ -40,7 +40,12 @@ pub(crate) struct KeyHash {
 impl KeyHash {
     /// Compared in constant time, so timing does not tell how close a guess was.
     pub(crate) fn matches(&self, hash: &[u8; 32]) -> bool {
-        bool::from(self.sha256.ct_eq(hash))
+        Self::ct_eq(&self.sha256, hash)
+    }
+
+    /// Two hashes compared in constant time.
+    pub(crate) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+        bool::from(a.ct_eq(b))
     }
 }
 

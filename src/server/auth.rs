@@ -1,7 +1,10 @@
 //! Bearer keys. The server holds only SHA-256 hashes; a presented token is
-//! hashed and compared in constant time against every known hash, so neither
-//! timing nor early exit tells an attacker how close a guess was.
+//! hashed, the hash looked up in a map (one lookup per request, however many
+//! keys there are), and the hash found compared in constant time. Timing can
+//! tell only something about the SHA-256 of a guess, which says nothing about
+//! the keys.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +13,37 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use crate::keys::{KeyError, KeyHash, generate_token, hash_token, parse_keys_file};
+use crate::store::{ApiKeyRecord, now_ms};
+
+/// A self-service key as the ring holds it, with when it was last used.
+#[derive(Debug)]
+pub(crate) struct ApiKey {
+    pub record: ApiKeyRecord,
+    /// Unix ms of the last request with it (0: never), updated without a lock.
+    last_used_ms: AtomicU64,
+    /// What the store last saw of `last_used_ms`.
+    persisted_ms: AtomicU64,
+}
+
+impl ApiKey {
+    pub(crate) fn new(record: ApiKeyRecord) -> Self {
+        let used = record.last_used_ms.unwrap_or_default();
+        ApiKey { record, last_used_ms: AtomicU64::new(used), persisted_ms: AtomicU64::new(used) }
+    }
+
+    pub(crate) fn last_used_ms(&self) -> Option<u64> {
+        Some(self.last_used_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    pub(crate) fn expired(&self, now_ms: u64) -> bool {
+        self.record.expires_ms.is_some_and(|e| e <= now_ms)
+    }
+}
+
+/// How coarse `lastUsedAt` is: a key used again within a second is not
+/// written to its atomic again, so busy keys do not bounce a cache line
+/// between cores on every request.
+const LAST_USED_GRANULARITY_MS: u64 = 1000;
 
 // Re-exported for the server's startup (`server/mod.rs`) and `scim-operator keys`
 // (`main.rs`), which name them through `server::auth`.
@@ -17,41 +51,117 @@ use crate::keys::{KeyError, KeyHash, generate_token, hash_token, parse_keys_file
 /// The keys the server accepts: fixed ones (SCIM_TOKEN, the standalone dev key)
 /// plus the current content of the keys file.
 pub(crate) struct KeyRing {
-    fixed: Vec<KeyHash>,
-    from_file: RwLock<Arc<Vec<KeyHash>>>,
+    /// SCIM_TOKEN and the dev key, and the keys file, by hash.
+    fixed: HashMap<[u8; 32], KeyHash>,
+    from_file: RwLock<Arc<HashMap<[u8; 32], KeyHash>>>,
+    /// Self-service keys (`selfService`), by hash.
+    api: RwLock<HashMap<[u8; 32], Arc<ApiKey>>>,
     /// Changed keys files that could not be used (reported on /status).
     reload_failures: AtomicU64,
 }
 
+fn by_hash(keys: Vec<KeyHash>) -> HashMap<[u8; 32], KeyHash> {
+    keys.into_iter().map(|k| (k.sha256, k)).collect()
+}
+
 impl KeyRing {
     pub(crate) fn new(fixed: Vec<KeyHash>, from_file: Vec<KeyHash>) -> Self {
-        Self { fixed, from_file: RwLock::new(Arc::new(from_file)), reload_failures: AtomicU64::new(0) }
+        Self {
+            fixed: by_hash(fixed),
+            from_file: RwLock::new(Arc::new(by_hash(from_file))),
+            api: RwLock::new(HashMap::new()),
+            reload_failures: AtomicU64::new(0),
+        }
     }
 
     pub(crate) fn replace_file_keys(&self, keys: Vec<KeyHash>) {
-        *self.from_file.write() = Arc::new(keys);
+        *self.from_file.write() = Arc::new(by_hash(keys));
+    }
+
+    /// The names of the keys from the keys file.
+    pub(crate) fn file_key_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.from_file.read().values().map(|k| k.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Starts accepting a self-service key (at once, on every connection).
+    pub(crate) fn add_api_key(&self, key: ApiKeyRecord) {
+        let key = Arc::new(ApiKey::new(key));
+        self.api.write().insert(key.record.sha256, key);
+    }
+
+    /// Stops accepting a self-service key; the next request with it is refused.
+    pub(crate) fn remove_api_key(&self, id: &str) -> Option<Arc<ApiKey>> {
+        let mut api = self.api.write();
+        let hash = api.values().find(|k| k.record.id == id).map(|k| k.record.sha256)?;
+        api.remove(&hash)
+    }
+
+    /// The self-service keys, oldest first.
+    pub(crate) fn api_keys(&self) -> Vec<Arc<ApiKey>> {
+        let mut keys: Vec<Arc<ApiKey>> = self.api.read().values().cloned().collect();
+        keys.sort_by(|a, b| (a.record.created_ms, &a.record.id).cmp(&(b.record.created_ms, &b.record.id)));
+        keys
+    }
+
+    /// Keys used since the store last heard of it, as (id, unix ms); each is
+    /// marked as stored (call [`Self::unmark_used`] if the write fails).
+    pub(crate) fn take_used(&self) -> Vec<(String, u64)> {
+        let api = self.api.read();
+        let mut used = Vec::new();
+        for k in api.values() {
+            let t = k.last_used_ms.load(Ordering::Relaxed);
+            if t > k.persisted_ms.swap(t, Ordering::Relaxed) {
+                used.push((k.record.id.clone(), t));
+            }
+        }
+        used
+    }
+
+    /// The store did not take these: report them again next time.
+    pub(crate) fn unmark_used(&self, used: &[(String, u64)]) {
+        let api = self.api.read();
+        for k in api.values() {
+            if used.iter().any(|(id, _)| *id == k.record.id) {
+                k.persisted_ms.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn reload_failures(&self) -> u64 {
         self.reload_failures.load(Ordering::Relaxed)
     }
 
+    /// Keys from the config and the keys file (self-service keys are counted apart).
     pub(crate) fn len(&self) -> usize {
         self.fixed.len() + self.from_file.read().len()
     }
 
-    /// The name of the key `token` matches, if any. Every hash is compared,
-    /// whatever the outcome.
-    pub(crate) fn verify(&self, token: &str) -> Option<String> {
+    /// Whether `token` is a key this server accepts now: one map lookup per
+    /// kind of key and a constant-time comparison of the hash found. A
+    /// self-service key past its expiry is refused; one that matches has its
+    /// last use noted (in memory; stored in batches).
+    pub(crate) fn verify(&self, token: &str) -> bool {
         let h = hash_token(token);
-        let file = self.from_file.read().clone();
-        let mut found: Option<&KeyHash> = None;
-        for k in self.fixed.iter().chain(file.iter()) {
-            if k.matches(&h) && found.is_none() {
-                found = Some(k);
-            }
+        if self.fixed.get(&h).is_some_and(|k| k.matches(&h)) {
+            return true;
         }
-        found.map(|k| k.name.clone())
+        if self.from_file.read().get(&h).is_some_and(|k| k.matches(&h)) {
+            return true;
+        }
+        let api = self.api.read();
+        let Some(k) = api.get(&h).filter(|k| KeyHash::ct_eq(&k.record.sha256, &h)) else {
+            return false;
+        };
+        let now = now_ms();
+        if k.expired(now) {
+            return false;
+        }
+        if now >= k.last_used_ms.load(Ordering::Relaxed) + LAST_USED_GRANULARITY_MS {
+            k.last_used_ms.fetch_max(now, Ordering::Relaxed);
+        }
+        true
     }
 }
 
@@ -173,11 +283,40 @@ mod tests {
         let line = keys_file_line("entra", &t);
         let keys = parse_keys_file(Path::new("k"), &format!("keys:\n{line}\n")).unwrap();
         let ring = KeyRing::new(vec![KeyHash { name: "env".into(), sha256: hash_token("dev-token") }], keys);
-        assert_eq!(ring.verify(&t).as_deref(), Some("entra"));
-        assert_eq!(ring.verify("dev-token").as_deref(), Some("env"));
-        assert_eq!(ring.verify("wrong"), None);
+        assert!(ring.verify(&t));
+        assert!(ring.verify("dev-token"));
+        assert!(!ring.verify("wrong"));
         ring.replace_file_keys(Vec::new());
-        assert_eq!(ring.verify(&t), None);
+        assert!(!ring.verify(&t));
+    }
+
+    fn api_key(id: &str, token: &str, expires_ms: Option<u64>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            name: id.into(),
+            sha256: hash_token(token),
+            created_ms: 1,
+            created_by: "u".into(),
+            expires_ms,
+            last_used_ms: None,
+        }
+    }
+
+    #[test]
+    fn api_keys_work_at_once_until_removed_or_expired_and_note_their_use() {
+        let ring = KeyRing::new(Vec::new(), Vec::new());
+        ring.add_api_key(api_key("a", "scim_a", None));
+        ring.add_api_key(api_key("old", "scim_old", Some(now_ms() - 1)));
+        assert!(ring.verify("scim_a"));
+        assert!(!ring.verify("scim_old"), "expired keys are refused");
+        let used = ring.take_used();
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].0, "a");
+        assert!(ring.take_used().is_empty(), "reported once until used again");
+        ring.unmark_used(&used);
+        assert_eq!(ring.take_used().len(), 1, "a failed write is reported again");
+        assert!(ring.remove_api_key("a").is_some());
+        assert!(!ring.verify("scim_a"));
     }
 
     #[test]

@@ -72,7 +72,7 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// Reads at most `limit` bytes. An oversized body is drained (up to
 /// `DRAIN_LIMIT`) rather than cut off, so the client reads our 413 instead of a
 /// connection reset.
-async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
     let too_large =
         || ScimError::new(413, None, format!("the request body is larger than the {limit} bytes this server accepts"));
     let mut stream = body.into_data_stream();

@@ -34,11 +34,26 @@ pub(crate) struct LatencyLabels {
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SelfServiceLabels {
+    /// `ok`, `unauthenticated`, `forbidden`, `rate_limited`, `key_limit`,
+    /// `zitadel_unavailable`, `bad_request`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KeyChangeLabels {
+    /// `created` or `deleted`.
+    pub change: &'static str,
+}
+
 /// The SCIM port's request metrics and the registry `/metrics` encodes.
 pub(crate) struct ServerMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
+    self_service: Family<SelfServiceLabels, Counter>,
+    key_changes: Family<KeyChangeLabels, Counter>,
     total: AtomicU64,
     failed: AtomicU64,
     last_request_ms: AtomicI64,
@@ -66,10 +81,24 @@ impl ServerMetrics {
             "SCIM request latency by resource and method",
             latency.clone(),
         );
+        let self_service = Family::<SelfServiceLabels, Counter>::default();
+        let key_changes = Family::<KeyChangeLabels, Counter>::default();
+        registry.register(
+            "self_service_requests",
+            "Requests to the self-service key API (/graphql) by outcome",
+            self_service.clone(),
+        );
+        registry.register(
+            "self_service_key_changes",
+            "Self-service SCIM keys created and deleted",
+            key_changes.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            self_service,
+            key_changes,
             total: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_request_ms: AtomicI64::new(0),
@@ -86,6 +115,14 @@ impl ServerMetrics {
         }
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         self.last_request_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn self_service_request(&self, outcome: &'static str) {
+        self.self_service.get_or_create(&SelfServiceLabels { outcome }).inc();
+    }
+
+    pub(crate) fn key_change(&self, change: &'static str) {
+        self.key_changes.get_or_create(&KeyChangeLabels { change }).inc();
     }
 
     pub(crate) fn total(&self) -> u64 {
@@ -225,6 +262,7 @@ pub(crate) fn resource_of(path: &str) -> &'static str {
         "Schemas" => "Schemas",
         ".search" => "search",
         "Bulk" => "Bulk",
+        "graphql" | "scope-management" => "graphql",
         _ => "other",
     }
 }

@@ -27,6 +27,7 @@ pub(crate) mod http;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod resources;
+pub(crate) mod self_service;
 
 use auth::KeyRing;
 use http::ApiError;
@@ -46,6 +47,8 @@ pub(crate) struct AppState {
     pub max_body: usize,
     pub keys: Arc<KeyRing>,
     pub metrics: Arc<ServerMetrics>,
+    /// The self-service key API, when `selfService` is configured.
+    pub self_service: Option<Arc<self_service::SelfService>>,
 }
 
 fn scim_error(e: ScimError) -> Response {
@@ -80,12 +83,10 @@ async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) 
         None => scim_error(ScimError::unauthorized(
             "missing bearer token: send 'Authorization: Bearer <key>' with the key issued for this server",
         )),
-        Some(t) => match st.keys.verify(t) {
-            Some(_) => next.run(req).await,
-            None => scim_error(ScimError::unauthorized(
-                "the bearer token is not a valid key for this server (it may have been removed or rotated)",
-            )),
-        },
+        Some(t) if st.keys.verify(t) => next.run(req).await,
+        Some(_) => scim_error(ScimError::unauthorized(
+            "the bearer token is not a valid key for this server (it may have been removed or rotated)",
+        )),
     }
 }
 
@@ -191,6 +192,8 @@ pub(crate) fn scim_router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .nest(BASE_PATH, scim)
+        .route("/graphql", post(self_service::handle).fallback(method_not_allowed))
+        .route("/scope-management/graphql", post(self_service::handle).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(DefaultBodyLimit::disable())
@@ -224,7 +227,7 @@ pub(crate) fn admin_router(state: Arc<AppState>) -> Router {
 }
 
 /// Unix milliseconds as a SCIM timestamp.
-fn ms_to_time(ms: u64) -> Option<String> {
+pub(crate) fn ms_to_time(ms: u64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .map(crate::scim::resource::timestamp)
@@ -252,6 +255,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "lastRequestTime": last,
         "keys": st.keys.len(),
         "keysReloadFailures": st.keys.reload_failures(),
+        "selfServiceKeys": st.self_service.as_ref().map(|s| s.status()),
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()

@@ -163,6 +163,31 @@ pub(crate) struct OutboxStats {
     pub last_error: Option<String>,
 }
 
+/// A self-service SCIM key as stored: only the SHA-256 of its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub created_ms: u64,
+    /// The ZITADEL user id of whoever created it.
+    pub created_by: String,
+    pub expires_ms: Option<u64>,
+    pub last_used_ms: Option<u64>,
+}
+
+/// A write to the self-service keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiKeyChange {
+    /// Inserts a new key (its id and hash must be new).
+    Put(ApiKeyRecord),
+    /// Removes a key; removing a missing one is not an error.
+    Delete(String),
+    /// When keys were last used, as (id, unix ms): one write for many requests.
+    /// A time older than the stored one and ids no longer stored are ignored.
+    Touch(Vec<(String, u64)>),
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
@@ -303,6 +328,13 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// The projection bookkeeping for a resource id.
     async fn projection(&self, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Every self-service SCIM key (hashes only), in creation order.
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Writes self-service keys, durably and atomically like every write. Limits
+    /// (how many keys) are the caller's to check.
+    async fn api_key_write(&self, change: ApiKeyChange) -> Result<(), StoreError>;
 
     /// Stops accepting writes (later ones fail with [`StoreError::Closed`]),
     /// finishes those already accepted, and releases the storage. Blocks;

@@ -77,8 +77,38 @@ impl JwtSigner {
         Ok(JwtSigner { key_id: kf.key_id, user_id: kf.user_id, key })
     }
 
+    /// An API application's key JSON (`{"type":"application","keyId","key","appId","clientId"}`):
+    /// the assertions it signs name the client id as `iss` and `sub` (private-key JWT
+    /// client authentication, RFC 7523 §2.2).
+    pub(crate) fn from_application_key_file(text: &str) -> Result<Self, ZitadelError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct AppKeyFile {
+            key_id: String,
+            key: String,
+            client_id: String,
+        }
+        let kf: AppKeyFile = serde_json::from_str(text).map_err(|e| {
+            ZitadelError::Credentials(format!(
+                "the key file is not ZITADEL's API application key JSON ({{\"type\":\"application\",\"keyId\",\"key\",\"appId\",\"clientId\"}}): {e}"
+            ))
+        })?;
+        let file = json!({"keyId": kf.key_id, "key": kf.key, "userId": kf.client_id}).to_string();
+        Self::from_key_file(&file)
+    }
+
     /// The signed assertion for the token request.
     pub(crate) fn assertion(&self, audience: &str, now: SystemTime) -> Result<String, ZitadelError> {
+        self.assertion_for(audience, now, 3600)
+    }
+
+    /// An assertion valid for `lifetime_secs`.
+    pub(crate) fn assertion_for(
+        &self,
+        audience: &str,
+        now: SystemTime,
+        lifetime_secs: u64,
+    ) -> Result<String, ZitadelError> {
         let iat = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let header = json!({"alg": "RS256", "kid": self.key_id, "typ": "JWT"});
         let claims = json!({
@@ -86,7 +116,7 @@ impl JwtSigner {
             "sub": self.user_id,
             "aud": audience,
             "iat": iat,
-            "exp": iat + 3600,
+            "exp": iat + lifetime_secs,
         });
         let signing_input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
         let mut sig = vec![0u8; self.key.public().modulus_len()];

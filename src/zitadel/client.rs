@@ -623,6 +623,34 @@ impl Client {
         Ok(found)
     }
 
+    /// The role keys of the user's active authorizations on the project, in any
+    /// organisation (the self-service API's check when a token carries no roles claim).
+    pub(crate) async fn active_project_roles(
+        &self,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<std::collections::BTreeSet<String>, ZitadelError> {
+        let v: Value = self
+            .call(
+                AUTHZ_SERVICE,
+                "ListAuthorizations",
+                &json!({
+                    "pagination": {"limit": 100},
+                    "filters": [{"inUserIds": {"ids": [user_id]}}, {"projectId": {"id": project_id}}]
+                }),
+            )
+            .await?;
+        let authorizations = v.get("authorizations").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(authorizations
+            .iter()
+            .filter(|x| opt_str(x, "/user/id").as_deref() == Some(user_id))
+            .filter(|x| opt_str(x, "/project/id").as_deref().is_none_or(|p| p == project_id))
+            .filter(|x| opt_str(x, "/state").as_deref().is_none_or(|s| s == "STATE_ACTIVE"))
+            .flat_map(|x| x.get("roles").and_then(Value::as_array).cloned().unwrap_or_default())
+            .filter_map(|r| r.get("key").and_then(Value::as_str).or_else(|| r.as_str()).map(str::to_string))
+            .collect())
+    }
+
     pub(crate) async fn create_authorization(
         &self,
         user_id: &str,

@@ -7,4 +7,5 @@ pub mod client;
 pub(crate) mod config;
 pub(crate) mod desired;
 pub(crate) mod error;
+pub(crate) mod introspection;
 pub(crate) mod projector;

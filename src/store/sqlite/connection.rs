@@ -22,7 +22,7 @@ const LOCK_FILE: &str = "scim.lock";
 
 /// Bumped when the table layout changes; a file from a newer layout is refused
 /// rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -120,8 +120,11 @@ pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(),
             "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}"
         )));
     }
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-        .map_err(|e| backend("creating the schema (is another server using this data dir?)", &e))
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+        super::api_keys::SCHEMA
+    ))
+    .map_err(|e| backend("creating the schema (is another server using this data dir?)", &e))
 }
 
 /// Every committed resource, the outbox and projection bookkeeping, and the
@@ -155,6 +158,7 @@ pub(super) fn load_state(conn: &Connection) -> Result<(State, u64), StoreError> 
         state.put(kind, Entry::with_text(kind, &id, version, seq, &doc, &text));
     }
     load_outbox(conn, &mut state)?;
+    state.api_keys = super::api_keys::load(conn)?;
     Ok((state, max_seq + 1))
 }
 

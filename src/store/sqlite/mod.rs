@@ -33,8 +33,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    Counts, Durability, GroupRef, MutateFn, OutboxEntry, OutboxStats, Page, ProjectionNote, Query, Record, SideEffects,
-    SideEffectsFn, Store, StoreError, WriterStats,
+    ApiKeyChange, ApiKeyRecord, Counts, Durability, GroupRef, MutateFn, OutboxEntry, OutboxStats, Page, ProjectionNote,
+    Query, Record, SideEffects, SideEffectsFn, Store, StoreError, WriterStats,
 };
 use crate::scim::schema::ResourceKind;
 use checkpoint::{CheckpointCounts, Checkpointer};
@@ -43,6 +43,7 @@ use plan::Op;
 use state::{Doc, State, run_query};
 use writer::{WriteRequest, Writer, WriterCounters};
 
+mod api_keys;
 mod batch_policy;
 mod checkpoint;
 mod connection;
@@ -206,6 +207,16 @@ impl Store for SqliteStore {
 
     async fn projection(&self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(self.state.read().projection.get(id).cloned())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut keys: Vec<ApiKeyRecord> = self.state.read().api_keys.values().cloned().collect();
+        keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(keys)
+    }
+
+    async fn api_key_write(&self, change: ApiKeyChange) -> Result<(), StoreError> {
+        self.submit(Op::ApiKey(change)).await.map(|_| ())
     }
 
     async fn get_text(&self, kind: ResourceKind, id: &str) -> Result<Option<(u64, String)>, StoreError> {

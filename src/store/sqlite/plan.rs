@@ -15,7 +15,8 @@ use crate::scim::error::ScimError;
 use crate::scim::names::unique_name_key;
 use crate::scim::schema::ResourceKind;
 use crate::store::{
-    Enqueue, MutateFn, Mutation, OutboxEntry, ProjectionNote, Record, SideEffects, SideEffectsFn, StoreError, now_ms,
+    ApiKeyChange, Enqueue, MutateFn, Mutation, OutboxEntry, ProjectionNote, Record, SideEffects, SideEffectsFn,
+    StoreError, now_ms,
 };
 
 /// A write request as the writer runs it.
@@ -49,6 +50,8 @@ pub(super) enum Op {
         next_attempt_ms: u64,
         error: String,
     },
+    /// Self-service keys: no rule to check against the batch.
+    ApiKey(ApiKeyChange),
 }
 
 /// What the requests of the current batch changed so far, layered over the
@@ -81,8 +84,8 @@ impl Overlay {
                 self.changes.push(change);
                 return;
             }
-            // Nothing in a batch reads projection bookkeeping back.
-            Change::Projection { .. } => {
+            // Nothing in a batch reads projection bookkeeping or keys back.
+            Change::Projection { .. } | Change::ApiKey(_) => {
                 self.changes.push(change);
                 return;
             }
@@ -99,7 +102,7 @@ impl Overlay {
             Change::Delete { id, .. } => {
                 self.entries.insert(id.clone(), None);
             }
-            Change::OutboxPut { .. } | Change::OutboxDelete { .. } | Change::Projection { .. } => {}
+            Change::OutboxPut { .. } | Change::OutboxDelete { .. } | Change::Projection { .. } | Change::ApiKey(_) => {}
         }
         self.changes.push(change);
     }
@@ -196,6 +199,7 @@ impl<'a> View<'a> {
                 removed.store(done, AtomicOrdering::Relaxed);
                 Ok(Plan { changes, reply: None })
             }
+            Op::ApiKey(change) => Ok(Plan { changes: vec![Change::ApiKey(change)], reply: None }),
             Op::OutboxRetry { entry, next_attempt_ms, error } => {
                 Ok(Plan { changes: self.outbox_retry(&entry, next_attempt_ms, error), reply: None })
             }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::packed::Packed;
 use crate::scim::names::unique_name_key;
 use crate::scim::schema::ResourceKind;
-use crate::store::{GroupRef, IndexHint, OutboxEntry, Page, Query, Record, StoreError};
+use crate::store::{ApiKeyChange, ApiKeyRecord, GroupRef, IndexHint, OutboxEntry, Page, Query, Record, StoreError};
 
 /// A stored document as reads copy it out of the lock: two reference counts,
 /// no deep copy, so parsing happens after the lock is released.
@@ -194,6 +194,8 @@ pub(super) struct State {
     pub(super) members: BTreeMap<String, BTreeSet<u64>>,
     pub(super) outbox: BTreeMap<(ResourceKind, String), OutboxEntry>,
     pub(super) projection: BTreeMap<String, String>,
+    /// Self-service keys by id.
+    pub(super) api_keys: BTreeMap<String, ApiKeyRecord>,
 }
 
 impl State {
@@ -270,6 +272,7 @@ impl State {
             Change::Projection { id, state: None } => {
                 self.projection.remove(&id);
             }
+            Change::ApiKey(c) => super::api_keys::apply(&mut self.api_keys, c),
         }
     }
 
@@ -384,6 +387,7 @@ pub(super) enum Change {
         id: String,
         state: Option<String>,
     },
+    ApiKey(ApiKeyChange),
 }
 
 impl Change {

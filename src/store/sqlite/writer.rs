@@ -205,6 +205,7 @@ impl Writer {
                 .and_then(|mut st| st.execute(params![id, state]))
                 .map(drop)
                 .map_err(|err| backend("writing projection state", &err)),
+            Change::ApiKey(c) => super::api_keys::write(&self.conn, c),
             Change::Projection { id, state: None } => self
                 .conn
                 .prepare_cached(PROJECTION_CLEAR_SQL)

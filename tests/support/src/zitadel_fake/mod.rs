@@ -13,9 +13,12 @@
 //!
 //! What it does not model is listed in `tests/contract/README.md` (fidelity gaps).
 
+mod apps;
 mod authz;
+mod introspect;
 mod keys;
 mod oauth;
+mod self_service;
 mod state;
 mod users;
 mod wire;
@@ -36,6 +39,7 @@ use state::*;
 use wire::*;
 
 pub use oauth::jwt_assertion;
+pub use self_service::{FakeApp, UserTokenOptions};
 
 /// Who is calling, for handlers that default to the caller's org (docs/zitadel-contract.md §2.4).
 pub(crate) struct Ctx {
@@ -96,6 +100,13 @@ fn rpc(name: &str) -> Option<(Handler, Perm)> {
         (ORG_SVC, "ListOrganizations") => (authz::list_organizations, Read),
         (ORG_SVC, "ListOrganizationDomains") => (authz::list_organization_domains, Read),
         (AUTH_SVC, "GetMyUser") => (users::get_my_user, Authenticated),
+        (apps::MGMT_SVC, "AddAPIApp") => (apps::add_api_app, ProjectWrite),
+        (apps::MGMT_SVC, "GetAppByID") => (apps::get_app_by_id, ProjectRead),
+        (apps::MGMT_SVC, "ListApps") => (apps::list_apps, ProjectRead),
+        (apps::MGMT_SVC, "RemoveApp") => (apps::remove_app, ProjectWrite),
+        (apps::MGMT_SVC, "AddAppKey") => (apps::add_app_key, ProjectWrite),
+        (apps::MGMT_SVC, "ListAppKeys") => (apps::list_app_keys, ProjectRead),
+        (apps::MGMT_SVC, "RemoveAppKey") => (apps::remove_app_key, ProjectWrite),
         _ => return None,
     })
 }
@@ -110,6 +121,9 @@ fn rest_route(method: &Method, path: &str, body: Value) -> Option<(String, Value
         b[k] = json!(v);
         b
     };
+    if seg.first() == Some(&"management") {
+        return apps::rest_route(method.as_str(), &seg, body);
+    }
     let rpc = |m: &str| format!("{USER_SVC}{m}");
     Some(match (method.as_str(), seg.as_slice()) {
         ("POST", ["v2", "users", "human"]) => (rpc("AddHumanUser"), body, 201),
@@ -619,7 +633,7 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let rest_like = path.starts_with("/v2/") || path.starts_with("/auth/v1/");
+    let rest_like = path.starts_with("/v2/") || path.starts_with("/auth/v1/") || path.starts_with("/management/v1/");
     if down {
         return unavailable().into_response(rest_like);
     }
@@ -632,6 +646,12 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     if parts.method == Method::POST && path == "/oauth/v2/token" {
         let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let (status, v) = oauth::token(&mut shared.state.lock(), &form);
+        return json_response(status, &v);
+    }
+    if parts.method == Method::POST && path == "/oauth/v2/introspect" {
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let auth = header_str(&parts.headers, "authorization");
+        let (status, v) = introspect::introspect(&mut shared.state.lock(), auth.as_deref(), &form);
         return json_response(status, &v);
     }
 

@@ -87,16 +87,52 @@ pub fn jwt_assertion(key_file: &str, audience: &str, iat_offset_secs: i64, lifet
     let kf: Value = serde_json::from_str(key_file).expect("key file JSON");
     let pem = kf["key"].as_str().expect("key file: key");
     let now = time::OffsetDateTime::now_utc().unix_timestamp() + iat_offset_secs;
-    let header = json!({"alg": "RS256", "typ": "JWT", "kid": kf["keyId"]});
+    // Service-account key files name the user, application key files the client.
+    let subject = if kf["type"] == "application" { &kf["clientId"] } else { &kf["userId"] };
     let claims = json!({
-        "iss": kf["userId"], "sub": kf["userId"], "aud": audience, "iat": now, "exp": now + lifetime_secs,
+        "iss": subject, "sub": subject, "aud": audience, "iat": now, "exp": now + lifetime_secs,
     });
+    sign_jwt(pem, kf["keyId"].as_str().unwrap_or_default(), &claims)
+}
+
+/// A compact RS256 JWS of `claims` with header `{alg, typ, kid}`.
+pub fn sign_jwt(pem: &str, kid: &str, claims: &Value) -> String {
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
     let input =
         format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let kp = key_pair(pem).expect("key file: RSA key");
     let mut sig = vec![0; kp.public().modulus_len()];
     kp.sign(&signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), input.as_bytes(), &mut sig).expect("sign");
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+/// The parts of a compact JWS: header, claims, the signed input and the signature.
+pub struct Jws {
+    pub header: Value,
+    pub claims: Value,
+    pub input: String,
+    pub signature: Vec<u8>,
+}
+
+pub fn parse_jws(jwt: &str) -> Result<Jws, String> {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return Err("not a JWS compact serialisation".into());
+    }
+    let header = b64url_json(parts[0]).ok_or("bad JWT header")?;
+    let claims = b64url_json(parts[1]).ok_or("bad JWT claims")?;
+    let signature = URL_SAFE_NO_PAD.decode(parts[2].trim_end_matches('=')).map_err(|_| "bad signature encoding")?;
+    Ok(Jws { header, claims, input: format!("{}.{}", parts[0], parts[1]), signature })
+}
+
+/// RS256 over `jws.input` with a PKCS#1 public key.
+pub fn verify_rs256(jws: &Jws, public_der: &[u8]) -> Result<(), String> {
+    if jws.header["alg"] != "RS256" {
+        return Err(format!("unsupported alg {}", jws.header["alg"]));
+    }
+    signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, public_der)
+        .verify(jws.input.as_bytes(), &jws.signature)
+        .map_err(|_| "signature does not verify".to_string())
 }
 
 /// Verifies an assertion (docs/zitadel-contract.md §2.2): RS256 with header `kid` = a registered key id,

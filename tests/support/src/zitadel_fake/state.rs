@@ -262,6 +262,48 @@ pub struct AccessToken {
     pub expires: Instant,
 }
 
+/// An API application (Management API v1 `AddAPIApp`, docs/zitadel-contract.md §9.1).
+#[derive(Clone, Debug)]
+pub struct App {
+    pub id: String,
+    pub project_id: String,
+    /// The resource owner: the project's org.
+    pub org: String,
+    pub name: String,
+    pub client_id: String,
+    /// Only for `API_AUTH_METHOD_TYPE_BASIC`.
+    pub client_secret: Option<String>,
+    pub auth_method: String,
+    pub keys: Vec<AppKey>,
+    pub created: OffsetDateTime,
+    pub changed: OffsetDateTime,
+    pub sequence: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppKey {
+    pub id: String,
+    pub public_der: Vec<u8>,
+    pub expiration: OffsetDateTime,
+    pub created: OffsetDateTime,
+}
+
+/// A human user's access token, issued by the fake-only `issue_user_token` (what a login
+/// through an app of the project would give the user, docs/zitadel-contract.md §9.2).
+#[derive(Clone, Debug)]
+pub struct UserToken {
+    pub user_id: String,
+    pub jti: String,
+    pub scopes: Vec<String>,
+    /// Project ids (and client ids) the token is meant for.
+    pub audience: Vec<String>,
+    pub client_id: String,
+    /// Unix seconds.
+    pub issued: i64,
+    pub expires: i64,
+    pub revoked: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Call {
     pub method: String,
@@ -301,6 +343,10 @@ pub struct State {
     /// PAT token → (user id, PAT id).
     pub pats: HashMap<String, (String, String)>,
     pub access_tokens: HashMap<String, AccessToken>,
+    pub apps: BTreeMap<String, App>,
+    /// Token (opaque string or compact JWT) → the user token it stands for.
+    pub user_tokens: HashMap<String, UserToken>,
+    pub introspections: usize,
     pub tokens_issued: usize,
     pub token_expires_in: u64,
     pub next_id: u64,
@@ -331,6 +377,9 @@ impl State {
             admins: Vec::new(),
             pats: HashMap::new(),
             access_tokens: HashMap::new(),
+            apps: BTreeMap::new(),
+            user_tokens: HashMap::new(),
+            introspections: 0,
             tokens_issued: 0,
             token_expires_in: 43199,
             next_id: base,
@@ -473,6 +522,10 @@ pub enum Perm {
     MemberRead,
     /// Any active user about itself.
     Authenticated,
+    /// `project.app.read`.
+    ProjectRead,
+    /// `project.app.write`, `project.app.delete`: IAM_OWNER (or an org/project owner, not modelled).
+    ProjectWrite,
 }
 
 pub fn allowed(roles: &[String], perm: Perm) -> bool {
@@ -486,5 +539,7 @@ pub fn allowed(roles: &[String], perm: Perm) -> bool {
         Perm::UserWrite => has("IAM_USER_MANAGER"),
         Perm::Owner => false,
         Perm::Authenticated => true,
+        Perm::ProjectRead => has("IAM_OWNER_VIEWER"),
+        Perm::ProjectWrite => false,
     }
 }
