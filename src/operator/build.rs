@@ -172,27 +172,24 @@ pub(crate) fn endpoint(tenant: &ScimTenant) -> String {
 
 /// The server's `serve.yaml`: the same `ServeConfig` the server parses, so a
 /// key the server does not know cannot be written.
-pub(crate) fn server_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
-    serde_yaml::to_string(&serve_config(tenant, defaults, cred)).unwrap_or_default()
-}
-
-/// `serve.yaml` with the `selfService:` section when self-service is enabled
-/// and its credential mounted; without it the bytes are `server_config`'s,
-/// so tenants without self-service keep their config hash.
-pub(crate) fn server_config_with(
+pub(crate) fn server_config(
     tenant: &ScimTenant,
     defaults: &TenantDefaults,
     cred: &CredentialRef,
     introspection: Option<&IntrospectionMount>,
 ) -> String {
-    let mut text = server_config(tenant, defaults, cred);
-    if let Some(section) = self_service::section(tenant, introspection) {
-        text.push_str(&self_service::render_section(&section));
-    }
-    text
+    serde_yaml::to_string(&serve_config(tenant, defaults, cred, introspection)).unwrap_or_default()
 }
 
-pub(crate) fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
+/// `selfService:` is there once self-service is enabled and its credential
+/// mounted; it comes last, so tenants without it keep their bytes (and
+/// config hash).
+pub(crate) fn serve_config(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    cred: &CredentialRef,
+    introspection: Option<&IntrospectionMount>,
+) -> ServeConfig {
     let spec = &tenant.spec.zitadel;
     let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
     let credentials = if cred.is_key_file {
@@ -219,6 +216,7 @@ pub(crate) fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred:
         keys_file: Some(PathBuf::from(format!("{KEYS_MOUNT}/keys.yaml"))),
         public_url: Some(endpoint(tenant)),
         zitadel: Some(zitadel),
+        self_service: self_service::section(tenant, introspection),
         ..Default::default()
     }
 }
@@ -270,7 +268,7 @@ pub fn build(
 ) -> Desired {
     let server = tenant.spec.server.clone().unwrap_or_default();
     let introspection = introspection.filter(|_| self_service::enabled(tenant).is_some());
-    let config_text = server_config_with(tenant, defaults, cred, introspection);
+    let config_text = server_config(tenant, defaults, cred, introspection);
     Desired {
         key_secrets: keys.iter().map(|key| key_secret(tenant, key)).collect(),
         hash_secret: secret(

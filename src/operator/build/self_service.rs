@@ -4,12 +4,11 @@
 
 use std::path::PathBuf;
 
+use crate::config::{IntrospectionConfig, SelfServiceConfig};
+use crate::operator::crd::{ScimTenant, SelfServiceSpec};
 use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume, VolumeMount};
 use k8s_openapi::api::networking::v1::{HTTPIngressPath, IngressBackend};
 use kube::ResourceExt;
-use serde::Serialize;
-
-use crate::operator::crd::{ScimTenant, SelfServiceSpec};
 
 const INTROSPECTION_MOUNT: &str = "/etc/scim/introspection";
 const VOLUME: &str = "introspection";
@@ -49,55 +48,22 @@ pub(crate) fn enabled(tenant: &ScimTenant) -> Option<&SelfServiceSpec> {
     tenant.spec.self_service.as_ref().filter(|s| s.enabled)
 }
 
-/// `serve.yaml`'s `selfService:` section. Unset values are left to the
-/// server's defaults (adminRole Chat.Admin.All, maxKeys 16).
-// The server's own type lives with its config parser; this mirrors its shape
-// field for field until the two are one type.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct SelfServiceSection {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_role: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_keys: Option<u32>,
-    pub introspection: IntrospectionSection,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct IntrospectionSection {
-    pub client_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_secret_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
-/// The section, once self-service is enabled and its credential is mounted.
-pub(crate) fn section(tenant: &ScimTenant, mount: Option<&IntrospectionMount>) -> Option<SelfServiceSection> {
+/// `serve.yaml`'s `selfService:` section, once self-service is enabled and
+/// its credential is mounted. Unset values are left to the server's
+/// defaults (adminRole Chat.Admin.All, maxKeys 16).
+pub(crate) fn section(tenant: &ScimTenant, mount: Option<&IntrospectionMount>) -> Option<SelfServiceConfig> {
     let spec = enabled(tenant)?;
     let mount = mount?;
     let file = mount.file();
-    Some(SelfServiceSection {
+    Some(SelfServiceConfig {
         admin_role: spec.admin_role.clone().filter(|r| !r.trim().is_empty()),
-        max_keys: spec.max_keys,
-        introspection: IntrospectionSection {
+        max_keys: spec.max_keys.map(|m| m as usize),
+        introspection: IntrospectionConfig {
             client_id: mount.client_id.clone(),
             key_file: mount.is_key_file.then(|| file.clone()),
             client_secret_file: (!mount.is_key_file).then_some(file),
         },
     })
-}
-
-/// `selfService:` as YAML to follow the rest of `serve.yaml` (a mapping's
-/// keys may be appended as text).
-pub(crate) fn render_section(section: &SelfServiceSection) -> String {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Wrapper<'a> {
-        self_service: &'a SelfServiceSection,
-    }
-    serde_yaml::to_string(&Wrapper { self_service: section }).unwrap_or_default()
 }
 
 pub(crate) fn volume(mount: &IntrospectionMount) -> Volume {

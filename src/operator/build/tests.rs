@@ -126,34 +126,58 @@ fn legacy_server_config(t: &ScimTenant, s: &TenantDefaults, cred: &CredentialRef
 
 const MINIMAL: &str = "apiVersion: scim.unique.app/v1alpha1\nkind: ScimTenant\nmetadata: {name: plain, namespace: tenants}\nspec:\n  zitadel: {organizationId: o1, projectId: p1, projectOrganizationId: o0}\n";
 
-/// Every shape of config the operator renders: (tenant, settings, credential).
-fn rendered_variants() -> Vec<(ScimTenant, TenantDefaults, CredentialRef)> {
+type Variant = (ScimTenant, TenantDefaults, CredentialRef, Option<IntrospectionMount>);
+
+/// Every shape of config the operator renders: (tenant, settings, credential, self-service credential).
+fn rendered_variants() -> Vec<Variant> {
     let no_host = TenantDefaults { zitadel_instance_host: None, ..settings() };
     let pat = CredentialRef { secret_name: "own-pat".into(), key: "pat".into(), is_key_file: false };
     let with_ingress = tenant(&format!("{ACME}  server: {{ingress: {{host: scim.acme.example.com}}}}\n"));
+    let self_service = tenant(&format!("{ACME}  selfService: {{enabled: true, adminRole: Org.Admin, maxKeys: 4}}\n"));
     vec![
-        (tenant(MINIMAL), no_host.clone(), cred()),
-        (tenant(MINIMAL), no_host, pat.clone()),
-        (tenant(ACME), settings(), cred()),
-        (tenant(ACME), settings(), pat),
-        (with_ingress, settings(), cred()),
+        (tenant(MINIMAL), no_host.clone(), cred(), None),
+        (tenant(MINIMAL), no_host, pat.clone(), None),
+        (tenant(ACME), settings(), cred(), None),
+        (tenant(ACME), settings(), pat.clone(), None),
+        (with_ingress, settings(), cred(), None),
+        (self_service.clone(), settings(), cred(), Some(introspection(true))),
+        (self_service.clone(), settings(), pat, Some(introspection(false))),
+        // Enabled, but no credential yet.
+        (self_service, settings(), cred(), None),
     ]
 }
 
 #[test]
 fn serve_yaml_is_byte_identical_to_the_untyped_rendering() {
-    for (t, s, c) in rendered_variants() {
-        assert_eq!(server_config(&t, &s, &c), legacy_server_config(&t, &s, &c), "{}", t.name_any());
+    for (t, s, c, i) in rendered_variants().into_iter().filter(|(_, _, _, i)| i.is_none()) {
+        assert_eq!(server_config(&t, &s, &c, i.as_ref()), legacy_server_config(&t, &s, &c), "{}", t.name_any());
     }
 }
 
 #[test]
 fn every_rendered_serve_yaml_is_a_valid_server_config_with_the_tenants_values() {
-    for (t, s, c) in rendered_variants() {
-        let text = server_config(&t, &s, &c);
+    for (t, s, c, i) in rendered_variants() {
+        let text = server_config(&t, &s, &c, i.as_ref());
         let parsed = ServeConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         parsed.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(parsed, serve_config(&t, &s, &c), "values survive the round trip:\n{text}");
+        assert_eq!(parsed, serve_config(&t, &s, &c, i.as_ref()), "values survive the round trip:\n{text}");
+        match (&parsed.self_service, &i) {
+            (None, None) => {}
+            (Some(ss), Some(mount)) => {
+                let spec = t.spec.self_service.clone().unwrap();
+                assert_eq!(ss.admin_role, spec.admin_role);
+                assert_eq!(ss.max_keys, spec.max_keys.map(|m| m as usize));
+                assert_eq!(ss.introspection.client_id, mount.client_id);
+                let file = |name: &str| Some(PathBuf::from(format!("/etc/scim/introspection/{name}")));
+                let (key_file, secret_file) =
+                    if mount.is_key_file { (file("key.json"), None) } else { (None, file("clientSecret")) };
+                assert_eq!(
+                    (&ss.introspection.key_file, &ss.introspection.client_secret_file),
+                    (&key_file, &secret_file)
+                );
+            }
+            other => panic!("selfService rendered {:?} for a mount {:?}", other.0, other.1),
+        }
         assert_eq!(parsed.public_url.as_deref(), Some(endpoint(&t).as_str()));
         let z = parsed.zitadel.expect("the operator always configures ZITADEL");
         assert!(z.problems().is_empty(), "{:?}", z.problems());
