@@ -24,7 +24,7 @@ use super::observe::{self, ObserveError, secret_text};
 use super::status::Check;
 use crate::zitadel::apps::{ApiApp, NewAppKey};
 use crate::zitadel::client::Client;
-use crate::zitadel::error::ZitadelError;
+use crate::zitadel::error::{Code, ZitadelError};
 
 /// What this pass found or did for self-service.
 #[derive(Debug, Default)]
@@ -103,7 +103,13 @@ async fn ensure_app(
     let (app, created) = match admin.find_api_app(org, project, name).await? {
         Some(app) => (app, false),
         None => {
-            let app = admin.create_api_app(org, project, name).await?;
+            let app = match admin.create_api_app(org, project, name).await {
+                // Made meanwhile (a list that lagged behind a create): adopt it.
+                Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                    admin.find_api_app(org, project, name).await?.ok_or(e)?
+                }
+                r => r?,
+            };
             let message = format!("ZITADEL API application {name} ({}) created in project {project}", app.app_id);
             events.push((event::INTROSPECTION_APP_CREATED, message));
             (app, true)

@@ -1,6 +1,6 @@
 //! API applications of a project and their keys, made by the operator with
 //! its admin credential for the self-service API's token introspection
-//! (management API v1, in the project owner's organisation; docs/zitadel-contract.md).
+//! (management API v1, in the project owner's organisation; docs/zitadel-contract.md §9.1).
 
 use base64::Engine;
 use reqwest::Method;

@@ -272,6 +272,8 @@ def main() -> int:
     sources["kubectl kustomize config/samples"] = docs(run([a.kubectl, "kustomize", "config/samples"]))
     sources["scim-operator render -f config/samples/scimtenant.yaml"] = docs(
         run([os.path.abspath(a.bin), "render", "-f", "config/samples/scimtenant.yaml"]))
+    sources["scim-operator render -f config/samples/scimtenant-self-service.yaml"] = docs(
+        run([os.path.abspath(a.bin), "render", "-f", "config/samples/scimtenant-self-service.yaml"]))
     sources["scim-operator crd"] = docs(run([os.path.abspath(a.bin), "crd"]))
     validate_all(sources, versions, crd)
     print(f"manifests: {passed} passed, {failed} failed")
