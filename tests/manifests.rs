@@ -57,15 +57,21 @@ fn kustomize_renders_offline() {
     }
 }
 
-#[test]
-fn the_sample_renders_every_child() {
-    let y = bin(&["render", "-f", &format!("{}/config/samples/scimtenant.yaml", env!("CARGO_MANIFEST_DIR"))]);
-    let docs: Vec<serde_yaml::Value> = y
+/// `scim-operator render` of a sample: the text and its documents.
+fn render_sample(file: &str) -> (String, Vec<serde_yaml::Value>) {
+    let y = bin(&["render", "-f", &format!("{}/config/samples/{file}", env!("CARGO_MANIFEST_DIR"))]);
+    let docs = y
         .split("\n---\n")
         .map(|d| d.trim_start_matches("---\n"))
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml::from_str(d).unwrap())
         .collect();
+    (y, docs)
+}
+
+#[test]
+fn the_sample_renders_every_child() {
+    let (y, docs) = render_sample("scimtenant.yaml");
     let kinds: Vec<(&str, &str)> =
         docs.iter().map(|d| (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
     assert_eq!(
@@ -86,14 +92,7 @@ fn the_sample_renders_every_child() {
 
 #[test]
 fn the_self_service_sample_renders_its_application_secret_section_and_routes() {
-    let y =
-        bin(&["render", "-f", &format!("{}/config/samples/scimtenant-self-service.yaml", env!("CARGO_MANIFEST_DIR"))]);
-    let docs: Vec<serde_yaml::Value> = y
-        .split("\n---\n")
-        .map(|d| d.trim_start_matches("---\n"))
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| serde_yaml::from_str(d).unwrap())
-        .collect();
+    let (_, docs) = render_sample("scimtenant-self-service.yaml");
     let named = |kind: &str, name: &str| {
         docs.iter().find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)).cloned()
     };

@@ -237,24 +237,24 @@ fn secret(tenant: &ScimTenant, name: String, component: &str, data: BTreeMap<Str
     }
 }
 
-/// The managed service user's key file, which the server mounts.
-pub fn credential_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+/// A Secret of ZITADEL key material the operator issued (bytes as given).
+fn issued_secret(tenant: &ScimTenant, name: String, component: &str, data: &BTreeMap<String, ByteString>) -> Secret {
     Secret {
-        metadata: meta(tenant, credential_secret_name(tenant), "zitadel-credential"),
+        metadata: meta(tenant, name, component),
         type_: Some("Opaque".into()),
         data: Some(data.clone()),
         ..Default::default()
     }
 }
 
+/// The managed service user's key file, which the server mounts.
+pub fn credential_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+    issued_secret(tenant, credential_secret_name(tenant), "zitadel-credential", data)
+}
+
 /// The managed self-service application's key and client id, which the server mounts.
 pub fn introspection_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
-    Secret {
-        metadata: meta(tenant, introspection_secret_name(tenant), "introspection-credential"),
-        type_: Some("Opaque".into()),
-        data: Some(data.clone()),
-        ..Default::default()
-    }
+    issued_secret(tenant, introspection_secret_name(tenant), "introspection-credential", data)
 }
 
 /// Every child of `tenant`, as the controller applies them. `introspection`

@@ -6,6 +6,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use super::admin::{decode, str_at};
 use super::client::Client;
 use super::error::{Code, ZitadelError};
 
@@ -28,14 +29,6 @@ impl std::fmt::Debug for NewAppKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewAppKey").field("key_id", &self.key_id).finish_non_exhaustive()
     }
-}
-
-fn str_at(v: &Value, ptr: &str) -> Option<String> {
-    v.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
-}
-
-fn decode(method: &str, reason: impl Into<String>) -> ZitadelError {
-    ZitadelError::Decode { method: method.into(), reason: reason.into() }
 }
 
 /// A removal of something already gone succeeds.
