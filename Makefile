@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator manifests e2e fuzz venv clean
+.PHONY: image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator bench-keys manifests e2e fuzz venv clean
 
 all: build
 
@@ -81,6 +81,7 @@ bench: $(VENV)/.stamp
 	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
 	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
+	$(MAKE) --no-print-directory bench-keys | sed 's/^### /## /' >> BENCHMARKS.md
 	cat bench/decisions.md >> BENCHMARKS.md
 
 ## 1,000 ScimTenants reconciled by the controller against the fakes, at ZITADEL's default
@@ -91,6 +92,13 @@ bench-operator:
 	  "$$(date -u '+%Y-%m-%d %H:%M')" "$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$$(nproc)"
 	@target/release/examples/operator_bench --bin $(BIN)
 	@target/release/examples/operator_bench --bin $(BIN) --zitadel-rps 1000
+
+## SCIM GET throughput with 16 self-service keys plus a keys-file key vs one key (the
+## key check stays one map lookup per request); prints Markdown.
+bench-keys:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@$(CARGO) build --quiet --release --locked --bin scim-operator --example key_ring_bench
+	@target/release/examples/key_ring_bench --server $(BIN)
 
 ## An initial Entra cycle (10k users, 200 groups) projected into the ZITADEL fake; prints Markdown.
 bench-projection:

@@ -18,6 +18,9 @@ use crate::zitadel::projector::Projector;
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Decisions held at most; beyond it expired ones are dropped, then all.
 const CACHE_CAP: usize = 4096;
+/// Introspection requests in flight at most: a flood of made-up tokens waits
+/// here instead of becoming a flood of requests to ZITADEL.
+const MAX_CONCURRENT_INTROSPECTIONS: usize = 8;
 
 /// An admin allowed to manage keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub(crate) enum Denial {
     Unavailable(String),
 }
 
+type Decision = Result<Caller, Denial>;
+
 /// The tenant's side of the rules.
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
@@ -51,12 +56,20 @@ pub(crate) struct Access {
     /// The server's own ZITADEL client (the projector's), for what a token's
     /// claims leave out.
     zitadel: Arc<Projector>,
-    cache: Mutex<HashMap<[u8; 32], (Result<Caller, Denial>, Instant)>>,
+    /// Token hash → (decision, until when it holds).
+    cache: Mutex<HashMap<[u8; 32], (Decision, Instant)>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Access {
     pub(crate) fn new(rules: Rules, introspector: Introspector, zitadel: Arc<Projector>) -> Self {
-        Access { rules, introspector, zitadel, cache: Mutex::new(HashMap::new()) }
+        Access {
+            rules,
+            introspector,
+            zitadel,
+            cache: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENT_INTROSPECTIONS),
+        }
     }
 
     /// The caller behind `token`, or why not.
@@ -68,6 +81,9 @@ impl Access {
         {
             return decision.clone();
         }
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return Err(Denial::Unavailable("the server is shutting down".into()));
+        };
         let info = self.introspector.introspect(token, &self.rules.project_id).await.map_err(unavailable)?;
         let decision = self.decide(&info).await;
         if matches!(decision, Err(Denial::Unavailable(_))) {
@@ -85,7 +101,7 @@ impl Access {
         decision
     }
 
-    async fn decide(&self, info: &TokenInfo) -> Result<Caller, Denial> {
+    async fn decide(&self, info: &TokenInfo) -> Decision {
         let unauthenticated = || {
             Denial::Unauthenticated(
                 "the access token is not active (expired, revoked, or not issued for this project); sign in again and send a fresh token".into(),

@@ -28,7 +28,9 @@ pub(crate) const KUBERNETES_ID_PREFIX: &str = "kubernetes:";
 pub(crate) enum KeyOpError {
     #[error("{0}")]
     BadInput(String),
-    #[error("more than {RATE_LIMIT} keys created by this user within a minute; retry in {retry_after_secs} s")]
+    #[error(
+        "this user asked for {RATE_LIMIT} keys within the last minute, the most allowed; retry in {retry_after_secs} s"
+    )]
     RateLimited { retry_after_secs: u64 },
     #[error(
         "this tenant already has {max} active self-service keys, the most allowed (selfService.maxKeys); delete one with scimKeyDelete first"

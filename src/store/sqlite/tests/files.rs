@@ -190,3 +190,39 @@ async fn the_wal_is_checkpointed_off_the_writer_and_stays_bounded(durability: Du
     let store = SqliteStore::open(dir.path(), durability).unwrap();
     assert_eq!(store.counts().await.unwrap().users, 5 * n);
 }
+
+fn api_key(id: &str, hash_byte: u8) -> crate::store::ApiKeyRecord {
+    crate::store::ApiKeyRecord {
+        id: id.into(),
+        name: format!("key {id}"),
+        sha256: [hash_byte; 32],
+        created_ms: 1_000 + u64::from(hash_byte),
+        created_by: "user-1".into(),
+        expires_ms: Some(9_000),
+        last_used_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn self_service_keys_survive_reopening_with_their_last_use() {
+    use crate::store::ApiKeyChange;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.api_key_write(ApiKeyChange::Put(api_key("a", 1))).await.unwrap();
+        store.api_key_write(ApiKeyChange::Put(api_key("b", 2))).await.unwrap();
+        // A second key with the same hash is refused by the database.
+        assert!(is_backend(&store.api_key_write(ApiKeyChange::Put(api_key("c", 2))).await));
+        store.api_key_write(ApiKeyChange::Touch(vec![("a".into(), 5_000), ("gone".into(), 1)])).await.unwrap();
+        // An older time does not move lastUsed back.
+        store.api_key_write(ApiKeyChange::Touch(vec![("a".into(), 4_000)])).await.unwrap();
+        store.api_key_write(ApiKeyChange::Delete("b".into())).await.unwrap();
+        let keys = store.api_keys().await.unwrap();
+        assert_eq!(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(keys[0].last_used_ms, Some(5_000));
+    }
+    let store = open(dir.path());
+    let mut want = api_key("a", 1);
+    want.last_used_ms = Some(5_000);
+    assert_eq!(store.api_keys().await.unwrap(), [want]);
+}
