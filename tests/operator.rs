@@ -1012,3 +1012,96 @@ fn base64_text(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
 }
+
+/// Writes what the tenant's pod would mount (serve.yaml and the Secrets) below `dir`, with
+/// the mount paths moved there: the config the operator rendered, unchanged otherwise
+/// (but for publicUrl).
+async fn materialise_pod(env: &Env, name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("etc/scim");
+    let mounts = [
+        ("keys", format!("{name}-scim-keys")),
+        ("zitadel", format!("{name}-scim-zitadel")),
+        ("introspection", format!("{name}-scim-introspection")),
+    ];
+    for (mount, secret) in mounts {
+        std::fs::create_dir_all(root.join(mount)).unwrap();
+        for (k, v) in env.secret(&secret).await.unwrap().data.unwrap() {
+            std::fs::write(root.join(mount).join(k), v.0).unwrap();
+        }
+    }
+    let cm = Api::<ConfigMap>::namespaced(env.client.clone(), NS).get(&format!("{name}-scim-config")).await.unwrap();
+    let serve = cm.data.unwrap()["serve.yaml"].replace("/etc/scim/", &format!("{}/", root.display()));
+    // The Ingress host does not resolve here; without publicUrl the server prints where it listens.
+    let serve: String = serve.lines().filter(|l| !l.starts_with("publicUrl:")).map(|l| format!("{l}\n")).collect();
+    let path = root.join("serve.yaml");
+    std::fs::write(&path, serve).unwrap();
+    path
+}
+
+/// The customer guide's whole path on what the operator provisions: the real server, run
+/// with the rendered serve.yaml and the operator's Secrets, creates a key for the org admin's
+/// access token (introspected with the operator's API application key), the key opens the
+/// SCIM endpoints, and the server's own /status feeds the tenant's key count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_curl_works_against_the_server_the_operator_configured() {
+    use scim_test_support::{Options, Server};
+    use scim_test_support::zitadel_fake::UserTokenOptions;
+    const GUIDE_BODY: &str =
+        r#"{"query":"mutation ScimKeyCreate {\n scimKeyCreate {\n id\n key\n }\n}","variables":{}}"#;
+    let mut env = Env::new().await;
+    let org_admin = "350000000000000009";
+    env.zitadel.add_human(ORG, org_admin, "admin@contoso.com", "admin@contoso.com");
+    env.zitadel.add_authorization(org_admin, PROJECT, IAM_ORG, &["Chat.Admin.All"]);
+    env.start().await;
+    let mut s = self_service_spec(json!({"enabled": true}));
+    s["keys"] = json!([]);
+    env.apply("acme", s).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    env.wait_condition("acme", "KeysReady", "True", Some("SelfServiceKeysOnly")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = materialise_pod(&env, "acme", dir.path()).await;
+    let args = ["--config", cfg.to_str().unwrap()];
+    let server = Server::start_with(
+        env!("CARGO_BIN_EXE_scim-operator"),
+        Options { token: None, extra_args: &args, ..Default::default() },
+    );
+    let origin = server.base.trim_end_matches("/scim/v2").to_string();
+    let http = reqwest::Client::new();
+    let graphql = |authorization: String, body: String| {
+        http.post(format!("{origin}/scope-management/graphql"))
+            .header("content-type", "application/json")
+            .header("authorization", authorization)
+            .body(body)
+            .send()
+    };
+
+    // The guide's curl, with the org admin's token as it is.
+    let token = env.zitadel.issue_user_token(org_admin, UserTokenOptions::for_project(PROJECT));
+    let r = graphql(token.clone(), GUIDE_BODY.into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let key = body["data"]["scimKeyCreate"]["key"].as_str().unwrap_or_else(|| panic!("{body}")).to_string();
+    let id = body["data"]["scimKeyCreate"]["id"].as_str().unwrap().to_string();
+    assert!(env.zitadel.introspections() >= 1, "checked with ZITADEL");
+    // Entra's Secret token: the SCIM endpoints answer it.
+    assert_eq!(server.client_with(Some(&key)).get("/Users").await.status, 200);
+
+    // The server's own /status, as the operator reads it, shows the key on the tenant.
+    let (code, text) = server.admin_get("/status").await;
+    assert_eq!(code, 200);
+    *env.server_status.lock() = serde_json::from_str(&text).unwrap();
+    assert!(
+        wait_until(WAIT, || async {
+            env.tenant("acme").await.and_then(|t| t.status?.self_service).is_some_and(|s| s.api_keys == Some(1))
+        })
+        .await,
+        "status.selfService.apiKeys from the server's /status: {text}"
+    );
+
+    // Later, the old key deleted: the next SCIM request with it is refused.
+    let delete = json!({"query": "mutation($id: ID!) { scimKeyDelete(id: $id) }", "variables": {"id": id}});
+    let r = graphql(format!("Bearer {token}"), delete.to_string()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.client_with(Some(&key)).get("/Users").await.status, 401);
+}
