@@ -1044,8 +1044,8 @@ async fn materialise_pod(env: &Env, name: &str, dir: &std::path::Path) -> std::p
 /// SCIM endpoints, and the server's own /status feeds the tenant's key count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_curl_works_against_the_server_the_operator_configured() {
-    use scim_test_support::{Options, Server};
     use scim_test_support::zitadel_fake::UserTokenOptions;
+    use scim_test_support::{Options, Server};
     const GUIDE_BODY: &str =
         r#"{"query":"mutation ScimKeyCreate {\n scimKeyCreate {\n id\n key\n }\n}","variables":{}}"#;
     let mut env = Env::new().await;

@@ -66,7 +66,7 @@ pub struct SelfServiceSpec {
     /// Active self-service keys at most. Default 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub max_keys: Option<u32>,
+    pub max_keys: Option<i32>,
     /// A Secret with the API application to introspect tokens with: `clientId`
     /// and either `key.json` (its key JSON) or `clientSecret`. Default: the
     /// operator creates the application in the project and keeps its key.

@@ -101,8 +101,8 @@ fn self_service_problems(spec: &ScimTenantSpec, p: &mut Vec<String>) {
             "spec.selfService.adminRole is empty: leave it out for Chat.Admin.All or name a role of the project".into(),
         );
     }
-    if ss.max_keys == Some(0) {
-        p.push("spec.selfService.maxKeys is 0: leave it out for 16 or allow at least 1 key".into());
+    if let Some(m) = ss.max_keys.filter(|m| *m < 1) {
+        p.push(format!("spec.selfService.maxKeys is {m}: leave it out for 16 or allow at least 1 key"));
     }
     if let Some(r) = &ss.introspection_secret_ref {
         let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';

@@ -57,7 +57,7 @@ pub(crate) fn section(tenant: &ScimTenant, mount: Option<&IntrospectionMount>) -
     let file = mount.file();
     Some(SelfServiceConfig {
         admin_role: spec.admin_role.clone().filter(|r| !r.trim().is_empty()),
-        max_keys: spec.max_keys.map(|m| m as usize),
+        max_keys: spec.max_keys.and_then(|m| usize::try_from(m).ok()),
         introspection: IntrospectionConfig {
             client_id: mount.client_id.clone(),
             key_file: mount.is_key_file.then(|| file.clone()),

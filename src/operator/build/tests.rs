@@ -166,7 +166,7 @@ fn every_rendered_serve_yaml_is_a_valid_server_config_with_the_tenants_values() 
             (Some(ss), Some(mount)) => {
                 let spec = t.spec.self_service.clone().unwrap();
                 assert_eq!(ss.admin_role, spec.admin_role);
-                assert_eq!(ss.max_keys, spec.max_keys.map(|m| m as usize));
+                assert_eq!(ss.max_keys, spec.max_keys.map(|m| usize::try_from(m).unwrap()));
                 assert_eq!(ss.introspection.client_id, mount.client_id);
                 let file = |name: &str| Some(PathBuf::from(format!("/etc/scim/introspection/{name}")));
                 let (key_file, secret_file) =
