@@ -12,7 +12,8 @@
    crds/ included) with a normal and a 53-character release name: no object name
    and no label value over 63 characters, every name a DNS-1123 name.
 3. Every object of the chart's renderings, `kubectl kustomize config/default` and
-   `scim-operator render -f config/samples/scimtenant.yaml` is validated against
+   `scim-operator render -f` of config/samples/scimtenant.yaml and
+   scimtenant-self-service.yaml is validated against
    the upstream Kubernetes OpenAPI schemas (kubernetes-validate, strict: an unknown
    field or a wrong type fails) of the oldest version we support (the chart's
    kubeVersion minimum) and the newest kubernetes-validate ships. ScimTenants (the
