@@ -1105,3 +1105,29 @@ async fn the_guides_curl_works_against_the_server_the_operator_configured() {
     assert_eq!(r.status(), 200);
     assert_eq!(server.client_with(Some(&key)).get("/Users").await.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zitadel_outage_leaves_the_self_service_credential_in_place() {
+    let mut env = Env::new().await;
+    env.start().await;
+    env.apply("acme", self_service_spec(json!({"enabled": true}))).await;
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("ApplicationReady")).await;
+    let deps: Api<Deployment> = Api::namespaced(env.client.clone(), NS);
+    let template = |d: Deployment| d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+    let before = template(deps.get("acme-scim").await.unwrap());
+    assert!(before.contains_key("scim.unique.app/introspection-version"), "{before:?}");
+
+    env.zitadel.set_down(true);
+    env.wait_condition("acme", "SelfServiceReady", "False", Some("ZitadelUnavailable")).await;
+    assert_eq!(env.condition("acme", "Stalled").await.unwrap().0, "False", "an outage is not a stall");
+    // The server keeps its key, section and pod: nothing restarts for an outage.
+    assert!(serve_yaml(&env, "acme").await.get("selfService").is_some());
+    assert_eq!(template(deps.get("acme-scim").await.unwrap()), before);
+    assert!(env.secret("acme-scim-introspection").await.is_some());
+
+    env.zitadel.set_down(false);
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("ApplicationReady")).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(template(deps.get("acme-scim").await.unwrap()), before, "the same key after the outage");
+    assert_eq!(env.zitadel.apps().len(), 1);
+}
