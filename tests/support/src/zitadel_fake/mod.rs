@@ -3,7 +3,9 @@
 //! It follows the contract in `docs/zitadel-contract.md` (its sections are cited
 //! by number in the code) for the calls the SCIM projector and the operator make:
 //! Connect paths `POST /{package}.{Service}/{Method}` with protojson bodies, a few REST
-//! gateway paths of `UserService`, the JWT-profile token endpoint, the error bodies and
+//! gateway paths of `UserService`, the Management API v1's API applications and their keys
+//! (§9.1), token introspection with client secret or private-key JWT (§9.2, `introspect`),
+//! the JWT-profile token endpoint, the error bodies and
 //! status codes of both transports, org scoping and the username and IdP-link rules.
 //! Response shapes were checked against the official Python SDK (`zitadel-client`
 //! 4.1.9) by `tests/contract/zitadel_sdk_contract.py`.
