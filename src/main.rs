@@ -320,7 +320,18 @@ fn render(
     };
     let mut settings = TenantDefaults { image, zitadel_url, ..Default::default() };
     settings.network_policy.admin_from_namespaces = vec![operator_namespace];
-    let d = build::build(&tenant, &settings, &keys, &cred);
+    // Self-service: the credential is known only at reconcile time.
+    let self_service = tenant.spec.self_service.as_ref().filter(|s| s.enabled);
+    let introspection = self_service.map(|s| build::IntrospectionMount {
+        secret_name: s
+            .introspection_secret_ref
+            .as_ref()
+            .map_or_else(|| build::introspection_secret_name(&tenant), |r| r.name.clone()),
+        client_id: "<client id of the API application>".into(),
+        is_key_file: true,
+        version: "rendered".into(),
+    });
+    let d = build::build(&tenant, &settings, &keys, &cred, introspection.as_ref());
     let mut docs: Vec<String> = Vec::new();
     let mut push = |v: Result<String, serde_yaml::Error>| v.map(|y| docs.push(y)).map_err(|e| e.to_string());
     for s in &d.key_secrets {
@@ -334,6 +345,13 @@ fn render(
             k8s_openapi::ByteString(b"<machine key issued by ZITADEL when the tenant is reconciled>".to_vec()),
         )]);
         push(serde_yaml::to_string(&with_kind(&build::credential_secret(&tenant, &placeholder), "v1", "Secret")))?;
+    }
+    if self_service.is_some_and(|s| s.introspection_secret_ref.is_none()) {
+        let placeholder = BTreeMap::from([(
+            "key.json".to_string(),
+            k8s_openapi::ByteString(b"<API application key issued by ZITADEL when the tenant is reconciled>".to_vec()),
+        )]);
+        push(serde_yaml::to_string(&with_kind(&build::introspection_secret(&tenant, &placeholder), "v1", "Secret")))?;
     }
     push(serde_yaml::to_string(&with_kind(&d.config, "v1", "ConfigMap")))?;
     push(serde_yaml::to_string(&with_kind(&d.pvc, "v1", "PersistentVolumeClaim")))?;

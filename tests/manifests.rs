@@ -57,15 +57,21 @@ fn kustomize_renders_offline() {
     }
 }
 
-#[test]
-fn the_sample_renders_every_child() {
-    let y = bin(&["render", "-f", &format!("{}/config/samples/scimtenant.yaml", env!("CARGO_MANIFEST_DIR"))]);
-    let docs: Vec<serde_yaml::Value> = y
+/// `scim-operator render` of a sample: the text and its documents.
+fn render_sample(file: &str) -> (String, Vec<serde_yaml::Value>) {
+    let y = bin(&["render", "-f", &format!("{}/config/samples/{file}", env!("CARGO_MANIFEST_DIR"))]);
+    let docs = y
         .split("\n---\n")
         .map(|d| d.trim_start_matches("---\n"))
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml::from_str(d).unwrap())
         .collect();
+    (y, docs)
+}
+
+#[test]
+fn the_sample_renders_every_child() {
+    let (y, docs) = render_sample("scimtenant.yaml");
     let kinds: Vec<(&str, &str)> =
         docs.iter().map(|d| (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
     assert_eq!(
@@ -83,4 +89,27 @@ fn the_sample_renders_every_child() {
         ]
     );
     assert!(y.contains("https://scim.acme.example.com/scim/v2"));
+}
+
+#[test]
+fn the_self_service_sample_renders_its_application_secret_section_and_routes() {
+    let (_, docs) = render_sample("scimtenant-self-service.yaml");
+    let named = |kind: &str, name: &str| {
+        docs.iter().find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)).cloned()
+    };
+    assert!(named("Secret", "contoso-scim-introspection").is_some(), "the managed application's key Secret");
+    let cm = named("ConfigMap", "contoso-scim-config").unwrap();
+    let serve: scim_operator::config::ServeConfig =
+        serde_yaml::from_str(cm["data"]["serve.yaml"].as_str().unwrap()).unwrap();
+    serve.validate().unwrap();
+    let ss = serve.self_service.expect("selfService in serve.yaml");
+    assert_eq!(ss.introspection.key_file.as_deref(), Some(std::path::Path::new("/etc/scim/introspection/key.json")));
+    let ingress = named("Ingress", "contoso-scim").unwrap();
+    let paths: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/scim/v2", "/graphql", "/scope-management/graphql"]);
 }

@@ -1187,3 +1187,350 @@ async fn a_namespace_admin_manages_tenants_through_the_aggregated_roles_and_view
     let refused: Vec<_> = log.iter().filter(|a| a.user == "controller" && !a.allowed).collect();
     assert!(refused.is_empty(), "the controller needs more than config/rbac grants: {refused:?}");
 }
+
+/// The self-service application the operator made for tenant `name`.
+fn self_service_app(env: &Env, name: &str) -> Option<scim_test_support::zitadel_fake::FakeApp> {
+    let app_name = format!("scim-self-service-{NS}.{name}");
+    env.zitadel.apps().into_iter().find(|a| a.name == app_name)
+}
+
+async fn serve_yaml(env: &Env, name: &str) -> serde_yaml::Value {
+    let cm = Api::<ConfigMap>::namespaced(env.client.clone(), NS).get(&format!("{name}-scim-config")).await.unwrap();
+    serde_yaml::from_str(&cm.data.unwrap()["serve.yaml"]).unwrap()
+}
+
+async fn ingress_paths(env: &Env, name: &str) -> Vec<String> {
+    let Some(ing) = env.kube.get("networking.k8s.io/v1", "ingresses", Some(NS), &format!("{name}-scim")) else {
+        return vec![];
+    };
+    ing["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} {}",
+                p["path"].as_str().unwrap(),
+                p["pathType"].as_str().unwrap(),
+                p["backend"]["service"]["port"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Secret names the Deployment mounts, with their mount paths.
+async fn mounted_secrets(env: &Env, name: &str) -> Vec<(String, String)> {
+    let dep = Api::<Deployment>::namespaced(env.client.clone(), NS).get(&format!("{name}-scim")).await.unwrap();
+    let pod = dep.spec.unwrap().template.spec.unwrap();
+    let volumes = pod.volumes.unwrap_or_default();
+    pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            let v = volumes.iter().find(|v| v.name == m.name)?;
+            Some((v.secret.as_ref()?.secret_name.clone()?, m.mount_path))
+        })
+        .collect()
+}
+
+fn self_service_spec(self_service: Value) -> Value {
+    let mut s = spec(json!([{"name": "entra"}]));
+    s["server"] = json!({"ingress": {"host": "scim.acme.example.com"}});
+    s["selfService"] = self_service;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_service_gets_an_api_application_that_goes_when_switched_off_and_with_the_tenant() {
+    let mut env = Env::new().await;
+    env.start().await;
+    env.apply("acme", self_service_spec(json!({"enabled": true, "maxKeys": 5}))).await;
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("ApplicationReady")).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+
+    // ZITADEL: a private-key JWT API application in the tenant's project, with exactly the key
+    // the operator-owned Secret holds.
+    let app = self_service_app(&env, "acme").expect("the API application");
+    assert_eq!((app.project_id.as_str(), app.org.as_str()), (PROJECT, IAM_ORG));
+    assert_eq!(app.auth_method, "API_AUTH_METHOD_TYPE_PRIVATE_KEY_JWT");
+    let key_file: Value =
+        serde_json::from_str(&env.secret_text("acme-scim-introspection", "key.json").await.unwrap()).unwrap();
+    assert_eq!((key_file["type"].as_str(), key_file["appId"].as_str()), (Some("application"), Some(app.id.as_str())));
+    assert_eq!(app.key_ids, [key_file["keyId"].as_str().unwrap().to_string()]);
+    assert_eq!(env.secret_text("acme-scim-introspection", "clientId").await.as_deref(), Some(app.client_id.as_str()));
+    let secret = env.secret("acme-scim-introspection").await.unwrap();
+    let t = env.tenant("acme").await.unwrap();
+    assert_eq!(owner_uid(&secret), t.metadata.uid, "the Secret goes with the tenant");
+
+    // The server: the Secret mounted, serve.yaml's selfService section pointing at it, and the
+    // Ingress routing both GraphQL paths to the SCIM port.
+    assert!(
+        mounted_secrets(&env, "acme")
+            .await
+            .contains(&("acme-scim-introspection".into(), "/etc/scim/introspection".into()))
+    );
+    let serve = serve_yaml(&env, "acme").await;
+    let ss = &serve["selfService"];
+    assert_eq!(ss["maxKeys"].as_u64(), Some(5));
+    assert_eq!(ss["introspection"]["clientId"].as_str(), Some(app.client_id.as_str()));
+    assert_eq!(ss["introspection"]["keyFile"].as_str(), Some("/etc/scim/introspection/key.json"));
+    let parsed: scim_operator::config::ServeConfig = serde_yaml::from_value(serve.clone()).unwrap();
+    parsed.validate().unwrap();
+    assert_eq!(
+        ingress_paths(&env, "acme").await,
+        ["/scim/v2 Prefix scim", "/graphql Exact scim", "/scope-management/graphql Exact scim"]
+    );
+    let st = t.status.unwrap().self_service.expect("status.selfService");
+    assert_eq!(
+        (st.application_id.as_deref(), st.client_id.as_deref()),
+        (Some(app.id.as_str()), Some(app.client_id.as_str()))
+    );
+
+    // The number of keys the organisation's admins made comes from the server's /status.
+    env.server_status.lock()["selfServiceKeys"] =
+        json!({"count": 2, "lastCreatedAt": "2026-12-02T09:00:00Z", "lastCreatedBy": "u1", "lastDeletedAt": null});
+    assert!(
+        wait_until(WAIT, || async {
+            let s = env.tenant("acme").await.and_then(|t| t.status?.self_service);
+            s.is_some_and(|s| s.api_keys == Some(2) && s.last_key_created_at.as_deref() == Some("2026-12-02T09:00:00Z"))
+        })
+        .await,
+        "status.selfService.apiKeys follows /status"
+    );
+
+    // Steady state: periodic passes (resync 2 s) write nothing and make no application or key.
+    let settled = wait_until(WAIT, || async {
+        let mark = env.kube.mark();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        env.kube.writes_since(mark).is_empty()
+    })
+    .await;
+    assert!(settled);
+    env.zitadel.reset_calls();
+    let mark = env.kube.mark();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let writes = env.kube.writes_since(mark);
+    assert!(
+        writes.is_empty(),
+        "{} writes at steady state: {:?}",
+        writes.len(),
+        writes.iter().take(5).collect::<Vec<_>>()
+    );
+    for call in ["AddAPIApp", "AddAppKey", "RemoveAppKey", "RemoveApp"] {
+        assert_eq!(env.zitadel.call_count(call), 0, "{call} at steady state");
+    }
+    assert!(env.zitadel.call_count("ListAppKeys") >= 1, "the application is still checked against ZITADEL");
+
+    // A lost Secret: a new key, and the old one revoked once the new one is stored.
+    let old_key = app.key_ids.clone();
+    Api::<Secret>::namespaced(env.client.clone(), NS)
+        .delete("acme-scim-introspection", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || async {
+            let Some(text) = env.secret_text("acme-scim-introspection", "key.json").await else { return false };
+            let kid = serde_json::from_str::<Value>(&text).unwrap()["keyId"].as_str().unwrap().to_string();
+            self_service_app(&env, "acme").is_some_and(|a| a.key_ids == [kid.clone()] && a.id == app.id)
+                && [kid] != old_key[..]
+        })
+        .await,
+        "a new key replaces the lost one in the same application"
+    );
+
+    // Switched off: the application and its Secret go, and so do the mount, the section and the routes.
+    env.apply("acme", self_service_spec(json!({"enabled": false}))).await;
+    assert!(
+        wait_until(WAIT, || async {
+            self_service_app(&env, "acme").is_none()
+                && env.secret("acme-scim-introspection").await.is_none()
+                && ingress_paths(&env, "acme").await == ["/scim/v2 Prefix scim"]
+                && serve_yaml(&env, "acme").await.get("selfService").is_none()
+                && env.tenant("acme").await.and_then(|t| t.status).is_some_and(|s| {
+                    s.self_service.is_none() && s.conditions.iter().all(|c| c.type_ != "SelfServiceReady")
+                })
+        })
+        .await,
+        "switching self-service off removes what it added"
+    );
+    assert!(mounted_secrets(&env, "acme").await.iter().all(|(s, _)| s != "acme-scim-introspection"));
+    env.wait_event("Normal", "IntrospectionAppDeleted").await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+
+    // On again, then the tenant deleted: the finalizer removes the new application.
+    env.apply("acme", self_service_spec(json!({"enabled": true}))).await;
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("ApplicationReady")).await;
+    let again = self_service_app(&env, "acme").expect("made again");
+    assert_ne!(again.id, app.id);
+    env.tenants().delete("acme", &DeleteParams::default()).await.unwrap();
+    assert!(wait_until(WAIT, || async { env.tenant("acme").await.is_none() }).await, "the finalizer completes");
+    assert!(self_service_app(&env, "acme").is_none(), "the finalizer removed the application");
+    assert!(env.zitadel.apps().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_service_with_your_own_application_mounts_your_secret() {
+    let mut env = Env::new().await;
+    env.start().await;
+    // No Secret yet: the tenant says which one it waits for.
+    let own = json!({"enabled": true, "adminRole": "Chat.Admin.All", "introspectionSecretRef": {"name": "acme-introspection"}});
+    env.apply("acme", self_service_spec(own)).await;
+    env.wait_condition("acme", "SelfServiceReady", "False", Some("IntrospectionSecretMissing")).await;
+    env.wait_condition("acme", "Stalled", "True", Some("IntrospectionSecretMissing")).await;
+    assert!(serve_yaml(&env, "acme").await.get("selfService").is_none(), "no section without a credential");
+
+    // A client id without a credential is named as the problem.
+    let (client_id, client_secret) = env.zitadel.add_api_app_basic(PROJECT, "their-introspection");
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NS);
+    let mut s = Secret::default();
+    s.metadata.name = Some("acme-introspection".into());
+    s.data = Some(BTreeMap::from([("clientId".to_string(), k8s_openapi::ByteString(client_id.clone().into_bytes()))]));
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    env.wait_condition("acme", "SelfServiceReady", "False", Some("IntrospectionSecretInvalid")).await;
+
+    // The client secret added: mounted and rendered; the operator makes no application of its own.
+    let patch = json!({"data": {"clientSecret": base64_text(&client_secret)}});
+    secrets.patch("acme-introspection", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("IntrospectionSecretReady")).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    assert!(
+        mounted_secrets(&env, "acme").await.contains(&("acme-introspection".into(), "/etc/scim/introspection".into()))
+    );
+    let ss = serve_yaml(&env, "acme").await["selfService"].clone();
+    assert_eq!(ss["introspection"]["clientId"].as_str(), Some(client_id.as_str()));
+    assert_eq!(ss["introspection"]["clientSecretFile"].as_str(), Some("/etc/scim/introspection/clientSecret"));
+    assert_eq!(ss["adminRole"].as_str(), Some("Chat.Admin.All"));
+    assert_eq!(env.zitadel.apps().len(), 1, "only theirs");
+    assert_eq!(env.zitadel.call_count("AddAPIApp"), 0, "the operator makes none");
+    assert_eq!(ingress_paths(&env, "acme").await.len(), 3);
+    // Deleting the tenant leaves their application alone.
+    env.tenants().delete("acme", &DeleteParams::default()).await.unwrap();
+    assert!(wait_until(WAIT, || async { env.tenant("acme").await.is_none() }).await);
+    assert_eq!(env.zitadel.apps().len(), 1, "their application stays");
+}
+
+fn base64_text(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// Writes what the tenant's pod would mount (serve.yaml and the Secrets) below `dir`, with
+/// the mount paths moved there: the config the operator rendered, unchanged otherwise
+/// (but for publicUrl).
+async fn materialise_pod(env: &Env, name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("etc/scim");
+    let mounts = [
+        ("keys", format!("{name}-scim-keys")),
+        ("zitadel", format!("{name}-scim-zitadel")),
+        ("introspection", format!("{name}-scim-introspection")),
+    ];
+    for (mount, secret) in mounts {
+        std::fs::create_dir_all(root.join(mount)).unwrap();
+        for (k, v) in env.secret(&secret).await.unwrap().data.unwrap() {
+            std::fs::write(root.join(mount).join(k), v.0).unwrap();
+        }
+    }
+    let cm = Api::<ConfigMap>::namespaced(env.client.clone(), NS).get(&format!("{name}-scim-config")).await.unwrap();
+    let serve = cm.data.unwrap()["serve.yaml"].replace("/etc/scim/", &format!("{}/", root.display()));
+    // The Ingress host does not resolve here; without publicUrl the server prints where it listens.
+    let serve: String = serve.lines().filter(|l| !l.starts_with("publicUrl:")).map(|l| format!("{l}\n")).collect();
+    let path = root.join("serve.yaml");
+    std::fs::write(&path, serve).unwrap();
+    path
+}
+
+/// The customer guide's whole path on what the operator provisions: the real server, run
+/// with the rendered serve.yaml and the operator's Secrets, creates a key for the org admin's
+/// access token (introspected with the operator's API application key), the key opens the
+/// SCIM endpoints, and the server's own /status feeds the tenant's key count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_curl_works_against_the_server_the_operator_configured() {
+    use scim_test_support::zitadel_fake::UserTokenOptions;
+    use scim_test_support::{Options, Server};
+    const GUIDE_BODY: &str =
+        r#"{"query":"mutation ScimKeyCreate {\n scimKeyCreate {\n id\n key\n }\n}","variables":{}}"#;
+    let mut env = Env::new().await;
+    let org_admin = "350000000000000009";
+    env.zitadel.add_human(ORG, org_admin, "admin@contoso.com", "admin@contoso.com");
+    env.zitadel.add_authorization(org_admin, PROJECT, IAM_ORG, &["Chat.Admin.All"]);
+    env.start().await;
+    let mut s = self_service_spec(json!({"enabled": true}));
+    s["keys"] = json!([]);
+    env.apply("acme", s).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    env.wait_condition("acme", "KeysReady", "True", Some("SelfServiceKeysOnly")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = materialise_pod(&env, "acme", dir.path()).await;
+    let args = ["--config", cfg.to_str().unwrap()];
+    let server = Server::start_with(
+        env!("CARGO_BIN_EXE_scim-operator"),
+        Options { token: None, extra_args: &args, ..Default::default() },
+    );
+    let origin = server.base.trim_end_matches("/scim/v2").to_string();
+    let http = reqwest::Client::new();
+    let graphql = |authorization: String, body: String| {
+        http.post(format!("{origin}/scope-management/graphql"))
+            .header("content-type", "application/json")
+            .header("authorization", authorization)
+            .body(body)
+            .send()
+    };
+
+    // The guide's curl, with the org admin's token as it is.
+    let token = env.zitadel.issue_user_token(org_admin, UserTokenOptions::for_project(PROJECT));
+    let r = graphql(token.clone(), GUIDE_BODY.into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let key = body["data"]["scimKeyCreate"]["key"].as_str().unwrap_or_else(|| panic!("{body}")).to_string();
+    let id = body["data"]["scimKeyCreate"]["id"].as_str().unwrap().to_string();
+    assert!(env.zitadel.introspections() >= 1, "checked with ZITADEL");
+    // Entra's Secret token: the SCIM endpoints answer it.
+    assert_eq!(server.client_with(Some(&key)).get("/Users").await.status, 200);
+
+    // The server's own /status, as the operator reads it, shows the key on the tenant.
+    let (code, text) = server.admin_get("/status").await;
+    assert_eq!(code, 200);
+    *env.server_status.lock() = serde_json::from_str(&text).unwrap();
+    assert!(
+        wait_until(WAIT, || async {
+            env.tenant("acme").await.and_then(|t| t.status?.self_service).is_some_and(|s| s.api_keys == Some(1))
+        })
+        .await,
+        "status.selfService.apiKeys from the server's /status: {text}"
+    );
+
+    // Later, the old key deleted: the next SCIM request with it is refused.
+    let delete = json!({"query": "mutation($id: ID!) { scimKeyDelete(id: $id) }", "variables": {"id": id}});
+    let r = graphql(format!("Bearer {token}"), delete.to_string()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.client_with(Some(&key)).get("/Users").await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zitadel_outage_leaves_the_self_service_credential_in_place() {
+    let mut env = Env::new().await;
+    env.start().await;
+    env.apply("acme", self_service_spec(json!({"enabled": true}))).await;
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("ApplicationReady")).await;
+    let deps: Api<Deployment> = Api::namespaced(env.client.clone(), NS);
+    let template = |d: Deployment| d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+    let before = template(deps.get("acme-scim").await.unwrap());
+    assert!(before.contains_key("scim.unique.app/introspection-version"), "{before:?}");
+
+    env.zitadel.set_down(true);
+    env.wait_condition("acme", "SelfServiceReady", "False", Some("ZitadelUnavailable")).await;
+    assert_eq!(env.condition("acme", "Stalled").await.unwrap().0, "False", "an outage is not a stall");
+    // The server keeps its key, section and pod: nothing restarts for an outage.
+    assert!(serve_yaml(&env, "acme").await.get("selfService").is_some());
+    assert_eq!(template(deps.get("acme-scim").await.unwrap()), before);
+    assert!(env.secret("acme-scim-introspection").await.is_some());
+
+    env.zitadel.set_down(false);
+    env.wait_condition("acme", "SelfServiceReady", "True", Some("ApplicationReady")).await;
+    env.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(template(deps.get("acme-scim").await.unwrap()), before, "the same key after the outage");
+    assert_eq!(env.zitadel.apps().len(), 1);
+}

@@ -28,6 +28,9 @@ use super::names::{annotation, label};
 use crate::config::ServeConfig;
 use crate::zitadel::config::{Credentials, ZitadelConfig};
 
+pub(crate) mod self_service;
+
+pub use self::self_service::{IntrospectionMount, introspection_secret_name};
 pub(crate) use super::names::FIELD_MANAGER as MANAGER;
 pub(crate) use super::names::annotation::{CREATED_AT, ROTATED_FOR};
 const SCIM_PORT: i32 = 8080;
@@ -187,11 +190,24 @@ pub(crate) fn endpoint(tenant: &ScimTenant) -> String {
 
 /// The server's `serve.yaml`: the same `ServeConfig` the server parses, so a
 /// key the server does not know cannot be written.
-pub(crate) fn server_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> String {
-    serde_yaml::to_string(&serve_config(tenant, defaults, cred)).unwrap_or_default()
+pub(crate) fn server_config(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    cred: &CredentialRef,
+    introspection: Option<&IntrospectionMount>,
+) -> String {
+    serde_yaml::to_string(&serve_config(tenant, defaults, cred, introspection)).unwrap_or_default()
 }
 
-pub(crate) fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred: &CredentialRef) -> ServeConfig {
+/// `selfService:` is there once self-service is enabled and its credential
+/// mounted; it comes last, so tenants without it keep their bytes (and
+/// config hash).
+pub(crate) fn serve_config(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    cred: &CredentialRef,
+    introspection: Option<&IntrospectionMount>,
+) -> ServeConfig {
     let spec = &tenant.spec.zitadel;
     let mounted = PathBuf::from(format!("{ZITADEL_MOUNT}/{}", cred.key));
     let credentials = if cred.is_key_file {
@@ -218,6 +234,7 @@ pub(crate) fn serve_config(tenant: &ScimTenant, defaults: &TenantDefaults, cred:
         keys_file: Some(PathBuf::from(format!("{KEYS_MOUNT}/keys.yaml"))),
         public_url: Some(endpoint(tenant)),
         zitadel: Some(zitadel),
+        self_service: self_service::section(tenant, introspection),
         ..Default::default()
     }
 }
@@ -238,20 +255,38 @@ fn secret(tenant: &ScimTenant, name: String, component: &str, data: BTreeMap<Str
     }
 }
 
-/// The managed service user's key file, which the server mounts.
-pub fn credential_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+/// A Secret of ZITADEL key material the operator issued (bytes as given).
+fn issued_secret(tenant: &ScimTenant, name: String, component: &str, data: &BTreeMap<String, ByteString>) -> Secret {
     Secret {
-        metadata: meta(tenant, credential_secret_name(tenant), "zitadel-credential"),
+        metadata: meta(tenant, name, component),
         type_: Some("Opaque".into()),
         data: Some(data.clone()),
         ..Default::default()
     }
 }
 
-/// Every child of `tenant`, as the controller applies them.
-pub fn build(tenant: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial], cred: &CredentialRef) -> Desired {
+/// The managed service user's key file, which the server mounts.
+pub fn credential_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+    issued_secret(tenant, credential_secret_name(tenant), "zitadel-credential", data)
+}
+
+/// The managed self-service application's key and client id, which the server mounts.
+pub fn introspection_secret(tenant: &ScimTenant, data: &BTreeMap<String, ByteString>) -> Secret {
+    issued_secret(tenant, introspection_secret_name(tenant), "introspection-credential", data)
+}
+
+/// Every child of `tenant`, as the controller applies them. `introspection`
+/// is the self-service credential, once there is one.
+pub fn build(
+    tenant: &ScimTenant,
+    defaults: &TenantDefaults,
+    keys: &[KeyMaterial],
+    cred: &CredentialRef,
+    introspection: Option<&IntrospectionMount>,
+) -> Desired {
     let server = tenant.spec.server.clone().unwrap_or_default();
-    let config_text = server_config(tenant, defaults, cred);
+    let introspection = introspection.filter(|_| self_service::enabled(tenant).is_some());
+    let config_text = server_config(tenant, defaults, cred, introspection);
     Desired {
         key_secrets: keys.iter().map(|key| key_secret(tenant, key)).collect(),
         hash_secret: secret(
@@ -266,7 +301,7 @@ pub fn build(tenant: &ScimTenant, defaults: &TenantDefaults, keys: &[KeyMaterial
             ..Default::default()
         },
         pvc: pvc(tenant, &server),
-        deployment: deployment(tenant, defaults, &server, cred, &config_text),
+        deployment: deployment(tenant, defaults, &server, cred, &config_text, introspection),
         service: service(tenant),
         ingress: ingress(tenant, &server),
         network_policy: network_policy::wanted(tenant, &defaults.network_policy)
@@ -333,13 +368,21 @@ fn deployment(
     server: &ServerSpec,
     cred: &CredentialRef,
     config_text: &str,
+    introspection: Option<&IntrospectionMount>,
 ) -> Deployment {
     let config_hash = hex::encode(Sha256::digest(config_text.as_bytes()))[..16].to_string();
+    let mut own_annotations = BTreeMap::from([(annotation::CONFIG_HASH.to_string(), config_hash)]);
+    let mut container = server_container(defaults, server);
+    let mut volumes = volumes(tenant, cred);
+    if let Some(mount) = introspection {
+        own_annotations.insert(annotation::INTROSPECTION_VERSION.into(), mount.version.clone());
+        container.volume_mounts.get_or_insert_with(Vec::new).push(self_service::volume_mount());
+        volumes.push(self_service::volume(mount));
+    }
     let mut own_labels = labels(tenant, "server");
     own_labels.retain(|k, _| k != label::MANAGED_BY);
     let pod_labels = pod::merged(server.pod_labels.as_ref(), own_labels);
-    let pod_annotations =
-        pod::merged(server.pod_annotations.as_ref(), BTreeMap::from([(annotation::CONFIG_HASH.into(), config_hash)]));
+    let pod_annotations = pod::merged(server.pod_annotations.as_ref(), own_annotations);
     let mut deployment = Deployment {
         metadata: meta(tenant, server_name(tenant), "server"),
         spec: Some(DeploymentSpec {
@@ -365,8 +408,8 @@ fn deployment(
                         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
                     }),
-                    containers: vec![server_container(defaults, server)],
-                    volumes: Some(volumes(tenant, cred)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -473,7 +516,8 @@ fn service(tenant: &ScimTenant) -> Service {
     }
 }
 
-/// Only SCIM is exposed; the admin port stays inside the cluster.
+/// Only SCIM (and, with self-service, its GraphQL paths) is exposed; the
+/// admin port stays inside the cluster.
 fn ingress(tenant: &ScimTenant, server: &ServerSpec) -> Option<Ingress> {
     let spec = server.ingress.as_ref().filter(|i| !i.host.is_empty())?;
     let backend = IngressBackend {
@@ -497,7 +541,15 @@ fn ingress(tenant: &ScimTenant, server: &ServerSpec) -> Option<Ingress> {
             rules: Some(vec![IngressRule {
                 host: Some(spec.host.clone()),
                 http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath { path: Some("/scim/v2".into()), path_type: "Prefix".into(), backend }],
+                    paths: [
+                        vec![HTTPIngressPath {
+                            path: Some("/scim/v2".into()),
+                            path_type: "Prefix".into(),
+                            backend: backend.clone(),
+                        }],
+                        self_service::ingress_paths(tenant, &backend),
+                    ]
+                    .concat(),
                 }),
             }]),
             ..Default::default()

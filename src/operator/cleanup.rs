@@ -1,6 +1,7 @@
 //! A deleted tenant's last pass (run under the finalizer): remove the machine
-//! user the operator created for it in ZITADEL. Children go with the tenant
-//! through their owner references; the PVC is kept on purpose.
+//! user and the self-service API application the operator created for it in
+//! ZITADEL. Children go with the tenant through their owner references; the
+//! PVC is kept on purpose.
 
 use std::sync::Arc;
 
@@ -8,10 +9,12 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::binding;
+use super::build::self_service::enabled;
 use super::context::ReconcileContext;
 use super::crd::ScimTenant;
 use super::events::EventNote;
 use super::names::{annotation, event};
+use super::self_service;
 use super::status::Check;
 use crate::zitadel::error::ZitadelError;
 
@@ -28,10 +31,14 @@ pub(crate) async fn cleanup(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> 
     let skip = tenant.annotations().get(annotation::SKIP_CLEANUP).is_some_and(|v| v == "true");
     let org = &tenant.spec.zitadel.project_organization_id;
     if skip {
-        let message = format!("{}=true: the ZITADEL machine user is left in place", annotation::SKIP_CLEANUP);
+        let message = format!(
+            "{}=true: the ZITADEL machine user and self-service application are left in place",
+            annotation::SKIP_CLEANUP
+        );
         operator.publish(&tenant, &EventNote::warning(event::CLEANUP_SKIPPED, message)).await;
     } else if !org.trim().is_empty() {
         delete_managed_user(ctx, &tenant, org).await?;
+        delete_self_service_app(ctx, &tenant).await?;
     }
     if let Some(uid) = tenant.uid() {
         operator.memo.lock().remove(&uid);
@@ -53,6 +60,24 @@ async fn delete_managed_user(ctx: &ReconcileContext, tenant: &ScimTenant, org: &
         admin.delete_user(&id).await?;
         let message = format!("ZITADEL machine user {username} ({id}) and its keys removed");
         operator.publish(tenant, &EventNote::normal(event::SERVICE_USER_DELETED, message)).await;
+    }
+    Ok(())
+}
+
+/// The managed self-service application, if the tenant had one: enabled
+/// without a Secret of your own, or recorded in status (switched off while
+/// its removal was still pending).
+async fn delete_self_service_app(ctx: &ReconcileContext, tenant: &ScimTenant) -> Result<(), CleanupError> {
+    let recorded = tenant.status.as_ref().and_then(|s| s.self_service.as_ref()).and_then(|s| s.application_id.clone());
+    let managed = enabled(tenant).is_some_and(|s| s.introspection_secret_ref.is_none());
+    if !managed && recorded.is_none() {
+        return Ok(());
+    }
+    let operator = &ctx.operator;
+    let admin = operator.admin().map_err(CleanupError::AdminCredential)?;
+    for id in self_service::remove_app(&admin, tenant, recorded.as_deref()).await? {
+        let message = format!("ZITADEL API application {id} (self-service) and its keys removed");
+        operator.publish(tenant, &EventNote::normal(event::INTROSPECTION_APP_DELETED, message)).await;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use kube::{Client, Resource};
 use parking_lot::Mutex;
 
 use super::config::ControllerConfig;
-use super::crd::{ProvisioningStatus, ScimTenant};
+use super::crd::{ProvisioningStatus, ScimTenant, SelfServiceStatus};
 use super::events::EventNote;
 use super::metrics::OperatorMetrics;
 use super::names::{EVENT_ACTION, EVENT_REPORTER, reason};
@@ -62,12 +62,24 @@ pub(crate) struct BoundMemo {
     pub user_id: String,
 }
 
+/// The last self-service application found in order in ZITADEL.
+#[derive(Clone)]
+pub(crate) struct SelfServiceMemo {
+    pub at: Instant,
+    pub generation: i64,
+    /// The key id the Secret held then.
+    pub key_id: String,
+    pub app_id: String,
+    pub client_id: String,
+}
+
 /// The last answer of a tenant server's `/status`.
 #[derive(Clone)]
 pub(crate) struct ProvisioningMemo {
     pub at: Instant,
     pub status: Option<ProvisioningStatus>,
     pub check: Check,
+    pub self_service_keys: Option<SelfServiceStatus>,
 }
 
 /// What is remembered per tenant (by uid) between passes.
@@ -75,6 +87,7 @@ pub(crate) struct ProvisioningMemo {
 pub(crate) struct TenantMemo {
     pub bound: Option<BoundMemo>,
     pub provisioning: Option<ProvisioningMemo>,
+    pub self_service: Option<SelfServiceMemo>,
     pub failures: u32,
     /// The rotate request last acted on, until the tenant cache shows it in status.
     pub rotate_handled: Option<String>,

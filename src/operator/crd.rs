@@ -87,6 +87,40 @@ pub struct ScimTenantSpec {
     pub keys: Vec<KeySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSpec>,
+    /// The organisation's admins create and delete their own SCIM keys
+    /// (GraphQL `scimKeyCreate` on the tenant's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_service: Option<SelfServiceSpec>,
+}
+
+/// The self-service key API: who may use it, and the ZITADEL API application
+/// the server checks their access tokens with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfServiceSpec {
+    /// Serve `/graphql` and `/scope-management/graphql` on the SCIM host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enabled: bool,
+    /// The project role a user needs to manage keys. Default Chat.Admin.All.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub admin_role: Option<String>,
+    /// Active self-service keys at most. Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_keys: Option<i32>,
+    /// A Secret with the API application to introspect tokens with: `clientId`
+    /// and either `key.json` (its key JSON) or `clientSecret`. Default: the
+    /// operator creates the application in the project and keeps its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection_secret_ref: Option<SecretRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
@@ -240,7 +274,8 @@ pub struct ScimTenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Reconciling, Stalled (kstatus), KeysReady, ZitadelBound,
-    /// ServerAvailable, ProvisioningHealthy.
+    /// ServerAvailable, ProvisioningHealthy, and SelfServiceReady when
+    /// spec.selfService is enabled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -257,6 +292,26 @@ pub struct ScimTenantStatus {
     /// value is a request: acted on once, however long the annotation stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_rotate_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_service: Option<SelfServiceStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfServiceStatus {
+    /// The ZITADEL API application the operator made for the server (absent
+    /// with introspectionSecretRef).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Active keys the organisation's admins made, from the server's `/status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_deleted_at: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -23,5 +23,6 @@ pub(crate) mod observe;
 pub(crate) mod provisioning_health;
 pub(crate) mod reconcile;
 pub mod run;
+pub(crate) mod self_service;
 pub(crate) mod status;
 pub mod validate;

@@ -25,6 +25,8 @@ pub(crate) mod condition {
     pub(crate) const ZITADEL_BOUND: &str = "ZitadelBound";
     pub(crate) const SERVER_AVAILABLE: &str = "ServerAvailable";
     pub(crate) const PROVISIONING_HEALTHY: &str = "ProvisioningHealthy";
+    /// Only while `spec.selfService.enabled`.
+    pub(crate) const SELF_SERVICE_READY: &str = "SelfServiceReady";
 
     pub(crate) const TRUE: &str = "True";
     pub(crate) const FALSE: &str = "False";
@@ -46,6 +48,7 @@ pub(crate) mod reason {
     pub(crate) const KEYS_EXPIRED: &str = "KeysExpired";
     pub(crate) const NO_KEYS: &str = "NoKeys";
     pub(crate) const SECRET_CONFLICT: &str = "SecretConflict";
+    pub(crate) const SELF_SERVICE_KEYS_ONLY: &str = "SelfServiceKeysOnly";
     // ZitadelBound.
     pub(crate) const BOUND: &str = "Bound";
     pub(crate) const CREDENTIAL_SECRET_MISSING: &str = "CredentialSecretMissing";
@@ -67,6 +70,11 @@ pub(crate) mod reason {
     pub(crate) const ZITADEL_UNREACHABLE_FROM_SERVER: &str = "ZitadelUnreachableFromServer";
     pub(crate) const PROJECTION_FAILING: &str = "ProjectionFailing";
     pub(crate) const PROJECTION_BACKLOG: &str = "ProjectionBacklog";
+    // SelfServiceReady (plus the ZITADEL reasons of ZitadelBound).
+    pub(crate) const APPLICATION_READY: &str = "ApplicationReady";
+    pub(crate) const INTROSPECTION_SECRET_READY: &str = "IntrospectionSecretReady";
+    pub(crate) const INTROSPECTION_SECRET_MISSING: &str = "IntrospectionSecretMissing";
+    pub(crate) const INTROSPECTION_SECRET_INVALID: &str = "IntrospectionSecretInvalid";
 }
 
 /// Reasons of events that are not also condition reasons.
@@ -80,6 +88,9 @@ pub(crate) mod event {
     pub(crate) const SERVICE_USER_KEY_ISSUED: &str = "ServiceUserKeyIssued";
     pub(crate) const ROLES_GRANTED: &str = "RolesGranted";
     pub(crate) const CLEANUP_SKIPPED: &str = "CleanupSkipped";
+    pub(crate) const INTROSPECTION_APP_CREATED: &str = "IntrospectionAppCreated";
+    pub(crate) const INTROSPECTION_KEY_ISSUED: &str = "IntrospectionKeyIssued";
+    pub(crate) const INTROSPECTION_APP_DELETED: &str = "IntrospectionAppDeleted";
     pub(crate) const RECONCILE_FAILED: &str = "ReconcileFailed";
 }
 
@@ -105,6 +116,11 @@ pub(crate) mod annotation {
     pub(crate) const CONFIG_HASH: &str = "scim.unique.app/config-hash";
     /// On the managed credential Secret: the ZITADEL machine key it holds.
     pub(crate) const ZITADEL_KEY_ID: &str = "scim.unique.app/zitadel-key-id";
+    /// On the managed introspection Secret: the ZITADEL API application whose key it holds.
+    pub(crate) const ZITADEL_APP_ID: &str = "scim.unique.app/zitadel-app-id";
+    /// On the pod template: the introspection credential's version (a new
+    /// key or an edited Secret rolls the pod, which reads it at start).
+    pub(crate) const INTROSPECTION_VERSION: &str = "scim.unique.app/introspection-version";
     /// On every applied child: a hash of what was applied (see `diff.rs`).
     pub(crate) const APPLIED_HASH: &str = "scim.unique.app/applied-hash";
 }

@@ -1,6 +1,6 @@
 //! Provisioning health: the SCIM server's `/status` (admin port) read at
-//! most once a minute per tenant, turned into `status.provisioning` and the
-//! `ProvisioningHealthy` condition.
+//! most once a minute per tenant, turned into `status.provisioning`, the
+//! `ProvisioningHealthy` condition and the self-service key counts.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::build;
 use super::context::{ProvisioningMemo, ReconcileContext};
-use super::crd::{ProvisioningStatus, ScimTenant};
+use super::crd::{ProvisioningStatus, ScimTenant, SelfServiceStatus};
 use super::names::reason;
 use super::status::Check;
 use super::status::checks::{provisioning_unobservable, provisioning_unreachable};
@@ -63,6 +63,26 @@ pub(crate) fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
     (p, check)
 }
 
+/// `/status`'s `selfServiceKeys` as the tenant's `status.selfService` shows
+/// them (the application fields are the operator's own, filled elsewhere).
+pub(crate) fn self_service_keys(v: &Value) -> Option<SelfServiceStatus> {
+    let keys = v.get("selfServiceKeys")?;
+    let text = |k: &str| keys.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    Some(SelfServiceStatus {
+        api_keys: Some(keys.get("count").and_then(Value::as_i64).unwrap_or(0)),
+        last_key_created_at: text("lastCreatedAt"),
+        last_key_deleted_at: text("lastDeletedAt"),
+        ..Default::default()
+    })
+}
+
+/// What one look at the server's `/status` tells.
+pub(crate) struct Health {
+    pub provisioning: Option<ProvisioningStatus>,
+    pub check: Check,
+    pub self_service_keys: Option<SelfServiceStatus>,
+}
+
 /// Reads the server's `/status`.
 pub(crate) async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
     let resp = http.get(url).timeout(Duration::from_secs(3)).send().await.map_err(|e| e.to_string())?;
@@ -74,35 +94,40 @@ pub(crate) async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, St
 
 /// Step 7's input from the tenant's server: its `/status`, asked at most
 /// once per `status_poll`; on failure the last known counts are kept.
-pub(crate) async fn observe(
-    ctx: &ReconcileContext,
-    tenant: &ScimTenant,
-    uid: &str,
-    server: &Check,
-) -> (Option<ProvisioningStatus>, Check) {
+pub(crate) async fn observe(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &str, server: &Check) -> Health {
     let operator = &ctx.operator;
     let previous = tenant.status.as_ref().and_then(|s| s.provisioning.clone());
+    let previous_keys = tenant.status.as_ref().and_then(|s| s.self_service.clone()).map(|s| SelfServiceStatus {
+        application_id: None,
+        client_id: None,
+        ..s
+    });
     if let Some(check) = provisioning_unobservable(server) {
-        return (previous, check);
+        return Health { provisioning: previous, check, self_service_keys: previous_keys };
     }
     if let Some(memo) = operator.memo.lock().get(uid).and_then(|m| m.provisioning.clone())
         && memo.at.elapsed() < operator.cfg.status_poll
     {
-        return (memo.status, memo.check);
+        return Health { provisioning: memo.status, check: memo.check, self_service_keys: memo.self_service_keys };
     }
     let namespace = tenant.namespace().unwrap_or_default();
     let url =
         status_url(&operator.cfg.status_url_template, &build::server_name(tenant), &namespace, &tenant.name_any());
-    let (status, check) = match fetch(&operator.http, &url).await {
+    let (status, check, self_service_keys) = match fetch(&operator.http, &url).await {
         Ok(body) => {
             let (status, check) = interpret(&body);
-            (Some(status), check)
+            (Some(status), check, self_service_keys(&body))
         }
-        Err(e) => (previous, provisioning_unreachable(e)),
+        Err(e) => (previous, provisioning_unreachable(e), previous_keys),
     };
-    let memo = ProvisioningMemo { at: Instant::now(), status: status.clone(), check: check.clone() };
+    let memo = ProvisioningMemo {
+        at: Instant::now(),
+        status: status.clone(),
+        check: check.clone(),
+        self_service_keys: self_service_keys.clone(),
+    };
     operator.memo.lock().entry(uid.into()).or_default().provisioning = Some(memo);
-    (status, check)
+    Health { provisioning: status, check, self_service_keys }
 }
 
 #[cfg(test)]
@@ -125,6 +150,13 @@ mod tests {
         let (p, c) = interpret(&failing);
         assert_eq!(p.last_error.as_deref(), Some("403 denied"));
         assert!(matches!(c, Check::Pending { reason: "ProjectionFailing", .. }));
+        assert_eq!(self_service_keys(&ok), None, "no self-service, no counts");
+        let with_keys = json!({"selfServiceKeys": {"count": 3, "lastCreatedAt": "2026-12-01T10:00:00Z",
+            "lastCreatedBy": "u1", "lastDeletedAt": "2026-12-01T11:00:00Z", "lastDeletedBy": "u1"}});
+        let k = self_service_keys(&with_keys).unwrap();
+        assert_eq!(k.api_keys, Some(3));
+        assert_eq!(k.last_key_created_at.as_deref(), Some("2026-12-01T10:00:00Z"));
+        assert_eq!(k.last_key_deleted_at.as_deref(), Some("2026-12-01T11:00:00Z"));
         assert_eq!(
             status_url("http://{service}.{namespace}.svc:9090/status", "a-scim", "t", "a"),
             "http://a-scim.t.svc:9090/status"

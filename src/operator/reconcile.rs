@@ -1,5 +1,5 @@
 //! One pass over a live tenant, as a sequence of steps: observe → validate →
-//! plan keys → bind ZITADEL → build → apply → status → events. Each step is
+//! plan keys → bind ZITADEL → self-service → build → apply → status → events. Each step is
 //! a function of its own module; this file only orders them and carries what
 //! one step hands the next.
 
@@ -15,13 +15,14 @@ use super::apply::{self, write_status};
 use super::binding::{self, BindOutcome};
 use super::build::{self, Desired};
 use super::context::ReconcileContext;
-use super::crd::{KeyStatus, ProvisioningStatus, ScimTenant, ScimTenantStatus};
+use super::crd::{KeyStatus, ProvisioningStatus, ScimTenant, ScimTenantStatus, SelfServiceStatus};
 use super::error::Error;
 use super::events::{self, EventNote};
 use super::keys::{self, KeyPlan};
 use super::names::{annotation, reason};
 use super::observe::{self, ObserveError};
 use super::provisioning_health;
+use super::self_service::{self, SelfServiceOutcome};
 use super::status::{self, Check, Observed, checks};
 use super::validate::validate;
 
@@ -67,6 +68,7 @@ impl Pass {
             zitadel: unknown(),
             server: unknown(),
             provisioning: unknown(),
+            self_service: None,
         }
     }
 
@@ -119,21 +121,29 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
         return record_failure(ctx, &pass, observed, e.into()).await;
     }
 
-    let desired = build::build(&tenant, &ctx.operator.cfg.settings, &keys.plan.keys, &binding.cred);
+    let self_service = self_service::ensure(ctx, &tenant, &pass.uid, pass.generation).await?;
+    observed.self_service = self_service.check.clone();
+    if let Err(e) = self_service::store(ctx, &tenant, &self_service).await {
+        return record_failure(ctx, &pass, observed, e.into()).await;
+    }
+
+    let desired =
+        build::build(&tenant, &ctx.operator.cfg.settings, &keys.plan.keys, &binding.cred, self_service.mount.as_ref());
     let deployment = match apply::apply_children(ctx, &tenant, &desired).await {
         Ok(deployment) => deployment,
         Err(e) => return record_failure(ctx, &pass, observed, e.into()).await,
     };
     remove_keys_left_out(ctx, &pass, &keys.plan).await?;
     announce_keys(ctx, &pass, &keys).await;
-    let binding_notes: Vec<EventNote> = binding.events.iter().map(|(r, m)| EventNote::normal(r, m.clone())).collect();
+    let binding_notes: Vec<EventNote> =
+        binding.events.iter().chain(&self_service.events).map(|(r, m)| EventNote::normal(r, m.clone())).collect();
     ctx.operator.publish_all(&tenant, &binding_notes).await;
 
     observed.server = checks::server_check(&tenant, Some(&deployment));
-    let (provisioning, provisioning_check) =
-        provisioning_health::observe(ctx, &tenant, &pass.uid, &observed.server).await;
-    observed.provisioning = provisioning_check;
-    let new_status = fresh_status(&pass, &desired, &binding, &keys, provisioning);
+    let health = provisioning_health::observe(ctx, &tenant, &pass.uid, &observed.server).await;
+    observed.provisioning = health.check;
+    let mut new_status = fresh_status(&pass, &desired, &binding, &keys, health.provisioning);
+    new_status.self_service = self_service_status(&self_service, health.self_service_keys);
     write_status(ctx, &tenant, pass.status(new_status, &observed)).await?;
     Ok(requeue(ctx, &pass, &observed, &keys.plan))
 }
@@ -226,7 +236,21 @@ fn fresh_status(
         provisioning,
         // Kept when the annotation goes: the last request handled stays known.
         last_handled_rotate_at: planned.request.clone().or_else(|| pass.previous.last_handled_rotate_at.clone()),
+        ..Default::default()
     }
+}
+
+/// `status.selfService`: the managed application (while it exists) and the
+/// server's key counts (while self-service is on).
+fn self_service_status(outcome: &SelfServiceOutcome, keys: Option<SelfServiceStatus>) -> Option<SelfServiceStatus> {
+    let keys = keys.filter(|_| outcome.check.is_some()).unwrap_or_default();
+    let client_id = outcome.mount.as_ref().map(|m| m.client_id.clone()).filter(|c| !c.is_empty());
+    let status = SelfServiceStatus {
+        application_id: outcome.app.as_ref().map(|a| a.app_id.clone()),
+        client_id: client_id.or_else(|| outcome.app.as_ref().map(|a| a.client_id.clone()).filter(|c| !c.is_empty())),
+        ..keys
+    };
+    (status != SelfServiceStatus::default()).then_some(status)
 }
 
 /// A write to the API server failed: say so in status (when that changes

@@ -6,8 +6,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::names::condition::{
-    FALSE, KEYS_READY, PROVISIONING_HEALTHY, READY, RECONCILING, SERVER_AVAILABLE, STALLED, TRUE, UNKNOWN,
-    ZITADEL_BOUND,
+    FALSE, KEYS_READY, PROVISIONING_HEALTHY, READY, RECONCILING, SELF_SERVICE_READY, SERVER_AVAILABLE, STALLED, TRUE,
+    UNKNOWN, ZITADEL_BOUND,
 };
 use super::names::reason;
 
@@ -66,6 +66,8 @@ pub(crate) struct Observed {
     pub zitadel: Check,
     pub server: Check,
     pub provisioning: Check,
+    /// `None` while self-service is off (no condition then).
+    pub self_service: Option<Check>,
 }
 
 const SUSPENDED_MESSAGE: &str =
@@ -96,12 +98,15 @@ fn detail(t: &str, c: &Check, generation: i64, now: &Time) -> Condition {
 /// status did not change.
 pub(crate) fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<Condition> {
     let g = obs.generation;
-    let details = [
+    let mut details = vec![
         (KEYS_READY, &obs.keys),
         (ZITADEL_BOUND, &obs.zitadel),
         (SERVER_AVAILABLE, &obs.server),
         (PROVISIONING_HEALTHY, &obs.provisioning),
     ];
+    if let Some(c) = &obs.self_service {
+        details.push((SELF_SERVICE_READY, c));
+    }
     let stalled = obs.invalid.as_ref().map(|m| (reason::INVALID_SPEC, m.clone())).or_else(|| {
         details.iter().find_map(|(_, c)| match c {
             Check::Failed { reason, message } => Some((*reason, message.clone())),
@@ -109,9 +114,10 @@ pub(crate) fn conditions(prev: &[Condition], obs: &Observed, now: &Time) -> Vec<
         })
     });
     // Provisioning health informs, but does not gate readiness: a backlog is
-    // drained by the server itself.
-    let blocking = details[..3]
+    // drained by the server itself. Self-service, once asked for, does.
+    let blocking = details
         .iter()
+        .filter(|(t, _)| *t != PROVISIONING_HEALTHY)
         .find(|(_, c)| !matches!(c, Check::Ok { .. }))
         .map(|(t, c)| (*t, c.reason(), c.message().to_string()));
     // kstatus reads `Reconciling` and `Stalled` as abnormal-true conditions:
@@ -163,6 +169,7 @@ mod tests {
             zitadel: ok("Bound"),
             server: ok("Available"),
             provisioning: ok("Healthy"),
+            self_service: None,
         }
     }
 
@@ -209,6 +216,30 @@ mod tests {
         let c = conditions(&[], &o, &t(1));
         assert_eq!(get(&c, "Stalled").reason, "ZitadelUnauthorized");
         assert_eq!(get(&c, "Ready").status, "False");
+    }
+
+    #[test]
+    fn self_service_has_a_condition_only_when_enabled_and_gates_ready() {
+        assert!(conditions(&[], &all_ok(), &t(1)).iter().all(|c| c.type_ != "SelfServiceReady"));
+        let mut o = all_ok();
+        o.self_service = Some(ok("ApplicationReady"));
+        let c = conditions(&[], &o, &t(1));
+        assert_eq!(get(&c, "SelfServiceReady").status, "True");
+        assert_eq!(get(&c, "Ready").status, "True");
+        o.self_service = Some(Check::Pending { reason: "ZitadelUnavailable", message: "down".into() });
+        let c = conditions(&[], &o, &t(1));
+        assert_eq!(
+            (get(&c, "Ready").status.as_str(), get(&c, "Ready").reason.as_str()),
+            ("False", "ZitadelUnavailable")
+        );
+        assert!(get(&c, "Ready").message.starts_with("SelfServiceReady:"), "{:?}", get(&c, "Ready"));
+        o.self_service =
+            Some(Check::Failed { reason: "IntrospectionSecretMissing", message: "Secret t/x does not exist".into() });
+        let c = conditions(&[], &o, &t(1));
+        assert_eq!(
+            (get(&c, "Stalled").status.as_str(), get(&c, "Stalled").reason.as_str()),
+            ("True", "IntrospectionSecretMissing")
+        );
     }
 
     #[test]

@@ -98,7 +98,33 @@ pub(crate) fn validate(spec: &ScimTenantSpec) -> Result<(), Vec<String>> {
     {
         p.push("spec.zitadel.serviceUser: with managed: false, set existingSecretRef to a Secret holding a PAT or machine key".into());
     }
+    self_service_problems(spec, &mut p);
     if p.is_empty() { Ok(()) } else { Err(p) }
+}
+
+fn self_service_problems(spec: &ScimTenantSpec, p: &mut Vec<String>) {
+    let Some(ss) = spec.self_service.as_ref().filter(|s| s.enabled) else { return };
+    let z = &spec.zitadel;
+    if z.organization_id.trim().is_empty() || z.project_id.trim().is_empty() {
+        p.push("spec.selfService needs spec.zitadel.organizationId and projectId: keys belong to that organisation and admins hold their role on that project".into());
+    }
+    if ss.admin_role.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        p.push(
+            "spec.selfService.adminRole is empty: leave it out for Chat.Admin.All or name a role of the project".into(),
+        );
+    }
+    if let Some(m) = ss.max_keys.filter(|m| *m < 1) {
+        p.push(format!("spec.selfService.maxKeys is {m}: leave it out for 16 or allow at least 1 key"));
+    }
+    if let Some(r) = &ss.introspection_secret_ref {
+        let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if r.name.is_empty() || r.name.len() > 253 || !r.name.chars().all(dns) {
+            p.push(format!(
+                "spec.selfService.introspectionSecretRef.name '{}' is not a Secret name (lowercase letters, digits, '-' and '.')",
+                r.name
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +171,23 @@ mod tests {
         let mut s = spec("");
         s.zitadel.organization_id.clear();
         assert!(validate(&s).unwrap_err()[0].contains("organizationId is empty"));
+    }
+
+    #[test]
+    fn self_service_settings() {
+        assert!(validate(&spec("  selfService: {enabled: true}\n")).is_ok());
+        let ok = "  selfService: {enabled: true, adminRole: Org.Admin, maxKeys: 4, introspectionSecretRef: {name: acme-introspection}}\n";
+        assert!(validate(&spec(ok)).is_ok());
+        let bad =
+            "  selfService: {enabled: true, adminRole: ' ', maxKeys: 0, introspectionSecretRef: {name: Bad_Name}}\n";
+        let all = validate(&spec(bad)).unwrap_err().join("\n");
+        for want in ["adminRole is empty", "maxKeys is 0", "'Bad_Name' is not a Secret name"] {
+            assert!(all.contains(want), "{want}: {all}");
+        }
+        let mut s = spec("  selfService: {enabled: true}\n");
+        s.zitadel.project_id.clear();
+        assert!(validate(&s).unwrap_err().join("\n").contains("spec.selfService needs"));
+        // Switched off, its settings are not in force.
+        assert!(validate(&spec("  selfService: {enabled: false, maxKeys: 0}\n")).is_ok());
     }
 }

@@ -119,8 +119,6 @@ impl ServerMetrics {
             latency,
             connections_open,
             connections_refused,
-    }
-
             self_service,
             key_changes,
             total: AtomicU64::new(0),
@@ -150,6 +148,8 @@ impl ServerMetrics {
 
     pub(crate) fn connection_refused(&self, listener: &'static str) {
         self.connections_refused.get_or_create(&ListenerLabels { listener }).inc();
+    }
+
     pub(crate) fn self_service_request(&self, outcome: &'static str) {
         self.self_service.get_or_create(&SelfServiceLabels { outcome }).inc();
     }

@@ -23,11 +23,11 @@ impl std::fmt::Debug for NewMachineKey {
     }
 }
 
-fn str_at(v: &Value, ptr: &str) -> Option<String> {
+pub(crate) fn str_at(v: &Value, ptr: &str) -> Option<String> {
     v.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-fn decode(method: &str, reason: impl Into<String>) -> ZitadelError {
+pub(crate) fn decode(method: &str, reason: impl Into<String>) -> ZitadelError {
     ZitadelError::Decode { method: method.into(), reason: reason.into() }
 }
 

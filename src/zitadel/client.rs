@@ -181,6 +181,27 @@ impl Client {
         self.exchange(path, || self.http.get(&url)).await
     }
 
+    /// `{verb} {path}` on a v1 REST endpoint in organisation `org` (the
+    /// `x-zitadel-orgid` context the v1 management API acts in).
+    pub(crate) async fn rest_in_org<T: DeserializeOwned>(
+        &self,
+        verb: reqwest::Method,
+        path: &str,
+        org: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ZitadelError> {
+        let url = format!("{}{path}", self.base);
+        let name = format!("{verb} {path}");
+        self.exchange(&name, || {
+            let rb = self.http.request(verb.clone(), &url).header("x-zitadel-orgid", org);
+            match body {
+                Some(b) => rb.header("content-type", "application/json").body(b.to_string()),
+                None => rb,
+            }
+        })
+        .await
+    }
+
     async fn exchange<T: DeserializeOwned>(
         &self,
         name: &str,

@@ -12,7 +12,8 @@
    crds/ included) with a normal and a 53-character release name: no object name
    and no label value over 63 characters, every name a DNS-1123 name.
 3. Every object of the chart's renderings, `kubectl kustomize config/default` and
-   `scim-operator render -f config/samples/scimtenant.yaml` is validated against
+   `scim-operator render -f` of config/samples/scimtenant.yaml and
+   scimtenant-self-service.yaml is validated against
    the upstream Kubernetes OpenAPI schemas (kubernetes-validate, strict: an unknown
    field or a wrong type fails) of the oldest version we support (the chart's
    kubeVersion minimum) and the newest kubernetes-validate ships. ScimTenants (the
@@ -362,6 +363,8 @@ def main() -> int:
     sources["kubectl kustomize config/samples"] = docs(run([a.kubectl, "kustomize", "config/samples"]))
     sources["scim-operator render -f config/samples/scimtenant.yaml"] = docs(
         run([os.path.abspath(a.bin), "render", "-f", "config/samples/scimtenant.yaml"]))
+    sources["scim-operator render -f config/samples/scimtenant-self-service.yaml"] = docs(
+        run([os.path.abspath(a.bin), "render", "-f", "config/samples/scimtenant-self-service.yaml"]))
     sources["scim-operator crd"] = docs(run([os.path.abspath(a.bin), "crd"]))
     validate_all(sources, versions, crd)
     check_crd(crd)

@@ -30,6 +30,12 @@ pub(crate) fn keys_check(tenant: &ScimTenant, plan: &KeyPlan, conflicts: &[Strin
             ),
         };
     }
+    if tenant.spec.keys.is_empty() && build::self_service::enabled(tenant).is_some() {
+        return Check::Ok {
+            reason: reason::SELF_SERVICE_KEYS_ONLY,
+            message: "spec.keys is empty: the organisation's admins create keys with the self-service API".into(),
+        };
+    }
     if tenant.spec.keys.is_empty() {
         return Check::Failed {
             reason: reason::NO_KEYS,
@@ -147,10 +153,14 @@ pub(crate) fn requeue(
         let secs = (at - now).whole_seconds().max(1);
         after = after.min(Duration::from_secs(u64::try_from(secs).unwrap_or(1)));
     }
-    let pending = [&observed.zitadel, &observed.server]
+    let pending = [Some(&observed.zitadel), Some(&observed.server), observed.self_service.as_ref()]
         .into_iter()
+        .flatten()
         .any(|c| matches!(c, Check::Pending { .. } | Check::Unknown { .. }));
-    let failed = matches!(observed.zitadel, Check::Failed { .. });
+    let failed = [Some(&observed.zitadel), observed.self_service.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c, Check::Failed { .. }));
     Requeue { after, converged: !(pending || failed) }
 }
 

@@ -43,6 +43,7 @@ fn observed(server: Check, zitadel: Check) -> Observed {
         zitadel,
         server,
         provisioning: ok(reason::HEALTHY),
+        self_service: None,
     }
 }
 
@@ -101,6 +102,9 @@ fn a_foreign_secret_or_no_keys_stall_the_keys() {
     bare.spec.keys.clear();
     bare.spec.zitadel = no_keys;
     assert!(matches!(keys_check(&bare, &KeyPlan::default(), &[]), Check::Failed { reason: "NoKeys", .. }));
+    // With self-service, the organisation's admins make the keys: none in the spec is fine.
+    bare.spec.self_service = Some(crate::operator::crd::SelfServiceSpec { enabled: true, ..Default::default() });
+    assert!(matches!(keys_check(&bare, &KeyPlan::default(), &[]), Check::Ok { reason: "SelfServiceKeysOnly", .. }));
     assert!(matches!(keys_check(&tenant(""), &plan, &[]), Check::Ok { reason: "KeysIssued", .. }));
 }
 
