@@ -76,6 +76,8 @@ pub(crate) struct TenantMemo {
     pub failures: u32,
     /// The tenant resourceVersion whose rotate annotation was acted on.
     pub rotated_at: Option<String>,
+    /// Its share of the ZITADEL budget.
+    pub rate_share: Option<super::rate_budget::Share>,
 }
 
 /// Shared by the controllers of every watched namespace.

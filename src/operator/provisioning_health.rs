@@ -11,6 +11,7 @@ use super::build;
 use super::context::{ProvisioningMemo, ReconcileContext};
 use super::crd::{ProvisioningStatus, ScimTenant};
 use super::names::reason;
+use super::rate_share;
 use super::status::Check;
 use super::status::checks::{provisioning_unobservable, provisioning_unreachable};
 
@@ -85,8 +86,11 @@ pub(crate) async fn observe(
     if let Some(check) = provisioning_unobservable(server) {
         return (previous, check);
     }
+    // Read before the memo is locked below (the lock is not re-entrant).
+    let settling = rate_share::settling(operator, uid);
     if let Some(memo) = operator.memo.lock().get(uid).and_then(|m| m.provisioning.clone())
         && memo.at.elapsed() < operator.cfg.status_poll
+        && !settling
     {
         return (memo.status, memo.check);
     }
@@ -95,6 +99,7 @@ pub(crate) async fn observe(
         status_url(&operator.cfg.status_url_template, &build::server_name(tenant), &namespace, &tenant.name_any());
     let (status, check) = match fetch(&operator.http, &url).await {
         Ok(body) => {
+            rate_share::observe_status(operator, uid, &body);
             let (status, check) = interpret(&body);
             (Some(status), check)
         }

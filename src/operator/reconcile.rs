@@ -24,6 +24,7 @@ use super::keys::{self, KeyPlan};
 use super::names::{annotation, reason};
 use super::observe::{self, ObserveError};
 use super::provisioning_health;
+use super::rate_share;
 use super::status::{self, Check, Observed, checks};
 use super::validate::validate;
 
@@ -120,7 +121,8 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
         return record_failure(ctx, &pass, observed, e.into()).await;
     }
 
-    let desired = build::build(&tenant, &ctx.operator.cfg.settings, &keys.plan.keys, &binding.cred);
+    let mut desired = build::build(&tenant, &ctx.operator.cfg.settings, &keys.plan.keys, &binding.cred);
+    rate_share::assign(ctx, &tenant, &pass.uid, &mut desired);
     let deployment = match apply::apply_children(ctx, &tenant, &desired).await {
         Ok(deployment) => deployment,
         Err(e) => return record_failure(ctx, &pass, observed, e.into()).await,
@@ -255,6 +257,9 @@ fn requeue(ctx: &ReconcileContext, pass: &Pass, observed: &Observed, plan: &KeyP
     let next = checks::requeue(observed, cfg.resync, cfg.status_poll, plan.next_change, pass.now);
     if next.converged {
         operator.succeeded(&pass.uid);
+        if rate_share::settling(operator, &pass.uid) {
+            return Action::requeue(next.after.min(rate_share::SETTLE_POLL));
+        }
         return Action::requeue(next.after);
     }
     let delay = operator.backoff(&pass.uid);

@@ -7,3 +7,4 @@ pub(crate) mod config;
 pub(crate) mod desired;
 pub(crate) mod error;
 pub(crate) mod projector;
+pub mod rate;
