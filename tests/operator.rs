@@ -38,6 +38,8 @@ struct Env {
     client: Client,
     /// What every tenant server's `/status` answers.
     server_status: Arc<Mutex<Value>>,
+    /// What one server (by Service name) answers instead.
+    server_status_of: Arc<Mutex<BTreeMap<String, Value>>>,
     status_url: String,
     credential: tempfile::NamedTempFile,
     controllers: Vec<Controller>,
@@ -55,14 +57,15 @@ impl Drop for Controller {
     }
 }
 
-async fn status_server(state: Arc<Mutex<Value>>) -> String {
+async fn status_server(state: Arc<Mutex<Value>>, of: Arc<Mutex<BTreeMap<String, Value>>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().route(
         "/status/{ns}/{svc}",
-        axum::routing::get(move || {
+        axum::routing::get(move |axum::extract::Path((_ns, svc)): axum::extract::Path<(String, String)>| {
             let s = state.clone();
-            async move { axum::Json(s.lock().clone()) }
+            let of = of.clone();
+            async move { axum::Json(of.lock().get(&svc).cloned().unwrap_or_else(|| s.lock().clone())) }
         }),
     );
     tokio::spawn(async move {
@@ -87,9 +90,10 @@ impl Env {
             "users": 0, "groups": 0, "failedRequests": 0,
             "zitadel": {"reachable": true}, "projection": {"pendingOperations": 0, "failingOperations": 0}
         })));
-        let status_url = status_server(server_status.clone()).await;
+        let server_status_of = Arc::new(Mutex::new(BTreeMap::new()));
+        let status_url = status_server(server_status.clone(), server_status_of.clone()).await;
         let client = kube.client();
-        Env { kube, zitadel, client, server_status, status_url, credential, controllers: vec![] }
+        Env { kube, zitadel, client, server_status, server_status_of, status_url, credential, controllers: vec![] }
     }
 
     fn config(&self) -> ControllerConfig {
@@ -783,4 +787,116 @@ async fn the_shipped_rbac_allows_every_request_the_controller_makes() {
         .filter(|(_, r, v)| v != "create" && !(r == "scimtenants/finalizers" && v == "update"))
         .collect();
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
+}
+
+/// Tenant servers as the operator sees them through the ConfigMap and
+/// `/status`: each runs at the share in its ConfigMap once the kubelet and
+/// the server's reload have taken it, `LAG` later, and reports that rate.
+struct BudgetServers {
+    names: Vec<String>,
+    busy: std::collections::BTreeSet<String>,
+    /// (rate it runs at, share seen in the ConfigMap and since when)
+    running: BTreeMap<String, (f64, Option<(f64, std::time::Instant)>)>,
+    /// The most the servers together ran at, at any tick.
+    peak: f64,
+}
+
+impl BudgetServers {
+    const LAG: Duration = Duration::from_millis(800);
+
+    fn share_in_configmap(kube: &KubeFake, name: &str) -> Option<f64> {
+        let cm = kube.get("v1", "configmaps", Some(NS), &format!("{name}-scim-config"))?;
+        cm["data"]["zitadel-rate"].as_str()?.trim().parse().ok()
+    }
+
+    fn tick(&mut self, env: &Env) {
+        let now = std::time::Instant::now();
+        for name in &self.names {
+            let Some(share) = Self::share_in_configmap(&env.kube, name) else { continue };
+            let (rate, seen) = self.running.entry(name.clone()).or_insert((share, None));
+            if share != *rate {
+                match *seen {
+                    Some((s, since)) if s == share && now - since >= Self::LAG => {
+                        *rate = share;
+                        *seen = None;
+                    }
+                    Some((s, _)) if s == share => {}
+                    _ => *seen = Some((share, now)),
+                }
+            } else {
+                *seen = None;
+            }
+            let status = json!({"users": 0, "groups": 0, "failedRequests": 0,
+                "zitadel": {"reachable": true, "rate": {"limit": *rate, "waiting": 0, "busy": self.busy.contains(name)}},
+                "projection": {"pendingOperations": 0, "failingOperations": 0}});
+            env.server_status_of.lock().insert(format!("{name}-scim"), status);
+        }
+        self.peak = self.peak.max(self.running.values().map(|(r, _)| r).sum());
+    }
+
+    fn shares(&self) -> Vec<f64> {
+        self.names.iter().map(|n| self.running.get(n).map(|(r, _)| *r).unwrap_or(0.0)).collect()
+    }
+
+    /// Ticks until the servers' rates (by name order) are as wanted.
+    async fn settle(&mut self, env: &Env, want: impl Fn(&[f64]) -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !want(&self.shares()) && std::time::Instant::now() < deadline {
+            self.tick(env);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(want(&self.shares()), "the servers' rates: {:?}", self.shares());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zitadel_budget_goes_to_busy_servers_and_is_never_exceeded_while_shares_move() {
+    let mut env = Env::new().await;
+    let mut c = env.config();
+    // 20/s: 1 for the operator, 4 fixed for "fixed", 15 for the other four.
+    c.zitadel_budget = Some(20.0);
+    // The operator's own 1/s is for binding tenants, not for re-checking them every 2 s.
+    c.resync = Duration::from_secs(300);
+    env.start_controller(c, None).await;
+    let names: Vec<String> = ["fixed", "t0", "t1", "t2", "t3"].map(String::from).to_vec();
+    for n in &names {
+        let mut s = spec(json!([{"name": "entra"}]));
+        if n == "fixed" {
+            s["zitadel"]["maxRequestsPerSecond"] = json!(4);
+        }
+        env.apply(n, s).await;
+    }
+    for n in &names {
+        env.wait_condition(n, "Ready", "True", None).await;
+    }
+    let mut servers = BudgetServers { names, busy: Default::default(), running: BTreeMap::new(), peak: 0.0 };
+    // Nobody has work: 1/s each but the override.
+    servers.settle(&env, |r| r == [4.0, 1.0, 1.0, 1.0, 1.0]).await;
+    // t0 gets work: it takes what the idle ones leave.
+    servers.busy.insert("t0".into());
+    servers.settle(&env, |r| r == [4.0, 12.0, 1.0, 1.0, 1.0]).await;
+    // t1 too: t0 must come down (and say so) before t1 may go up.
+    servers.busy.insert("t1".into());
+    // 13/s between them: one gets 7, the other 6 (by uid).
+    servers
+        .settle(&env, |r| r[0] == 4.0 && r[1] + r[2] == 13.0 && r[1].min(r[2]) == 6.0 && r[3] == 1.0 && r[4] == 1.0)
+        .await;
+    // t0 is done: t1 takes its part.
+    servers.busy.remove("t0");
+    servers.settle(&env, |r| r == [4.0, 1.0, 12.0, 1.0, 1.0]).await;
+    assert!(
+        servers.peak <= 19.0,
+        "the servers together ran at {}/s, above the 19/s left by the operator",
+        servers.peak
+    );
+
+    // Settled: the shares stay, and nothing is written.
+    let mark = env.kube.mark();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        servers.tick(&env);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writes: Vec<_> = env.kube.writes_since(mark).into_iter().filter(|w| w.plural != "events").collect();
+    assert!(writes.is_empty(), "writes at steady state: {writes:?}");
 }

@@ -11,12 +11,14 @@
 //! Never above the budget, even while shares move: a share goes down at once,
 //! but goes up only within the headroom left by every other server's larger
 //! of (the rate it last reported, the highest share written to it since).
-//! Shares are rounded down to [`STEP`], so they change only when the set of
-//! busy servers (or the overrides) change, not with every poll.
+//! Shares are whole requests per second (see [`Budget::targets`]) and a
+//! function of the set of busy servers and the overrides alone, so they
+//! change only when that set does, not with every poll.
 
 use std::collections::HashMap;
 
-/// Shares are multiples of this (requests per second).
+/// Fractional shares (only when there are more servers than whole requests
+/// per second to divide) are multiples of this.
 pub(crate) const STEP: f64 = 0.1;
 /// What an idle server keeps, at most: enough for Entra's incremental
 /// changes, and a burst of work marks it busy within a poll.
@@ -90,21 +92,54 @@ impl Budget {
     }
 
     /// What each tenant should get when every share has settled.
-    pub(crate) fn target(&self, uid: &str, shares: &HashMap<String, Share>) -> f64 {
-        if let Some(f) = shares.get(uid).and_then(|s| s.fixed) {
-            return f;
-        }
+    ///
+    /// Whole requests per second while the pool allows every server at least
+    /// one: a server at `r`/s can start `ceil(r)` calls within one second, so
+    /// with whole shares the calls in any one-second window stay within the
+    /// budget. The remainder of an uneven division goes one each to the first
+    /// busy servers by uid, so the shares add up to the whole pool and stay
+    /// put while the set of busy servers does.
+    pub(crate) fn targets(&self, shares: &HashMap<String, Share>) -> HashMap<String, f64> {
         let fixed: f64 = shares.values().filter_map(|s| s.fixed).sum();
         let pool = (self.total - self.operator_share() - fixed).max(0.0);
-        let divided = shares.values().filter(|s| s.fixed.is_none());
-        let (busy, idle) = divided.fold((0usize, 0usize), |(b, i), s| if s.busy { (b + 1, i) } else { (b, i + 1) });
-        let all = (busy + idle).max(1) as f64;
-        let idle_share = quantise(IDLE_SHARE.min(pool / all));
-        let busy_here = shares.get(uid).is_some_and(|s| s.busy);
-        if !busy_here || busy == 0 {
-            return idle_share;
+        let mut divided: Vec<(&String, bool)> =
+            shares.iter().filter(|(_, s)| s.fixed.is_none()).map(|(uid, s)| (uid, s.busy)).collect();
+        divided.sort();
+        let mut out: HashMap<String, f64> =
+            shares.iter().filter_map(|(uid, s)| s.fixed.map(|f| (uid.clone(), f))).collect();
+        let n = divided.len();
+        if n == 0 {
+            return out;
         }
-        quantise(((pool - idle_share * idle as f64) / busy as f64).max(idle_share))
+        if pool < n as f64 {
+            // More servers than whole requests: each gets an equal fraction.
+            let each = quantise(pool / n as f64);
+            out.extend(divided.into_iter().map(|(uid, _)| (uid.clone(), each)));
+            return out;
+        }
+        let busy = divided.iter().filter(|(_, b)| *b).count();
+        let idle = n - busy;
+        let busy_pool = (pool - idle as f64).floor();
+        let (base, mut extra) = match busy {
+            0 => (IDLE_SHARE, 0.0),
+            b => ((busy_pool / b as f64).floor(), busy_pool - (busy_pool / b as f64).floor() * b as f64),
+        };
+        for (uid, is_busy) in divided {
+            let share = if !is_busy {
+                IDLE_SHARE
+            } else if extra >= 1.0 {
+                extra -= 1.0;
+                base + 1.0
+            } else {
+                base
+            };
+            out.insert(uid.clone(), share);
+        }
+        out
+    }
+
+    pub(crate) fn target(&self, uid: &str, shares: &HashMap<String, Share>) -> f64 {
+        self.targets(shares).get(uid).copied().unwrap_or(IDLE_SHARE)
     }
 
     /// What to write for `uid` now: its target, except that an increase is
@@ -116,18 +151,19 @@ impl Budget {
         if own.fixed.is_some() {
             return target;
         }
-        let Some(written) = own.written else {
-            return self.headroom(uid, shares).min(target).max(STEP);
-        };
-        if target <= written {
-            return target;
+        let headroom = self.headroom(uid, shares);
+        // Partial increases stay whole when the target is.
+        let allowed = if target >= 1.0 { headroom.floor() } else { quantise(headroom) };
+        match own.written {
+            Some(written) if target <= written => target,
+            Some(written) => allowed.min(target).max(written),
+            None => allowed.min(target).max(STEP),
         }
-        quantise(self.headroom(uid, shares).min(target).max(written))
     }
 
     fn headroom(&self, uid: &str, shares: &HashMap<String, Share>) -> f64 {
         let others: f64 = shares.iter().filter(|(k, _)| k.as_str() != uid).map(|(_, s)| s.counted()).sum();
-        quantise((self.total - self.operator_share() - others).max(0.0))
+        (self.total - self.operator_share() - others).max(0.0)
     }
 }
 
@@ -167,9 +203,17 @@ mod tests {
         assert_eq!(s["t0"].written, Some(18.0));
         assert!(in_use(&s) + b.operator_share() <= 40.0);
         // 20 tenants all syncing: 38 / 20 = 1.9 each.
+        // 20 tenants all syncing divide 38/s: 18 of them 2/s, 2 of them 1/s.
         let mut s = tenants(&[true; 20]);
         pass(&b, &mut s, true);
-        assert!(s.values().all(|x| x.written == Some(1.9)), "{s:?}");
+        let mut written: Vec<f64> = s.values().map(|x| x.written.unwrap()).collect();
+        written.sort_by(f64::total_cmp);
+        assert_eq!(written.iter().sum::<f64>(), 38.0);
+        assert_eq!((written[0], written[1], written[2], written[19]), (1.0, 1.0, 2.0, 2.0));
+        // More servers than the pool has whole requests: equal fractions.
+        let mut s = tenants(&[false; 50]);
+        pass(&b, &mut s, true);
+        assert!(s.values().all(|x| x.written == Some(0.7)), "{s:?}");
         // An override is taken as it is and the rest divided.
         let mut s = tenants(&[true, true]);
         s.get_mut("t0").unwrap().fixed = Some(10.0);
@@ -187,13 +231,13 @@ mod tests {
         // not rise past what t0 may still be using.
         s.get_mut("t1").unwrap().busy = true;
         pass(&b, &mut s, false);
-        assert_eq!(s["t0"].written, Some(18.5));
+        assert_eq!(s["t0"].written, Some(19.0));
         assert_eq!(s["t1"].written, Some(1.0), "no headroom while t0 may run at 36");
         assert!(in_use(&s) + b.operator_share() <= 40.0 + 1e-9);
         // t0 confirms its lower share: t1 gets its target.
-        s.get_mut("t0").unwrap().confirm(18.5);
+        s.get_mut("t0").unwrap().confirm(19.0);
         pass(&b, &mut s, true);
-        assert_eq!(s["t1"].written, Some(18.5));
+        assert_eq!(s["t1"].written, Some(18.0));
         assert!(in_use(&s) + b.operator_share() <= 40.0 + 1e-9);
         // Nothing changed: the next pass writes the same shares.
         let before = s.clone();
