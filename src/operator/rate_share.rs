@@ -17,7 +17,7 @@ use super::rate_budget::{Budget, Share};
 
 /// How soon a tenant whose share is moving is looked at again: its server
 /// must confirm a lower share before another may rise.
-pub(crate) const SETTLE_POLL: Duration = Duration::from_secs(5);
+pub(crate) const SETTLE_POLL: Duration = Duration::from_secs(2);
 
 fn budget(operator: &OperatorContext) -> Option<Budget> {
     operator.cfg.zitadel_budget.map(|total| Budget { total })

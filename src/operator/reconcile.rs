@@ -114,6 +114,9 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
     }
 
     let keys = plan_keys(ctx, &pass).await?;
+    ctx.operator
+        .metrics
+        .set_key_expiries(&format!("{}/{}", pass.namespace, tenant.name_any()), &key_expiries(&keys.plan));
     observed.keys = checks::keys_check(&tenant, &keys.plan, &keys.conflicts);
     let binding = binding::bind(ctx, &tenant, &pass.uid, pass.generation).await?;
     observed.zitadel = binding.check.clone();
@@ -265,4 +268,17 @@ fn requeue(ctx: &ReconcileContext, pass: &Pass, observed: &Observed, plan: &KeyP
     let delay = operator.backoff(&pass.uid);
     tracing::info!(tenant = %format!("{}/{}", pass.namespace, pass.tenant.name_any()), zitadel = observed.zitadel.reason(), server = observed.server.reason(), retry_in = ?delay, "not ready yet");
     Action::requeue(delay.min(next.after))
+}
+
+/// The keys in use that expire, for the expiry metric.
+fn key_expiries(plan: &KeyPlan) -> Vec<(String, i64)> {
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    plan.keys
+        .iter()
+        .filter(|k| !k.expired)
+        .filter_map(|k| {
+            let at = time::OffsetDateTime::parse(k.expires_at.as_deref()?, rfc3339).ok()?;
+            Some((k.name.clone(), at.unix_timestamp()))
+        })
+        .collect()
 }

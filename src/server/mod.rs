@@ -277,7 +277,7 @@ async fn zitadel_status(store: &dyn Store, p: &Projector) -> ZitadelStatus {
             "requests": p.client().calls(),
             // The operator divides the cluster's ZITADEL budget by these.
             "rate": {
-                "limit": p.client().limiter().rate(),
+                "limit": p.client().limiter().effective_rate(),
                 "waiting": p.client().limiter().waiting(),
                 "busy": p.client().limiter().busy() || o.pending > 0,
                 "reloadFailures": p.client().limiter().reload_failures(),
@@ -315,6 +315,7 @@ async fn scrape(st: &AppState) -> StateSnapshot {
                     .unwrap_or(0.0),
                 requests: p.client().calls(),
                 reachable: p.health().reachable,
+                rate_limit: p.client().limiter().effective_rate(),
             })
         }
     };

@@ -23,6 +23,9 @@ pub(crate) struct RateLimiter {
     last_held_ms: AtomicU64,
     /// Rate files that changed but could not be used.
     reload_failures: AtomicU64,
+    /// After a lower rate: the old rate, and the last slot given at it.
+    /// Until that slot has passed, calls still start at the old rate.
+    draining: parking_lot::Mutex<Option<(f64, Instant)>>,
 }
 
 fn interval_ns(rate: f64) -> u64 {
@@ -40,6 +43,19 @@ impl RateLimiter {
             created: now,
             last_held_ms: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            draining: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The rate calls may still start at: the old one after a lowering,
+    /// until the calls it already scheduled have started. This, not the new
+    /// rate, is what the server reports, so the operator gives the
+    /// difference to another server only once it is really free.
+    pub(crate) fn effective_rate(&self) -> f64 {
+        let rate = self.rate();
+        match *self.draining.lock() {
+            Some((old, until)) if Instant::now() < until => rate.max(old),
+            _ => rate,
         }
     }
 
@@ -53,7 +69,12 @@ impl RateLimiter {
     /// Takes effect for the next request to start: one already given a slot
     /// at the old rate keeps it, so a lower rate holds from the next slot on.
     pub(crate) fn set_rate(&self, rate: f64) {
+        let old = self.rate();
+        let last_slot = *self.next.lock();
         self.interval_ns.store(interval_ns(rate), Ordering::Relaxed);
+        if rate < old {
+            *self.draining.lock() = Some((old, last_slot));
+        }
     }
 
     pub(crate) async fn acquire(&self) {
@@ -205,6 +226,29 @@ mod tests {
         // The slot given at the old rate (300 ms), then one 500 ms later.
         assert!(t1.elapsed() >= Duration::from_millis(500), "{:?}", t1.elapsed());
         assert!(l.busy());
+    }
+
+    #[tokio::test]
+    async fn a_lower_rate_counts_once_the_calls_scheduled_at_the_old_one_have_started() {
+        let l = Arc::new(RateLimiter::new(10.0));
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire().await })
+            })
+            .collect();
+        while l.waiting() < 4 {
+            tokio::task::yield_now().await;
+        }
+        l.set_rate(1.0);
+        assert_eq!(l.rate(), 1.0);
+        assert_eq!(l.effective_rate(), 10.0, "calls are still scheduled 100 ms apart");
+        for w in waiting {
+            w.await.unwrap();
+        }
+        // The last old slot has started; the next would come 100 ms later.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(l.effective_rate(), 1.0);
     }
 
     #[tokio::test]
