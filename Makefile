@@ -81,6 +81,8 @@ bench: $(VENV)/.stamp
 	  sed -n '/^## GET by id/,$$p' target/bench-process.md | sed 's/^## /### /'; printf '\n'; } >> BENCHMARKS.md
 	target/release/examples/projection_bench --server $(BIN) | sed 's/^### /## /' >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
+	$(CARGO) test --release --locked --test rate_budget -- --ignored bench_twenty_tenants_initial_sync
+	cat target/bench-rate-budget.md >> BENCHMARKS.md
 	cat bench/decisions.md >> BENCHMARKS.md
 
 ## 1,000 ScimTenants reconciled by the controller against the fakes, at ZITADEL's default

@@ -184,7 +184,6 @@ async fn run(users_per_tenant: usize) -> Figures {
                     let share = share.as_str();
                     let path = root.join(n).join("zitadel-rate");
                     if std::fs::read_to_string(&path).ok().as_deref() != Some(share) {
-                        eprintln!("DBG {n} share {share:?}");
                         let tmp = root.join(n).join(".zitadel-rate.new");
                         let _ = std::fs::write(&tmp, share);
                         let _ = std::fs::rename(&tmp, &path);

@@ -89,6 +89,10 @@ pub(crate) struct OperatorContext {
     pub http: reqwest::Client,
     admin: Mutex<Option<(String, Arc<Zitadel>)>>,
     pub memo: Mutex<HashMap<String, TenantMemo>>,
+    /// Bumped when the ZITADEL budget's division may have changed for other
+    /// tenants (a server became busy or idle, or confirmed a lower share):
+    /// every tenant is looked at again then, not at its next poll.
+    pub budget_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl OperatorContext {
@@ -105,6 +109,7 @@ impl OperatorContext {
             http: reqwest::Client::new(),
             admin: Mutex::new(None),
             memo: Mutex::new(HashMap::new()),
+            budget_changed: tokio::sync::watch::Sender::new(0),
         })
     }
 

@@ -90,6 +90,14 @@ fn pvc_owner(pvc: PersistentVolumeClaim) -> Option<ObjectRef<ScimTenant>> {
     Some(ObjectRef::<ScimTenant>::new(tenant).within(&namespace))
 }
 
+/// One item per change of the ZITADEL budget's division (see `rate_share.rs`).
+fn budget_changes(rx: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
 /// Runs the controller for one scope (a namespace, or all) until `shutdown`.
 async fn run_scope(
     operator: Arc<OperatorContext>,
@@ -117,6 +125,7 @@ async fn run_scope(
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(ingress_events)
+        .reconcile_all_on(budget_changes(operator.budget_changed.subscribe()))
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

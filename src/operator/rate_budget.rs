@@ -29,6 +29,7 @@ const IDLE_SHARE: f64 = 1.0;
 pub(crate) struct Share {
     /// The server reported work waiting for its rate (or a projection backlog).
     pub busy: bool,
+
     /// `spec.zitadel.maxRequestsPerSecond`: fixed, outside the division.
     pub fixed: Option<f64>,
     /// The rate the server last reported running at.

@@ -69,14 +69,21 @@ pub(crate) fn observe_status(operator: &OperatorContext, uid: &str, body: &Value
     if budget(operator).is_none() {
         return;
     }
-    let mut memo = operator.memo.lock();
-    let share = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
-    if let Some(limit) = body.pointer("/zitadel/rate/limit").and_then(Value::as_f64) {
-        share.confirm(limit);
+    let changed = {
+        let mut memo = operator.memo.lock();
+        let share = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
+        let (was_busy, was_unconfirmed) = (share.busy, share.unconfirmed());
+        if let Some(limit) = body.pointer("/zitadel/rate/limit").and_then(Value::as_f64) {
+            share.confirm(limit);
+        }
+        let waiting = body.pointer("/zitadel/rate/busy").and_then(Value::as_bool).unwrap_or(false);
+        let backlog = body.pointer("/projection/pendingOperations").and_then(Value::as_i64).unwrap_or(0) > 0;
+        share.busy = waiting || backlog;
+        share.busy != was_busy || (was_unconfirmed && !share.unconfirmed())
+    };
+    if changed {
+        operator.budget_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
-    let waiting = body.pointer("/zitadel/rate/busy").and_then(Value::as_bool).unwrap_or(false);
-    let backlog = body.pointer("/projection/pendingOperations").and_then(Value::as_i64).unwrap_or(0) > 0;
-    share.busy = waiting || backlog;
 }
 
 /// Whether the tenant's share is still moving: its server has not confirmed

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A server that had to hold a call back this recently still has work.
-const BUSY_WINDOW: Duration = Duration::from_secs(60);
+/// Short, so that a server done with its work hands its share on at the
+/// operator's next look; long enough to cover the gaps between Entra's
+/// requests within a cycle.
+const BUSY_WINDOW: Duration = Duration::from_secs(3);
 
 /// Spaces requests so that at most `rate` start per second, and holds all of
 /// them back after a 429 for as long as ZITADEL asked.
@@ -28,9 +31,15 @@ pub(crate) struct RateLimiter {
     draining: parking_lot::Mutex<Option<(f64, Instant)>>,
 }
 
+/// Spacing `rate` calls over a second and this much more: ZITADEL counts
+/// calls when they arrive, and a call that leaves a little late puts one
+/// more into the second that ends just before a later call's arrival.
+const ARRIVAL_GUARD: Duration = Duration::from_millis(50);
+
 fn interval_ns(rate: f64) -> u64 {
     // Rates are validated positive; a zero or NaN here would mean "no limit".
-    if rate > 0.0 && rate.is_finite() { (1e9 / rate).round().max(1.0) as u64 } else { 1 }
+    let second = 1e9 + ARRIVAL_GUARD.as_nanos() as f64;
+    if rate > 0.0 && rate.is_finite() { (second / rate).round().max(1.0) as u64 } else { 1 }
 }
 
 impl RateLimiter {
@@ -62,7 +71,8 @@ impl RateLimiter {
     /// Requests per second now allowed.
     pub(crate) fn rate(&self) -> f64 {
         // Rounded: 7.5/s is an interval of 133333333 ns, which reads back as 7.50000001875.
-        let exact = 1e9 / self.interval_ns.load(Ordering::Relaxed) as f64;
+        let second = 1e9 + ARRIVAL_GUARD.as_nanos() as f64;
+        let exact = second / self.interval_ns.load(Ordering::Relaxed) as f64;
         (exact * 1e6).round() / 1e6
     }
 
@@ -111,7 +121,7 @@ impl RateLimiter {
         self.reload_failures.load(Ordering::Relaxed)
     }
 
-    /// Whether the rate held work back within the last minute: the server
+    /// Whether the rate held work back within [`BUSY_WINDOW`]: the server
     /// would use a larger share of the budget.
     pub(crate) fn busy(&self) -> bool {
         let held = self.last_held_ms.load(Ordering::Relaxed);
