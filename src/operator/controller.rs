@@ -90,10 +90,15 @@ fn pvc_owner(pvc: PersistentVolumeClaim) -> Option<ObjectRef<ScimTenant>> {
     Some(ObjectRef::<ScimTenant>::new(tenant).within(&namespace))
 }
 
-/// One item per change of the ZITADEL budget's division (see `rate_share.rs`).
+/// Changes of the ZITADEL budget's division (see `rate_share.rs`), those
+/// within half a second taken as one: when many servers turn busy together
+/// (Entra's cycles start together), every tenant is looked at once, not once
+/// per server.
 fn budget_changes(rx: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
     futures::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        rx.borrow_and_update();
         Some(((), rx))
     })
 }
