@@ -39,6 +39,9 @@ pub(crate) struct Share {
     /// The highest share written since the server last confirmed `written`:
     /// the server may run at any of them until it says otherwise.
     pub unconfirmed_max: f64,
+    /// Known only from its ConfigMap in the cache (not yet reconciled by this
+    /// process), in this namespace: dropped when the ConfigMap is gone.
+    pub seeded_in: Option<String>,
 }
 
 impl Share {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use serde_json::Value;
 
@@ -31,9 +32,11 @@ fn shares(memo: &HashMap<String, TenantMemo>) -> HashMap<String, Share> {
 pub(crate) fn assign(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &str, desired: &mut Desired) {
     let Some(budget) = budget(&ctx.operator) else { return };
     let mut memo = ctx.operator.memo.lock();
-    seed(&ctx.stores.configmaps, &mut memo);
-    memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default).fixed =
-        tenant.spec.zitadel.max_requests_per_second;
+    let every_namespace = ctx.operator.cfg.watch_namespaces.is_empty();
+    seed(&ctx.stores.configmaps, &mut memo, every_namespace, &tenant.namespace().unwrap_or_default());
+    let own = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
+    own.fixed = tenant.spec.zitadel.max_requests_per_second;
+    own.seeded_in = None;
     let grant = budget.grant(uid, &shares(&memo));
     if let Some(share) = memo.get_mut(uid).and_then(|m| m.rate_share.as_mut()) {
         share.wrote(grant);
@@ -43,9 +46,27 @@ pub(crate) fn assign(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &str, des
 
 /// After a restart the operator knows no share yet: every tenant not seen in
 /// this process counts with the share its ConfigMap holds, so the first
-/// tenants looked at cannot take what the others still use.
-fn seed(configmaps: &Store<ConfigMap>, memo: &mut HashMap<String, TenantMemo>) {
-    for cm in configmaps.state() {
+/// tenants looked at cannot take what the others still use. Such an entry
+/// goes when its ConfigMap has (a deleted tenant's, collected after its
+/// cleanup), checked for the namespaces this cache covers: every one, or the
+/// namespace of the tenant at hand.
+fn seed(configmaps: &Store<ConfigMap>, memo: &mut HashMap<String, TenantMemo>, every_namespace: bool, namespace: &str) {
+    let cached = configmaps.state();
+    let owners: std::collections::HashSet<&str> = cached
+        .iter()
+        .filter_map(|cm| cm.metadata.owner_references.as_ref().and_then(|o| o.first()).map(|o| o.uid.as_str()))
+        .collect();
+    for (uid, m) in memo.iter_mut() {
+        let gone = m
+            .rate_share
+            .as_ref()
+            .and_then(|s| s.seeded_in.as_deref())
+            .is_some_and(|ns| (every_namespace || ns == namespace) && !owners.contains(uid.as_str()));
+        if gone {
+            m.rate_share = None;
+        }
+    }
+    for cm in &cached {
         let managed = cm.metadata.labels.as_ref().and_then(|l| l.get(label::MANAGED_BY)).map(String::as_str);
         if managed != Some(FIELD_MANAGER) {
             continue;
@@ -57,7 +78,7 @@ fn seed(configmaps: &Store<ConfigMap>, memo: &mut HashMap<String, TenantMemo>) {
         let Some(owner) = cm.metadata.owner_references.as_ref().and_then(|o| o.first()) else { continue };
         let entry = memo.entry(owner.uid.clone()).or_default();
         if entry.rate_share.is_none() {
-            let mut share = Share::default();
+            let mut share = Share { seeded_in: cm.metadata.namespace.clone(), ..Share::default() };
             share.wrote(rate);
             entry.rate_share = Some(share);
         }
