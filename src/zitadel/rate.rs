@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that tests with paused time see the schedule move.
+use tokio::time::Instant;
 
 /// A server that had to hold a call back this recently still has work.
 /// Short, so that a server done with its work hands its share on at the
@@ -15,10 +18,18 @@ const BUSY_WINDOW: Duration = Duration::from_secs(3);
 
 /// Spaces requests so that at most `rate` start per second, and holds all of
 /// them back after a 429 for as long as ZITADEL asked.
+///
+/// Calls take tickets in order; ticket `t` may start at
+/// `base_time + (t - base_ticket) × interval`. A new rate (or a pause)
+/// re-plans the calls already waiting from the last start, so it holds for
+/// them too: a lower rate at once, a higher one without waiting out the
+/// slots given at the old rate.
 pub(crate) struct RateLimiter {
     /// Nanoseconds between two request starts.
     interval_ns: AtomicU64,
-    next: parking_lot::Mutex<Instant>,
+    schedule: parking_lot::Mutex<Schedule>,
+    /// Wakes the waiting calls when the schedule is re-planned.
+    replanned: tokio::sync::Notify,
     /// Calls waiting for their turn now.
     waiting: AtomicUsize,
     created: Instant,
@@ -26,9 +37,29 @@ pub(crate) struct RateLimiter {
     last_held_ms: AtomicU64,
     /// Rate files that changed but could not be used.
     reload_failures: AtomicU64,
-    /// After a lower rate: the old rate, and the last slot given at it.
-    /// Until that slot has passed, calls still start at the old rate.
-    draining: parking_lot::Mutex<Option<(f64, Instant)>>,
+}
+
+struct Schedule {
+    base_ticket: u64,
+    base_time: Instant,
+    next_ticket: u64,
+    /// Every ticket below this has started.
+    started_below: u64,
+    last_start: Option<Instant>,
+}
+
+impl Schedule {
+    fn slot(&self, ticket: u64, interval: Duration) -> Instant {
+        let steps = u32::try_from(ticket.saturating_sub(self.base_ticket)).unwrap_or(u32::MAX);
+        self.base_time + interval * steps
+    }
+
+    /// The first call not yet started goes no earlier than `earliest` and
+    /// one interval after the last start; the others follow it.
+    fn replan(&mut self, interval: Duration, earliest: Instant) {
+        self.base_ticket = self.started_below;
+        self.base_time = self.last_start.map_or(earliest, |l| (l + interval).max(earliest));
+    }
 }
 
 /// Spacing `rate` calls over a second and this much more: ZITADEL counts
@@ -47,25 +78,29 @@ impl RateLimiter {
         let now = Instant::now();
         RateLimiter {
             interval_ns: AtomicU64::new(interval_ns(rate)),
-            next: parking_lot::Mutex::new(now),
+            schedule: parking_lot::Mutex::new(Schedule {
+                base_ticket: 0,
+                base_time: now,
+                next_ticket: 0,
+                started_below: 0,
+                last_start: None,
+            }),
+            replanned: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
             created: now,
             last_held_ms: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
-            draining: parking_lot::Mutex::new(None),
         }
     }
 
-    /// The rate calls may still start at: the old one after a lowering,
-    /// until the calls it already scheduled have started. This, not the new
-    /// rate, is what the server reports, so the operator gives the
-    /// difference to another server only once it is really free.
+    fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed))
+    }
+
+    /// The rate calls start at, which the server reports. Calls already
+    /// waiting follow a new rate at once, so it is the rate set.
     pub(crate) fn effective_rate(&self) -> f64 {
-        let rate = self.rate();
-        match *self.draining.lock() {
-            Some((old, until)) if Instant::now() < until => rate.max(old),
-            _ => rate,
-        }
+        self.rate()
     }
 
     /// Requests per second now allowed.
@@ -76,40 +111,67 @@ impl RateLimiter {
         (exact * 1e6).round() / 1e6
     }
 
-    /// Takes effect for the next request to start: one already given a slot
-    /// at the old rate keeps it, so a lower rate holds from the next slot on.
+    /// Takes effect for every call not yet started, spaced from the last start.
     pub(crate) fn set_rate(&self, rate: f64) {
-        let old = self.rate();
-        let last_slot = *self.next.lock();
         self.interval_ns.store(interval_ns(rate), Ordering::Relaxed);
-        if rate < old {
-            *self.draining.lock() = Some((old, last_slot));
-        }
+        self.schedule.lock().replan(self.interval(), Instant::now());
+        self.replanned.notify_waiters();
     }
 
     pub(crate) async fn acquire(&self) {
-        let wait = {
-            let mut next = self.next.lock();
+        let ticket = {
+            let mut s = self.schedule.lock();
+            let ticket = s.next_ticket;
+            s.next_ticket += 1;
             let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed));
-            start - now
+            if s.slot(ticket, self.interval()) < now {
+                // Idle until now: the schedule starts again from now.
+                s.started_below = s.started_below.max(ticket);
+                s.replan(self.interval(), now);
+            }
+            ticket
         };
-        if !wait.is_zero() {
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            let held = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
-            self.last_held_ms.store(held, Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
+        let mut held = false;
+        loop {
+            let replanned = self.replanned.notified();
+            tokio::pin!(replanned);
+            replanned.as_mut().enable();
+            let wait = {
+                let mut s = self.schedule.lock();
+                let now = Instant::now();
+                let wait = s.slot(ticket, self.interval()).saturating_duration_since(now);
+                if wait.is_zero() {
+                    s.started_below = s.started_below.max(ticket + 1);
+                    s.last_start = Some(s.last_start.map_or(now, |l| l.max(now)));
+                }
+                wait
+            };
+            if wait.is_zero() {
+                break;
+            }
+            if !held {
+                held = true;
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+                self.last_held_ms.store(ms, Ordering::Relaxed);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut replanned => {}
+            }
+        }
+        if held {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn pause(&self, d: Duration) {
-        let mut next = self.next.lock();
-        let until = Instant::now() + d;
-        if *next < until {
-            *next = until;
-        }
+        let mut s = self.schedule.lock();
+        let now = Instant::now();
+        let first_waiting = s.slot(s.started_below, self.interval());
+        s.replan(self.interval(), first_waiting.max(now + d));
+        drop(s);
+        self.replanned.notify_waiters();
     }
 
     /// Calls waiting for their turn now.
@@ -238,26 +300,42 @@ mod tests {
         assert!(l.busy());
     }
 
-    #[tokio::test]
-    async fn a_lower_rate_counts_once_the_calls_scheduled_at_the_old_one_have_started() {
-        let l = Arc::new(RateLimiter::new(10.0));
-        let waiting: Vec<_> = (0..5)
+    /// Starts `n` calls at once; their start times, once all have started.
+    async fn starts(l: &Arc<RateLimiter>, n: usize, then_rate: f64) -> Vec<Instant> {
+        let at = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let calls: Vec<_> = (0..n)
             .map(|_| {
-                let l = l.clone();
-                tokio::spawn(async move { l.acquire().await })
+                let (l, at) = (l.clone(), at.clone());
+                tokio::spawn(async move {
+                    l.acquire().await;
+                    at.lock().push(Instant::now());
+                })
             })
             .collect();
-        while l.waiting() < 4 {
+        while l.waiting() < n - 1 {
             tokio::task::yield_now().await;
         }
-        l.set_rate(1.0);
-        assert_eq!(l.rate(), 1.0);
-        assert_eq!(l.effective_rate(), 10.0, "calls are still scheduled 100 ms apart");
-        for w in waiting {
-            w.await.unwrap();
+        l.set_rate(then_rate);
+        for c in calls {
+            c.await.unwrap();
         }
-        // The last old slot has started; the next would come 100 ms later.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut at = at.lock().clone();
+        at.sort();
+        at
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_already_waiting_follow_a_new_rate() {
+        let l = Arc::new(RateLimiter::new(1.0));
+        // Five calls at 1/s: one starts, four wait. Raised to 10/s, the four
+        // go 105 ms apart rather than in the 1 s slots they were given.
+        let at = starts(&l, 5, 10.0).await;
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g >= Duration::from_millis(104) && *g < Duration::from_millis(200)), "{gaps:?}");
+        // Lowered to 1/s with four waiting: they go 1.05 s apart at once.
+        let at = starts(&l, 5, 1.0).await;
+        let gaps: Vec<Duration> = at.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g >= Duration::from_millis(1049)), "{gaps:?}");
         assert_eq!(l.effective_rate(), 1.0);
     }
 
