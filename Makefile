@@ -83,6 +83,8 @@ bench: $(VENV)/.stamp
 	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-slow-readers >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-keys | sed 's/^### /## /' >> BENCHMARKS.md
+	$(CARGO) test --release --locked --test rate_budget -- --ignored bench_twenty_tenants_initial_sync
+	cat target/bench-rate-budget.md >> BENCHMARKS.md
 	cat bench/decisions.md >> BENCHMARKS.md
 
 ## Memory with 2,000 clients that pipeline requests and never read (release build); prints Markdown.

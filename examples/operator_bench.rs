@@ -105,6 +105,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .env("ADMIN_LISTEN", "127.0.0.1:0")
         .env("STATUS_URL_TEMPLATE", &status_url)
         .env("ZITADEL_MAX_REQUESTS_PER_SECOND", args.zitadel_rps.to_string())
+        // The operator alone, at --zitadel-rps: no tenant server shares the
+        // budget here (tests/rate_budget.rs measures the division).
+        .env("ZITADEL_BUDGET", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -338,6 +338,16 @@ fn spawn_zitadel_tasks(projector: &Arc<Projector>, stop: watch::Receiver<bool>) 
         }
     });
     tokio::spawn(Arc::clone(projector).run_outbox(stopped(stop)));
+    if let Some(path) = &projector.config().max_requests_per_second_file {
+        let limiter = projector.client().limiter();
+        match crate::zitadel::rate::read_rate(path) {
+            Some(rate) => limiter.set_rate(rate),
+            None => {
+                tracing::warn!(path = %path.display(), rate = limiter.rate(), "the ZITADEL rate file is missing or unusable; starting at maxRequestsPerSecond")
+            }
+        }
+        crate::zitadel::rate::spawn_rate_reloader(limiter.clone(), path.clone(), KEYS_RELOAD_INTERVAL);
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit, and warns when the

@@ -131,6 +131,11 @@ struct ControllerArgs {
     /// Most ZITADEL requests per second from the operator (ZITADEL Cloud bans above 50).
     #[arg(long, env = "ZITADEL_MAX_REQUESTS_PER_SECOND", default_value_t = 40.0)]
     zitadel_max_requests_per_second: f64,
+    /// The cluster's ZITADEL budget in requests per second, divided between the
+    /// operator and the tenant servers with work (all of them leave through the
+    /// same address; ZITADEL Cloud bans it above 50/s). 0 turns the division off.
+    #[arg(long, env = "ZITADEL_BUDGET", default_value_t = 40.0)]
+    zitadel_budget: f64,
     /// Where a tenant server's /status is read; {service}, {namespace} and {name} are filled in.
     #[arg(long, env = "STATUS_URL_TEMPLATE", default_value = "http://{service}.{namespace}.svc:9090/status")]
     status_url_template: String,
@@ -222,6 +227,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Some(p) => ServeConfig::load(p).map_err(|e| e.to_string())?,
         None => ServeConfig::default(),
     };
+    // The operator's share of the cluster's ZITADEL budget sits beside serve.yaml.
+    if let (Some(p), Some(z)) = (&args.config, config.zitadel.as_mut())
+        && z.max_requests_per_second_file.is_none()
+    {
+        z.max_requests_per_second_file = scim_operator::zitadel::rate::beside_config(p);
+    }
     if args.listen.is_some() {
         config.listen = args.listen;
     }
@@ -406,6 +417,10 @@ fn controller(a: ControllerArgs) -> Result<(), String> {
         return Err("--zitadel-max-requests-per-second must be above 0".into());
     }
     config.zitadel_rate = Some(a.zitadel_max_requests_per_second);
+    if !(a.zitadel_budget >= 0.0 && a.zitadel_budget.is_finite()) {
+        return Err("--zitadel-budget must be 0 (off) or a number of requests per second".into());
+    }
+    config.zitadel_budget = (a.zitadel_budget > 0.0).then_some(a.zitadel_budget);
     let lease = a.leader_election.then(|| LeaseConfig {
         name: a.lease_name,
         namespace: a.lease_namespace,

@@ -39,6 +39,8 @@ struct Env {
     client: Client,
     /// What every tenant server's `/status` answers.
     server_status: Arc<Mutex<Value>>,
+    /// What one server (by Service name) answers instead.
+    server_status_of: Arc<Mutex<BTreeMap<String, Value>>>,
     status_url: String,
     credential: tempfile::NamedTempFile,
     controllers: Vec<Controller>,
@@ -56,14 +58,15 @@ impl Drop for Controller {
     }
 }
 
-async fn status_server(state: Arc<Mutex<Value>>) -> String {
+async fn status_server(state: Arc<Mutex<Value>>, of: Arc<Mutex<BTreeMap<String, Value>>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().route(
         "/status/{ns}/{svc}",
-        axum::routing::get(move || {
+        axum::routing::get(move |axum::extract::Path((_ns, svc)): axum::extract::Path<(String, String)>| {
             let s = state.clone();
-            async move { axum::Json(s.lock().clone()) }
+            let of = of.clone();
+            async move { axum::Json(of.lock().get(&svc).cloned().unwrap_or_else(|| s.lock().clone())) }
         }),
     );
     tokio::spawn(async move {
@@ -86,18 +89,19 @@ impl Env {
         std::fs::write(credential.path(), format!("{ADMIN_PAT}\n")).unwrap();
         let server_status = Arc::new(Mutex::new(json!({
             "users": 0, "groups": 0, "failedRequests": 0,
-            "zitadel": {"reachable": true}, "projection": {"pendingOperations": 0, "failingOperations": 0}
+            "zitadel": {"reachable": true, "rate": {"limit": 1.0, "waiting": 0, "busy": false}},
+            "projection": {"pendingOperations": 0, "failingOperations": 0}
         })));
-        let status_url = status_server(server_status.clone()).await;
+        let server_status_of = Arc::new(Mutex::new(BTreeMap::new()));
+        let status_url = status_server(server_status.clone(), server_status_of.clone()).await;
         let client = kube.client();
-        Env { kube, zitadel, client, server_status, status_url, credential, controllers: vec![] }
+        Env { kube, zitadel, client, server_status, server_status_of, status_url, credential, controllers: vec![] }
     }
 
     fn config(&self) -> ControllerConfig {
         let settings = TenantDefaults {
             image: "ghcr.io/unique-app/scim-operator:test".into(),
             zitadel_url: self.zitadel.url.clone(),
-            zitadel_instance_host: None,
             ..Default::default()
         };
         let mut c = ControllerConfig::new(settings, self.credential.path().to_path_buf());
@@ -842,7 +846,11 @@ async fn one_replica_leads_and_a_standby_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_tenants_become_ready_then_a_minute_passes_without_a_write() {
     let mut env = Env::new().await;
-    env.start().await;
+    // With the ZITADEL budget divided (every idle server at 1/s, as the
+    // servers' /status confirm): dividing it writes nothing at steady state.
+    let mut c = env.config();
+    c.zitadel_budget = Some(4000.0);
+    env.start_controller(c, None).await;
     for i in 0..100 {
         env.apply(&format!("t{i:03}"), spec(json!([{"name": "entra"}]))).await;
     }
@@ -1533,4 +1541,124 @@ async fn a_zitadel_outage_leaves_the_self_service_credential_in_place() {
     env.wait_condition("acme", "Ready", "True", None).await;
     assert_eq!(template(deps.get("acme-scim").await.unwrap()), before, "the same key after the outage");
     assert_eq!(env.zitadel.apps().len(), 1);
+}
+
+/// Tenant servers as the operator sees them through the ConfigMap and
+/// `/status`: each runs at the share in its ConfigMap once the kubelet and
+/// the server's reload have taken it, `LAG` later, and reports that rate.
+struct BudgetServers {
+    names: Vec<String>,
+    busy: std::collections::BTreeSet<String>,
+    /// (rate it runs at, share seen in the ConfigMap and since when)
+    running: BTreeMap<String, (f64, Option<(f64, std::time::Instant)>)>,
+    /// The most the servers together ran at, at any tick.
+    peak: f64,
+}
+
+impl BudgetServers {
+    const LAG: Duration = Duration::from_millis(800);
+
+    fn share_in_configmap(kube: &KubeFake, name: &str) -> Option<f64> {
+        let cm = kube.get("v1", "configmaps", Some(NS), &format!("{name}-scim-config"))?;
+        cm["data"]["zitadel-rate"].as_str()?.trim().parse().ok()
+    }
+
+    fn tick(&mut self, env: &Env) {
+        let now = std::time::Instant::now();
+        for name in &self.names {
+            let Some(share) = Self::share_in_configmap(&env.kube, name) else { continue };
+            let (rate, seen) = self.running.entry(name.clone()).or_insert((share, None));
+            if share != *rate {
+                match *seen {
+                    Some((s, since)) if s == share && now - since >= Self::LAG => {
+                        *rate = share;
+                        *seen = None;
+                    }
+                    Some((s, _)) if s == share => {}
+                    _ => *seen = Some((share, now)),
+                }
+            } else {
+                *seen = None;
+            }
+            let status = json!({"users": 0, "groups": 0, "failedRequests": 0,
+                "zitadel": {"reachable": true, "rate": {"limit": *rate, "waiting": 0, "busy": self.busy.contains(name)}},
+                "projection": {"pendingOperations": 0, "failingOperations": 0}});
+            env.server_status_of.lock().insert(format!("{name}-scim"), status);
+        }
+        self.peak = self.peak.max(self.running.values().map(|(r, _)| r).sum());
+    }
+
+    fn shares(&self) -> Vec<f64> {
+        self.names.iter().map(|n| self.running.get(n).map(|(r, _)| *r).unwrap_or(0.0)).collect()
+    }
+
+    /// Ticks until the servers' rates (by name order) are as wanted.
+    async fn settle(&mut self, env: &Env, want: impl Fn(&[f64]) -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !want(&self.shares()) && std::time::Instant::now() < deadline {
+            self.tick(env);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(want(&self.shares()), "the servers' rates: {:?}", self.shares());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zitadel_budget_goes_to_busy_servers_and_is_never_exceeded_while_shares_move() {
+    let mut env = Env::new().await;
+    let mut c = env.config();
+    // 20/s: 1 for the operator, 4 fixed for "fixed", 15 for the other four.
+    c.zitadel_budget = Some(20.0);
+    // The operator's own 1/s is for binding tenants, not for re-checking them every 2 s.
+    c.resync = Duration::from_secs(300);
+    env.start_controller(c, None).await;
+    let names: Vec<String> = ["fixed", "t0", "t1", "t2", "t3"].map(String::from).to_vec();
+    for n in &names {
+        let mut s = spec(json!([{"name": "entra"}]));
+        if n == "fixed" {
+            s["zitadel"]["maxRequestsPerSecond"] = json!(4);
+        }
+        env.apply(n, s).await;
+    }
+    for n in &names {
+        env.wait_condition(n, "Ready", "True", None).await;
+    }
+    let mut servers = BudgetServers { names, busy: Default::default(), running: BTreeMap::new(), peak: 0.0 };
+    // Nobody has work: 1/s each but the override.
+    servers.settle(&env, |r| r == [4.0, 1.0, 1.0, 1.0, 1.0]).await;
+    // t0 gets work: it takes what the idle ones leave.
+    servers.busy.insert("t0".into());
+    servers.settle(&env, |r| r == [4.0, 12.0, 1.0, 1.0, 1.0]).await;
+    // t1 too: t0 must come down (and say so) before t1 may go up.
+    servers.busy.insert("t1".into());
+    // 13/s between them: one gets 7, the other 6 (by uid).
+    servers
+        .settle(&env, |r| r[0] == 4.0 && r[1] + r[2] == 13.0 && r[1].min(r[2]) == 6.0 && r[3] == 1.0 && r[4] == 1.0)
+        .await;
+    // t0 is done: t1 takes its part.
+    servers.busy.remove("t0");
+    servers.settle(&env, |r| r == [4.0, 1.0, 12.0, 1.0, 1.0]).await;
+    assert!(
+        servers.peak <= 19.0,
+        "the servers together ran at {}/s, above the 19/s left by the operator",
+        servers.peak
+    );
+
+    // Settled: the shares stay, and nothing is written.
+    let mark = env.kube.mark();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        servers.tick(&env);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writes: Vec<_> = env.kube.writes_since(mark).into_iter().filter(|w| w.plural != "events").collect();
+    assert!(writes.is_empty(), "writes at steady state: {writes:?}");
+
+    // The tenant with the fixed 4/s is deleted: once its ConfigMap is gone, t1 gets that too.
+    env.tenants().delete("fixed", &DeleteParams::default()).await.unwrap();
+    assert!(wait_until(WAIT, || async { env.tenant("fixed").await.is_none() }).await);
+    servers.names.retain(|n| n != "fixed");
+    servers.running.remove("fixed");
+    servers.settle(&env, |r| r == [1.0, 16.0, 1.0, 1.0]).await;
+    assert!(servers.peak <= 19.0, "the servers together ran at {}/s", servers.peak);
 }

@@ -37,6 +37,12 @@ const SCIM_PORT: i32 = 8080;
 const ADMIN_PORT: i32 = 9090;
 const RUN_AS: i64 = 65532;
 const CONFIG_MOUNT: &str = "/etc/scim/config";
+/// The ConfigMap key with the server's ZITADEL request rate, a file beside
+/// `serve.yaml` that the server finds by itself. Not part of `serve.yaml`,
+/// whose hash is in the pod template: a new share reaches the server through
+/// the mounted directory (no `subPath`, so the kubelet updates it in place),
+/// without a restart.
+pub(crate) const RATE_FILE_KEY: &str = crate::zitadel::rate::RATE_FILE_NAME;
 const KEYS_MOUNT: &str = "/etc/scim/keys";
 const ZITADEL_MOUNT: &str = "/etc/scim/zitadel";
 const DATA_MOUNT: &str = "/data";
@@ -239,6 +245,16 @@ pub(crate) fn serve_config(
     }
 }
 
+/// The tenant's rate when no budget is divided: its override, or the server's default.
+pub(crate) fn default_rate(tenant: &ScimTenant) -> f64 {
+    tenant.spec.zitadel.max_requests_per_second.unwrap_or(crate::zitadel::config::DEFAULT_RATE)
+}
+
+/// The rate file's text: requests per second, one number.
+pub(crate) fn rate_file(rate: f64) -> String {
+    format!("{rate}\n")
+}
+
 /// The keys file the server reads: hashes of the keys that have not expired.
 pub(crate) fn keys_file(keys: &[KeyMaterial]) -> String {
     crate::keys::render_keys_file(keys.iter().filter(|k| !k.expired).map(|k| (k.name.as_str(), k.token.as_str())))
@@ -297,7 +313,10 @@ pub fn build(
         ),
         config: ConfigMap {
             metadata: meta(tenant, config_name(tenant), "config"),
-            data: Some(BTreeMap::from([("serve.yaml".into(), config_text.clone())])),
+            data: Some(BTreeMap::from([
+                ("serve.yaml".into(), config_text.clone()),
+                (RATE_FILE_KEY.into(), rate_file(default_rate(tenant))),
+            ])),
             ..Default::default()
         },
         pvc: pvc(tenant, &server),

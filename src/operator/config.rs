@@ -25,6 +25,10 @@ pub struct ControllerConfig {
     pub instance: String,
     /// Most ZITADEL requests per second from the operator (default 40).
     pub zitadel_rate: Option<f64>,
+    /// The cluster-wide ZITADEL budget in requests per second, divided
+    /// between the operator and the tenant servers (`rate_budget.rs`);
+    /// `None`: every server runs at its own rate.
+    pub zitadel_budget: Option<f64>,
 }
 
 impl ControllerConfig {
@@ -40,6 +44,16 @@ impl ControllerConfig {
             backoff_max: Duration::from_secs(300),
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "scim-operator".into()),
             zitadel_rate: None,
+            zitadel_budget: None,
+        }
+    }
+
+    /// The operator's own rate: its flag, held to its slice of the budget.
+    pub(crate) fn own_rate(&self) -> Option<f64> {
+        let slice = self.zitadel_budget.map(|total| super::rate_budget::Budget { total }.operator_share());
+        match (self.zitadel_rate, slice) {
+            (Some(r), Some(s)) => Some(r.min(s)),
+            (r, s) => r.or(s),
         }
     }
 
@@ -48,7 +62,7 @@ impl ControllerConfig {
         ZitadelConfig {
             url: self.settings.zitadel_url.clone(),
             instance_host: self.settings.zitadel_instance_host.clone(),
-            max_requests_per_second: self.zitadel_rate,
+            max_requests_per_second: self.own_rate(),
             ..Default::default()
         }
     }

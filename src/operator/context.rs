@@ -91,6 +91,8 @@ pub(crate) struct TenantMemo {
     pub failures: u32,
     /// The rotate request last acted on, until the tenant cache shows it in status.
     pub rotate_handled: Option<String>,
+    /// Its share of the ZITADEL budget.
+    pub rate_share: Option<super::rate_budget::Share>,
 }
 
 /// Shared by the controllers of every watched namespace.
@@ -102,6 +104,10 @@ pub(crate) struct OperatorContext {
     pub http: reqwest::Client,
     admin: Mutex<Option<(String, Arc<Zitadel>)>>,
     pub memo: Mutex<HashMap<String, TenantMemo>>,
+    /// Bumped when the ZITADEL budget's division may have changed for other
+    /// tenants (a server became busy or idle, or confirmed a lower share):
+    /// every tenant is looked at again then, not at its next poll.
+    pub budget_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl OperatorContext {
@@ -118,6 +124,7 @@ impl OperatorContext {
             http: reqwest::Client::new(),
             admin: Mutex::new(None),
             memo: Mutex::new(HashMap::new()),
+            budget_changed: tokio::sync::watch::Sender::new(0),
         })
     }
 

@@ -90,6 +90,19 @@ fn pvc_owner(pvc: PersistentVolumeClaim) -> Option<ObjectRef<ScimTenant>> {
     Some(ObjectRef::<ScimTenant>::new(tenant).within(&namespace))
 }
 
+/// Changes of the ZITADEL budget's division (see `rate_share.rs`), those
+/// within half a second taken as one: when many servers turn busy together
+/// (Entra's cycles start together), every tenant is looked at once, not once
+/// per server.
+fn budget_changes(rx: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        rx.borrow_and_update();
+        Some(((), rx))
+    })
+}
+
 /// Runs the controller for one scope (a namespace, or all) until `shutdown`.
 async fn run_scope(
     operator: Arc<OperatorContext>,
@@ -119,6 +132,7 @@ async fn run_scope(
         .owns_stream(service_events)
         .owns_stream(ingress_events)
         .owns_stream(network_policy_events)
+        .reconcile_all_on(budget_changes(operator.budget_changed.subscribe()))
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -143,6 +143,11 @@ pub struct ZitadelSpec {
     pub group_roles: Vec<GroupRoles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_user: Option<ServiceUserSpec>,
+    /// A fixed ZITADEL request rate for this tenant's server, taken out of
+    /// the cluster's budget before the rest is divided (otherwise: its share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 1000.0))]
+    pub max_requests_per_second: Option<f64>,
 }
 
 /// The machine user the SCIM server writes to ZITADEL with: managed by the

@@ -31,6 +31,11 @@ pub(crate) enum Error {
 
 impl Error {
     /// The metrics label.
+    /// Every value `reason()` can take: the error counter starts at 0 for
+    /// each, so that `increase()` sees the first error of a reason too.
+    pub(crate) const REASONS: [&'static str; 5] =
+        ["KubernetesApi", "Internal", "Finalizer", "ZitadelCleanup", "CachesNotSynced"];
+
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Error::Observe(_) | Error::Bind(_) | Error::Kube(_) => "KubernetesApi",

@@ -32,6 +32,26 @@ struct ReadyLabel {
     ready: &'static str,
 }
 
+/// One tenant, for alerts that must say which.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    namespace: String,
+    name: String,
+    key: String,
+}
+
+/// `namespace/name` → its labels.
+fn tenant_label(tenant: &str) -> TenantLabel {
+    let (namespace, name) = tenant.split_once('/').unwrap_or(("", tenant));
+    TenantLabel { namespace: namespace.into(), name: name.into() }
+}
+
 pub(crate) struct OperatorMetrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
@@ -39,6 +59,12 @@ pub(crate) struct OperatorMetrics {
     duration: Histogram,
     tenants: Family<ReadyLabel, Gauge>,
     leader: Gauge,
+    /// 1 while a tenant is Ready (the alert on a tenant not Ready for long).
+    tenant_ready: Family<TenantLabel, Gauge>,
+    /// When each SCIM key expires, in Unix seconds (the alert on keys about to).
+    key_expiry: Family<KeyLabel, Gauge>,
+    /// The keys exported per tenant, to drop those that are gone.
+    key_series: Mutex<HashMap<String, Vec<KeyLabel>>>,
     /// Each tenant's last `Ready` status, to count tenants by readiness.
     readiness: Mutex<HashMap<String, &'static str>>,
     /// Caches synced (or standing by without leadership).
@@ -61,9 +87,20 @@ impl OperatorMetrics {
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles by reason", errors.clone());
+        for reason in super::error::Error::REASONS {
+            let _ = errors.get_or_create(&ReasonLabel { reason: reason.to_string() });
+        }
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
         registry.register("tenants", "ScimTenants by Ready condition", tenants.clone());
         registry.register("leader", "1 while this replica holds the lease", leader.clone());
+        let tenant_ready = Family::<TenantLabel, Gauge>::default();
+        let key_expiry = Family::<KeyLabel, Gauge>::default();
+        registry.register("tenant_ready", "1 while the ScimTenant is Ready, 0 otherwise", tenant_ready.clone());
+        registry.register(
+            "key_expiry_timestamp_seconds",
+            "When a SCIM key of a ScimTenant expires (Unix time); keys without expiry are absent",
+            key_expiry.clone(),
+        );
         OperatorMetrics {
             registry,
             reconciles,
@@ -71,6 +108,9 @@ impl OperatorMetrics {
             duration,
             tenants,
             leader,
+            tenant_ready,
+            key_expiry,
+            key_series: Mutex::new(HashMap::new()),
             readiness: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
         }
@@ -98,12 +138,43 @@ impl OperatorMetrics {
             return;
         }
         match state {
+            Some(s) => {
+                self.tenant_ready.get_or_create(&tenant_label(tenant)).set(i64::from(s == "true"));
+            }
+            None => {
+                self.tenant_ready.remove(&tenant_label(tenant));
+                self.set_key_expiries(tenant, &[]);
+            }
+        }
+        match state {
             Some(s) => m.insert(tenant.to_string(), s),
             None => m.remove(tenant),
         };
         for state in ["true", "false", "unknown"] {
             let n = m.values().filter(|v| **v == state).count();
             self.tenants.get_or_create(&ReadyLabel { ready: state }).set(n as i64);
+        }
+    }
+
+    /// The tenant's keys with an expiry, as (key name, Unix seconds); keys no
+    /// longer listed leave the metric.
+    pub(crate) fn set_key_expiries(&self, tenant: &str, keys: &[(String, i64)]) {
+        let t = tenant_label(tenant);
+        let labels: Vec<KeyLabel> = keys
+            .iter()
+            .map(|(key, _)| KeyLabel { namespace: t.namespace.clone(), name: t.name.clone(), key: key.clone() })
+            .collect();
+        let mut series = self.key_series.lock();
+        for gone in series.get(tenant).into_iter().flatten().filter(|l| !labels.contains(l)) {
+            self.key_expiry.remove(gone);
+        }
+        for (label, (_, at)) in labels.iter().zip(keys) {
+            self.key_expiry.get_or_create(label).set(*at);
+        }
+        if labels.is_empty() {
+            series.remove(tenant);
+        } else {
+            series.insert(tenant.to_string(), labels);
         }
     }
 

@@ -21,6 +21,8 @@ pub(crate) mod metrics;
 pub(crate) mod names;
 pub(crate) mod observe;
 pub(crate) mod provisioning_health;
+pub(crate) mod rate_budget;
+pub(crate) mod rate_share;
 pub(crate) mod reconcile;
 pub mod run;
 pub(crate) mod self_service;

@@ -11,6 +11,7 @@ use super::build;
 use super::context::{ProvisioningMemo, ReconcileContext};
 use super::crd::{ProvisioningStatus, ScimTenant, SelfServiceStatus};
 use super::names::reason;
+use super::rate_share;
 use super::status::Check;
 use super::status::checks::{provisioning_unobservable, provisioning_unreachable};
 
@@ -105,8 +106,11 @@ pub(crate) async fn observe(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &s
     if let Some(check) = provisioning_unobservable(server) {
         return Health { provisioning: previous, check, self_service_keys: previous_keys };
     }
+    // Read before the memo is locked below (the lock is not re-entrant).
+    let settling = rate_share::settling(operator, uid);
     if let Some(memo) = operator.memo.lock().get(uid).and_then(|m| m.provisioning.clone())
         && memo.at.elapsed() < operator.cfg.status_poll
+        && !settling
     {
         return Health { provisioning: memo.status, check: memo.check, self_service_keys: memo.self_service_keys };
     }
@@ -115,6 +119,7 @@ pub(crate) async fn observe(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &s
         status_url(&operator.cfg.status_url_template, &build::server_name(tenant), &namespace, &tenant.name_any());
     let (status, check, self_service_keys) = match fetch(&operator.http, &url).await {
         Ok(body) => {
+            rate_share::observe_status(operator, uid, &body);
             let (status, check) = interpret(&body);
             (Some(status), check, self_service_keys(&body))
         }

@@ -23,6 +23,7 @@ use super::names::{annotation, reason};
 use super::observe::{self, ObserveError};
 use super::provisioning_health;
 use super::self_service::{self, SelfServiceOutcome};
+use super::rate_share;
 use super::status::{self, Check, Observed, checks};
 use super::validate::validate;
 
@@ -114,6 +115,9 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
     }
 
     let keys = plan_keys(ctx, &pass).await?;
+    ctx.operator
+        .metrics
+        .set_key_expiries(&format!("{}/{}", pass.namespace, tenant.name_any()), &key_expiries(&keys.plan));
     observed.keys = checks::keys_check(&tenant, &keys.plan, &keys.conflicts);
     let binding = binding::bind(ctx, &tenant, &pass.uid, pass.generation).await?;
     observed.zitadel = binding.check.clone();
@@ -127,8 +131,9 @@ pub(crate) async fn apply(tenant: Arc<ScimTenant>, ctx: &ReconcileContext) -> Re
         return record_failure(ctx, &pass, observed, e.into()).await;
     }
 
-    let desired =
+    let mut desired =
         build::build(&tenant, &ctx.operator.cfg.settings, &keys.plan.keys, &binding.cred, self_service.mount.as_ref());
+    rate_share::assign(ctx, &tenant, &pass.uid, &mut desired);
     let deployment = match apply::apply_children(ctx, &tenant, &desired).await {
         Ok(deployment) => deployment,
         Err(e) => return record_failure(ctx, &pass, observed, e.into()).await,
@@ -276,9 +281,25 @@ fn requeue(ctx: &ReconcileContext, pass: &Pass, observed: &Observed, plan: &KeyP
     let next = checks::requeue(observed, cfg.resync, cfg.status_poll, plan.next_change, pass.now);
     if next.converged {
         operator.succeeded(&pass.uid);
+        if rate_share::settling(operator, &pass.uid) {
+            return Action::requeue(next.after.min(rate_share::SETTLE_POLL));
+        }
         return Action::requeue(next.after);
     }
     let delay = operator.backoff(&pass.uid);
     tracing::info!(tenant = %format!("{}/{}", pass.namespace, pass.tenant.name_any()), zitadel = observed.zitadel.reason(), server = observed.server.reason(), retry_in = ?delay, "not ready yet");
     Action::requeue(delay.min(next.after))
+}
+
+/// The keys in use that expire, for the expiry metric.
+fn key_expiries(plan: &KeyPlan) -> Vec<(String, i64)> {
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    plan.keys
+        .iter()
+        .filter(|k| !k.expired)
+        .filter_map(|k| {
+            let at = time::OffsetDateTime::parse(k.expires_at.as_deref()?, rfc3339).ok()?;
+            Some((k.name.clone(), at.unix_timestamp()))
+        })
+        .collect()
 }

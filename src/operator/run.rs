@@ -10,7 +10,7 @@ use kube::{Api, Client};
 
 use super::controller::{self, ControllerConfig, OperatorContext};
 use super::crd::ScimTenant;
-use super::leader::{self, LeaseConfig};
+use super::leader::{Candidate, LeaseConfig};
 use super::metrics::{self, OperatorMetrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,23 +82,25 @@ pub async fn run_with(
         return Ok(());
     };
     let leases: Api<Lease> = Api::namespaced(client, &lease_cfg.namespace);
+    let identity = lease_cfg.identity.clone();
+    let mut candidate = Candidate::new(leases, lease_cfg);
     // A standby is healthy and ready: it only waits.
     metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::select! {
-        _ = leader::acquire(&leases, &lease_cfg) => {}
+        _ = candidate.acquire() => {}
         _ = stopped() => return Ok(()),
     }
-    tracing::info!(identity = %lease_cfg.identity, "leading");
+    tracing::info!(identity = %identity, "leading");
     metrics.set_leader(true);
     let lost = tokio::select! {
-        _ = leader::hold(&leases, &lease_cfg) => true,
+        _ = candidate.hold() => true,
         _ = controller::run(operator, stopped()) => false,
     };
     metrics.set_leader(false);
     if lost {
         return Err(RunError::LeaseLost);
     }
-    leader::release(&leases, &lease_cfg).await;
+    candidate.release().await;
     Ok(())
 }
 

@@ -216,6 +216,8 @@ pub(crate) struct ZitadelSnapshot {
     /// ZITADEL API requests made since start.
     pub requests: u64,
     pub reachable: bool,
+    /// ZITADEL requests per second now allowed (the share of the cluster's budget).
+    pub rate_limit: f64,
 }
 
 impl Collector for StateSnapshot {
@@ -267,6 +269,7 @@ fn encode_zitadel(encoder: &mut DescriptorEncoder, z: &ZitadelSnapshot) -> Resul
         z.oldest_pending_seconds,
     )?;
     counter(encoder, "zitadel_requests", "ZITADEL API requests made.", z.requests)?;
+    gauge(encoder, "zitadel_rate_limit", "ZITADEL requests per second now allowed.", z.rate_limit)?;
     gauge(encoder, "zitadel_reachable", "Whether ZITADEL answered the last check.", u32::from(z.reachable))
 }
 
@@ -352,6 +355,7 @@ mod tests {
                 oldest_pending_seconds: 2.5,
                 requests: 17,
                 reachable: true,
+                rate_limit: 2.0,
             }),
         };
         let text = ServerMetrics::new().encode(&state);
@@ -373,6 +377,7 @@ mod tests {
             "scim_projection_oldest_pending_seconds 2.5",
             "# TYPE scim_zitadel_requests counter",
             "scim_zitadel_requests_total 17",
+            "scim_zitadel_rate_limit 2.0",
             "scim_zitadel_reachable 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");

@@ -298,6 +298,13 @@ async fn zitadel_status(store: &dyn Store, p: &Projector) -> ZitadelStatus {
             "lastErrorTime": h.last_error_ms.and_then(ms_to_time),
             "lastSuccessTime": h.last_success_ms.and_then(ms_to_time),
             "requests": p.client().calls(),
+            // The operator divides the cluster's ZITADEL budget by these.
+            "rate": {
+                "limit": p.client().limiter().effective_rate(),
+                "waiting": p.client().limiter().waiting(),
+                "busy": p.client().limiter().busy() || o.pending > 0,
+                "reloadFailures": p.client().limiter().reload_failures(),
+            },
         }),
         projection: json!({
             "pendingOperations": o.pending,
@@ -331,6 +338,7 @@ async fn scrape(st: &AppState) -> StateSnapshot {
                     .unwrap_or(0.0),
                 requests: p.client().calls(),
                 reachable: p.health().reachable,
+                rate_limit: p.client().limiter().effective_rate(),
             })
         }
     };

@@ -12,42 +12,11 @@ use serde_json::{Value, json};
 use super::auth::{CachedToken, Credential, TOKEN_SCOPE};
 use super::config::{DEFAULT_TIMEOUT_SECONDS, ZitadelConfig};
 use super::error::{Code, ZitadelError, parse_error_body};
+use super::rate::RateLimiter;
 
 pub(crate) const USER_SERVICE: &str = "zitadel.user.v2.UserService";
 pub(crate) const AUTHZ_SERVICE: &str = "zitadel.authorization.v2.AuthorizationService";
 pub(crate) const ORG_SERVICE: &str = "zitadel.org.v2.OrganizationService";
-
-/// Spaces requests so that at most `rate` start per second, and holds all of
-/// them back after a 429 for as long as ZITADEL asked.
-struct RateLimiter {
-    interval: Duration,
-    next: parking_lot::Mutex<Instant>,
-}
-
-impl RateLimiter {
-    fn new(rate: f64) -> Self {
-        RateLimiter { interval: Duration::from_secs_f64(1.0 / rate), next: parking_lot::Mutex::new(Instant::now()) }
-    }
-    async fn acquire(&self) {
-        let wait = {
-            let mut next = self.next.lock();
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + self.interval;
-            start - now
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-    fn pause(&self, d: Duration) {
-        let mut next = self.next.lock();
-        let until = Instant::now() + d;
-        if *next < until {
-            *next = until;
-        }
-    }
-}
 
 pub struct Client {
     http: reqwest::Client,
@@ -55,7 +24,7 @@ pub struct Client {
     instance_host: Option<String>,
     credential: Credential,
     token: tokio::sync::Mutex<Option<CachedToken>>,
-    limiter: RateLimiter,
+    limiter: std::sync::Arc<RateLimiter>,
     calls: std::sync::atomic::AtomicU64,
 }
 
@@ -94,9 +63,14 @@ impl Client {
             instance_host: cfg.instance_host.clone(),
             credential,
             token: tokio::sync::Mutex::new(None),
-            limiter: RateLimiter::new(cfg.rate()),
+            limiter: std::sync::Arc::new(RateLimiter::new(cfg.rate())),
             calls: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The request rate, which a reloader may change while the client runs.
+    pub(crate) fn limiter(&self) -> &std::sync::Arc<RateLimiter> {
+        &self.limiter
     }
 
     /// API calls made (token requests excluded).

@@ -43,6 +43,11 @@ pub struct ZitadelConfig {
     /// Longest wait between retries of a failed projection (default 300).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retry_delay_seconds: Option<u64>,
+    /// A file holding the current requests-per-second limit, re-read while
+    /// running (the operator writes each server's share of the cluster's
+    /// ZITADEL budget there); overrides `maxRequestsPerSecond` while usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]

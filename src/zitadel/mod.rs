@@ -9,3 +9,4 @@ pub(crate) mod desired;
 pub(crate) mod error;
 pub(crate) mod introspection;
 pub(crate) mod projector;
+pub mod rate;

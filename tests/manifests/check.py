@@ -18,8 +18,8 @@
    field or a wrong type fails) of the oldest version we support (the chart's
    kubeVersion minimum) and the newest kubernetes-validate ships. ScimTenants (the
    sample) are validated against our CRD's own schema, unknown fields included.
-   Only the ServiceMonitor (prometheus-operator's CRD, whose schema is not here)
-   is checked for shape by hand.
+   Only the ServiceMonitor, PodMonitor and PrometheusRule (prometheus-operator's
+   CRDs, whose schemas are not here) are checked for shape by hand.
 4. Our CRD's schema is structural as the API server requires (a type on every node,
    no $ref or type-carrying anyOf/oneOf, properties and additionalProperties never
    together, list-map keys required scalars of object items), and carries the
@@ -234,8 +234,15 @@ def validate_all(sources: dict[str, list[dict]], versions: list[str], crd: dict)
                     continue
                 if api.startswith("monitoring.coreos.com/"):
                     spec = o.get("spec") or {}
-                    if not (spec.get("selector") and isinstance(spec.get("endpoints"), list)):
-                        problems.append(f"{kind}: ServiceMonitor without selector/endpoints")
+                    shape = {
+                        "ServiceMonitor": spec.get("selector") and isinstance(spec.get("endpoints"), list),
+                        "PodMonitor": spec.get("selector") and isinstance(spec.get("podMetricsEndpoints"), list),
+                        "PrometheusRule": isinstance(spec.get("groups"), list) and all(
+                            isinstance(r.get("expr"), str) and r.get("alert")
+                            for g in spec["groups"] for r in g.get("rules", [])),
+                    }.get(o.get("kind"))
+                    if not shape:
+                        problems.append(f"{kind}: not the shape of a {o.get('kind')}")
                     n += 1
                     continue
                 try:

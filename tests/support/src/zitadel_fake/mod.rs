@@ -220,6 +220,8 @@ pub struct FakeCall {
     /// The authenticated user id, if authentication succeeded.
     pub caller: Option<String>,
     pub status: u16,
+    /// When the request arrived: ZITADEL's rate limits count requests in time windows.
+    pub received: Instant,
 }
 
 pub struct ZitadelFake {
@@ -512,6 +514,7 @@ impl ZitadelFake {
                     instance_host: c.instance_host.clone(),
                     caller: c.caller.clone(),
                     status: c.status,
+                    received: c.received,
                 })
                 .collect()
         })
@@ -626,6 +629,7 @@ fn authenticate(s: &State, auth: Option<&str>) -> ApiResult<String> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request) -> Response {
+    let received = Instant::now();
     let (latency, down) = {
         let s = shared.state.lock();
         (s.faults.latency, s.faults.down)
@@ -711,6 +715,7 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
         instance_host: instance_host.clone(),
         caller: None,
         status: 0,
+        received,
     };
     let result = serve_call(&mut s, &mut call, &name, auth.as_deref(), org_header, &req_body, host, instance_host);
     let resp = match result {

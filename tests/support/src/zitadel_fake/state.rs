@@ -312,6 +312,8 @@ pub struct Call {
     pub instance_host: Option<String>,
     pub caller: Option<String>,
     pub status: u16,
+    /// When the request arrived (before any injected latency).
+    pub received: Instant,
 }
 
 #[derive(Default)]
