@@ -23,7 +23,10 @@ fn start(dir: &std::path::Path) -> Server {
     let cfg = dir.join("serve.yaml");
     std::fs::write(&cfg, "connections:\n  maxConnections: 2100\n  writeTimeoutSeconds: 5\n").unwrap();
     let cfg = cfg.to_str().unwrap();
-    Server::start_with(&bin(), Options { extra_args: &["--durability", "process", "--config", cfg], ..Default::default() })
+    Server::start_with(
+        &bin(),
+        Options { extra_args: &["--durability", "process", "--config", cfg], ..Default::default() },
+    )
 }
 
 fn rss_kb(pid: u32) -> u64 {

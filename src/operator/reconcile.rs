@@ -22,8 +22,8 @@ use super::keys::{self, KeyPlan};
 use super::names::{annotation, reason};
 use super::observe::{self, ObserveError};
 use super::provisioning_health;
-use super::self_service::{self, SelfServiceOutcome};
 use super::rate_share;
+use super::self_service::{self, SelfServiceOutcome};
 use super::status::{self, Check, Observed, checks};
 use super::validate::validate;
 
