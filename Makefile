@@ -83,7 +83,7 @@ bench: $(VENV)/.stamp
 	$(MAKE) --no-print-directory bench-operator >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-slow-readers >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-keys | sed 's/^### /## /' >> BENCHMARKS.md
-	$(CARGO) test --release --locked --test rate_budget -- --ignored bench_twenty_tenants_initial_sync
+	$(CARGO) test --locked --test rate_budget -- --ignored bench_twenty_tenants_initial_sync
 	cat target/bench-rate-budget.md >> BENCHMARKS.md
 	cat bench/decisions.md >> BENCHMARKS.md
 

@@ -276,7 +276,7 @@ async fn bench_twenty_tenants_initial_sync() {
     let ratio = f.sync.as_secs_f64() / f.budget_bound.as_secs_f64();
     let report = format!(
         "## ZITADEL rate budget: {TENANTS} tenants' initial sync at once\n\n\
-         Command: `cargo test --release --test rate_budget -- --ignored` (part of `make bench`). \
+         Command: `cargo test --test rate_budget -- --ignored` (part of `make bench`; the dev build, since the run is bound by the budget, not by CPU). \
          The operator divides a {BUDGET}/s budget (status poll 5 s); {TENANTS} real servers each create \
          {users} users (4 at a time) against the ZITADEL fake, which records when each call arrives.\n\n\
          | measure | value |\n|---|---:|\n\
