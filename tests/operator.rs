@@ -1530,7 +1530,7 @@ async fn a_zitadel_outage_leaves_the_self_service_credential_in_place() {
 
     env.zitadel.set_down(true);
     env.wait_condition("acme", "SelfServiceReady", "False", Some("ZitadelUnavailable")).await;
-    assert_eq!(env.condition("acme", "Stalled").await.unwrap().0, "False", "an outage is not a stall");
+    assert!(env.condition("acme", "Stalled").await.is_none(), "an outage is not a stall (Stalled only while True)");
     // The server keeps its key, section and pod: nothing restarts for an outage.
     assert!(serve_yaml(&env, "acme").await.get("selfService").is_some());
     assert_eq!(template(deps.get("acme-scim").await.unwrap()), before);
