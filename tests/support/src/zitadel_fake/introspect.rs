@@ -57,31 +57,7 @@ fn verify_client_assertion(s: &State, jwt: &str) -> Result<String, String> {
     let kid = jws.header["kid"].as_str().ok_or("JWT header has no kid")?;
     let (app, key) =
         s.apps.values().find_map(|a| a.keys.iter().find(|k| k.id == kid).map(|k| (a, k))).ok_or("unknown key id")?;
-    let c = &jws.claims;
-    if c["iss"] != app.client_id.as_str() || c["sub"] != app.client_id.as_str() {
-        return Err("iss and sub must both be the client id".into());
-    }
-    let issuer = s.url.trim_end_matches('/');
-    let aud_ok = match &c["aud"] {
-        Value::String(a) => a.trim_end_matches('/') == issuer,
-        Value::Array(a) => a.iter().any(|x| x.as_str().is_some_and(|x| x.trim_end_matches('/') == issuer)),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(format!("aud must contain the issuer {issuer}"));
-    }
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let iat = c["iat"].as_i64().ok_or("iat missing")?;
-    let exp = c["exp"].as_i64().ok_or("exp missing")?;
-    if now - iat > 3600 || iat > now + 60 {
-        return Err("iat out of range".into());
-    }
-    if exp <= now {
-        return Err("assertion expired".into());
-    }
-    if key.expiration.unix_timestamp() <= now {
-        return Err("key expired".into());
-    }
+    oauth::check_assertion_claims(s, &jws.claims, &app.client_id, "the client id", key.expiration)?;
     oauth::verify_rs256(&jws, &key.public_der)?;
     Ok(app.id.clone())
 }

@@ -135,25 +135,19 @@ pub fn verify_rs256(jws: &Jws, public_der: &[u8]) -> Result<(), String> {
         .map_err(|_| "signature does not verify".to_string())
 }
 
-/// Verifies an assertion (docs/zitadel-contract.md §2.2): RS256 with header `kid` = a registered key id,
-/// `iss = sub =` the key's user, `aud` (string or array) contains the issuer, `iat` not
-/// older than 1 h (and not in the future beyond a minute of skew), `exp` in the future,
-/// the key not expired, the user active. Returns the user id.
-fn verify_assertion(s: &State, jwt: &str) -> Result<String, String> {
-    let parts: Vec<&str> = jwt.split('.').collect();
-    if parts.len() != 3 {
-        return Err("assertion is not a JWS compact serialisation".into());
-    }
-    let header = b64url_json(parts[0]).ok_or("bad JWT header")?;
-    let claims = b64url_json(parts[1]).ok_or("bad JWT claims")?;
-    if header["alg"] != "RS256" {
-        return Err(format!("unsupported alg {}", header["alg"]));
-    }
-    let kid = header["kid"].as_str().ok_or("JWT header has no kid")?;
-    let (user, key) =
-        s.live_users().find_map(|u| u.keys.iter().find(|k| k.id == kid).map(|k| (u, k))).ok_or("unknown key id")?;
-    if claims["iss"] != user.id.as_str() || claims["sub"] != user.id.as_str() {
-        return Err("iss and sub must both be the key's user id".into());
+/// The claims every JWT-bearer assertion must carry (docs/zitadel-contract.md §2.2),
+/// whoever signs it: `iss = sub = subject` (`who` names it in the error), `aud`
+/// (string or array) contains the issuer, `iat` not older than 1 h (and not in the
+/// future beyond a minute of skew), `exp` in the future, the signing key not expired.
+pub fn check_assertion_claims(
+    s: &State,
+    claims: &Value,
+    subject: &str,
+    who: &str,
+    key_expiration: time::OffsetDateTime,
+) -> Result<(), String> {
+    if claims["iss"] != subject || claims["sub"] != subject {
+        return Err(format!("iss and sub must both be {who}"));
     }
     let issuer = s.url.trim_end_matches('/');
     let aud_ok = match &claims["aud"] {
@@ -176,17 +170,28 @@ fn verify_assertion(s: &State, jwt: &str) -> Result<String, String> {
     if exp <= now {
         return Err("assertion expired".into());
     }
-    if key.expiration.unix_timestamp() <= now {
+    if key_expiration.unix_timestamp() <= now {
         return Err("key expired".into());
     }
+    Ok(())
+}
+
+/// Verifies a service user's assertion: RS256 with header `kid` = a registered key
+/// id, the claims [`check_assertion_claims`] requires with the key's user as
+/// subject, the user active. Returns the user id.
+fn verify_assertion(s: &State, jwt: &str) -> Result<String, String> {
+    let jws = parse_jws(jwt).map_err(|e| format!("assertion: {e}"))?;
+    if jws.header["alg"] != "RS256" {
+        return Err(format!("unsupported alg {}", jws.header["alg"]));
+    }
+    let kid = jws.header["kid"].as_str().ok_or("JWT header has no kid")?;
+    let (user, key) =
+        s.live_users().find_map(|u| u.keys.iter().find(|k| k.id == kid).map(|k| (u, k))).ok_or("unknown key id")?;
+    check_assertion_claims(s, &jws.claims, &user.id, "the key's user id", key.expiration)?;
     if user.state != ACTIVE {
         return Err("user is not active".into());
     }
-    let sig = URL_SAFE_NO_PAD.decode(parts[2].trim_end_matches('=')).map_err(|_| "bad signature encoding")?;
-    let input = format!("{}.{}", parts[0], parts[1]);
-    signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &key.public_der)
-        .verify(input.as_bytes(), &sig)
-        .map_err(|_| "signature does not verify")?;
+    verify_rs256(&jws, &key.public_der)?;
     Ok(user.id.clone())
 }
 
