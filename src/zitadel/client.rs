@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::auth::{CachedToken, Credential, TOKEN_SCOPE};
-use super::config::{DEFAULT_TIMEOUT_SECONDS, ZitadelConfig};
+use super::config::ZitadelConfig;
 use super::error::{Code, ZitadelError, parse_error_body};
 use super::rate::RateLimiter;
 
@@ -45,6 +45,15 @@ struct Discovery {
     issuer: String,
 }
 
+/// Names the instance when `url` reaches ZITADEL by an address its own
+/// domain does not match (in-cluster Service).
+pub(crate) fn with_instance_host(rb: reqwest::RequestBuilder, host: Option<&str>) -> reqwest::RequestBuilder {
+    match host {
+        Some(h) => rb.header("x-zitadel-instance-host", h),
+        None => rb,
+    }
+}
+
 impl Client {
     pub fn new(cfg: &ZitadelConfig) -> Result<Self, ZitadelError> {
         let credential = Credential::load(cfg.credentials.pat_file.as_deref(), cfg.credentials.key_file.as_deref())?;
@@ -52,11 +61,8 @@ impl Client {
     }
 
     pub(crate) fn with_credential(cfg: &ZitadelConfig, credential: Credential) -> Result<Self, ZitadelError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(cfg.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ZitadelError::Credentials(format!("cannot build the HTTP client: {e}")))?;
+        let http =
+            cfg.http_client().map_err(|e| ZitadelError::Credentials(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client {
             http,
             base: cfg.url.trim_end_matches('/').to_string(),
@@ -79,10 +85,7 @@ impl Client {
     }
 
     fn with_host(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.instance_host {
-            Some(h) => rb.header("x-zitadel-instance-host", h),
-            None => rb,
-        }
+        with_instance_host(rb, self.instance_host.as_deref())
     }
 
     async fn bearer(&self, force_new: bool) -> Result<String, ZitadelError> {

@@ -77,6 +77,15 @@ pub(crate) const DEFAULT_RATE: f64 = 40.0;
 pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
 
 impl ZitadelConfig {
+    /// The HTTP client every caller of this ZITADEL uses: its timeout, and a
+    /// short connect timeout so an unreachable instance fails fast.
+    pub(crate) fn http_client(&self) -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+    }
+
     /// Every problem at once, each naming the key and the fix.
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();

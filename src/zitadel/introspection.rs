@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use super::auth::JwtSigner;
-use super::config::{DEFAULT_TIMEOUT_SECONDS, ZitadelConfig};
+use super::config::ZitadelConfig;
 use crate::config::IntrospectionConfig;
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -132,10 +132,8 @@ impl Introspector {
                 return Err(IntrospectionError::Credentials("set exactly one of clientSecretFile and keyFile".into()));
             }
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(zitadel.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
+        let http = zitadel
+            .http_client()
             .map_err(|e| IntrospectionError::Credentials(format!("cannot build the HTTP client: {e}")))?;
         Ok(Introspector {
             http,
@@ -147,10 +145,7 @@ impl Introspector {
     }
 
     fn with_host(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.instance_host {
-            Some(h) => rb.header("x-zitadel-instance-host", h),
-            None => rb,
-        }
+        super::client::with_instance_host(rb, self.instance_host.as_deref())
     }
 
     async fn issuer(&self) -> Result<&str, IntrospectionError> {
