@@ -223,7 +223,13 @@ impl Writer {
         match probed {
             Ok(()) => self.counters.record_success(),
             Err(err) => {
-                self.recover();
+                // The probe changed nothing in memory: end its transaction, but
+                // do not reload the whole state every probe of a long outage.
+                if !self.conn.is_autocommit()
+                    && let Err(e) = self.conn.execute_batch("ROLLBACK")
+                {
+                    tracing::error!("rollback after a failed probe failed: {e}");
+                }
                 self.counters.record_failure(&err);
             }
         }
