@@ -346,7 +346,7 @@ fn spawn_zitadel_tasks(projector: &Arc<Projector>, stop: watch::Receiver<bool>) 
                 tracing::warn!(path = %path.display(), rate = limiter.rate(), "the ZITADEL rate file is missing or unusable; starting at maxRequestsPerSecond")
             }
         }
-        crate::zitadel::rate::spawn_rate_reloader(limiter.clone(), path.clone(), KEYS_RELOAD_INTERVAL);
+        crate::zitadel::rate::spawn_rate_reloader(limiter.clone(), path.clone(), crate::zitadel::rate::RELOAD_INTERVAL);
     }
 }
 

@@ -136,6 +136,9 @@ struct ControllerArgs {
     /// same address; ZITADEL Cloud bans it above 50/s). 0 turns the division off.
     #[arg(long, env = "ZITADEL_BUDGET", default_value_t = 40.0)]
     zitadel_budget: f64,
+    /// How often every tenant server is asked whether it has work, to divide the budget, e.g. 5s.
+    #[arg(long, env = "ZITADEL_BUDGET_POLL", default_value = "5s")]
+    zitadel_budget_poll: String,
     /// Where a tenant server's /status is read; {service}, {namespace} and {name} are filled in.
     #[arg(long, env = "STATUS_URL_TEMPLATE", default_value = "http://{service}.{namespace}.svc:9090/status")]
     status_url_template: String,
@@ -421,6 +424,9 @@ fn controller(a: ControllerArgs) -> Result<(), String> {
         return Err("--zitadel-budget must be 0 (off) or a number of requests per second".into());
     }
     config.zitadel_budget = (a.zitadel_budget > 0.0).then_some(a.zitadel_budget);
+    config.budget_poll = validate::parse_duration(&a.zitadel_budget_poll)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--zitadel-budget-poll '{}' is not a duration like 5s", a.zitadel_budget_poll))?;
     let lease = a.leader_election.then(|| LeaseConfig {
         name: a.lease_name,
         namespace: a.lease_namespace,

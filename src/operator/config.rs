@@ -29,6 +29,8 @@ pub struct ControllerConfig {
     /// between the operator and the tenant servers (`rate_budget.rs`);
     /// `None`: every server runs at its own rate.
     pub zitadel_budget: Option<f64>,
+    /// How often every server with a share is asked whether it has work.
+    pub budget_poll: Duration,
 }
 
 impl ControllerConfig {
@@ -45,6 +47,7 @@ impl ControllerConfig {
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "scim-operator".into()),
             zitadel_rate: None,
             zitadel_budget: None,
+            budget_poll: Duration::from_secs(5),
         }
     }
 

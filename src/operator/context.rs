@@ -93,6 +93,8 @@ pub(crate) struct TenantMemo {
     pub rotate_handled: Option<String>,
     /// Its share of the ZITADEL budget.
     pub rate_share: Option<super::rate_budget::Share>,
+    /// Where its server's `/status` is read, known once it has a share.
+    pub status_url: Option<String>,
 }
 
 /// Shared by the controllers of every watched namespace.

@@ -158,6 +158,7 @@ pub(crate) async fn run(operator: Arc<OperatorContext>, shutdown: impl Future<Ou
             let _ = stop_rx.wait_for(|stop| *stop).await;
         })
     });
+    let sweep = tokio::spawn(super::rate_share::sweep(operator.clone()));
     let all = futures::future::join_all(runs);
     tokio::pin!(all);
     tokio::select! {
@@ -167,4 +168,5 @@ pub(crate) async fn run(operator: Arc<OperatorContext>, shutdown: impl Future<Ou
             all.await;
         }
     }
+    sweep.abort();
 }

@@ -18,7 +18,7 @@ use super::rate_budget::{Budget, Share};
 
 /// How soon a tenant whose share is moving is looked at again: its server
 /// must confirm a lower share before another may rise.
-pub(crate) const SETTLE_POLL: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE_POLL: Duration = Duration::from_secs(1);
 
 fn budget(operator: &OperatorContext) -> Option<Budget> {
     operator.cfg.zitadel_budget.map(|total| Budget { total })
@@ -28,15 +28,95 @@ fn shares(memo: &HashMap<String, TenantMemo>) -> HashMap<String, Share> {
     memo.iter().filter_map(|(uid, m)| m.rate_share.clone().map(|s| (uid.clone(), s))).collect()
 }
 
+/// Brings the plan in force up to date with what was observed; whether it changed.
+fn replan(budget: &Budget, memo: &mut HashMap<String, TenantMemo>) -> bool {
+    let mut all = shares(memo);
+    budget.replan(&mut all);
+    let mut changed = false;
+    for (uid, planned) in all {
+        if let Some(share) = memo.get_mut(&uid).and_then(|m| m.rate_share.as_mut()) {
+            changed |= share.planned != planned.planned;
+            share.planned = planned.planned;
+            share.planned_busy = planned.planned_busy;
+        }
+    }
+    if changed && tracing::enabled!(tracing::Level::DEBUG) {
+        // uid prefix: B (busy) calls made / share.
+        let mut division: Vec<String> = shares(memo)
+            .iter()
+            .map(|(uid, s)| {
+                format!(
+                    "{}:{}{}/{}",
+                    uid.chars().take(8).collect::<String>(),
+                    if s.busy { "B" } else { "" },
+                    s.calls,
+                    s.planned.unwrap_or(0.0)
+                )
+            })
+            .collect();
+        division.sort();
+        tracing::debug!(division = %division.join(" "), "ZITADEL budget divided anew");
+    }
+    changed
+}
+
+/// Reads every server with a share's `/status` each `budget_poll`, all at
+/// once, so servers that turn busy together are divided for together (a
+/// tenant's own pass reads it only once per `status_poll`). Runs while this
+/// replica leads.
+pub(crate) async fn sweep(operator: std::sync::Arc<OperatorContext>) {
+    use futures::StreamExt;
+    if budget(&operator).is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(operator.cfg.budget_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let servers: Vec<(String, String)> = operator
+            .memo
+            .lock()
+            .iter()
+            .filter(|(_, m)| m.rate_share.is_some())
+            .filter_map(|(uid, m)| m.status_url.clone().map(|url| (uid.clone(), url)))
+            .collect();
+        // Every answer is taken before anything is divided anew.
+        let answers: Vec<(String, Value)> = futures::stream::iter(servers)
+            .map(|(uid, url)| {
+                let http = operator.http.clone();
+                async move { super::provisioning_health::fetch(&http, &url).await.ok().map(|body| (uid, body)) }
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        for (uid, body) in answers {
+            observe_status(&operator, &uid, &body);
+        }
+    }
+}
+
+/// Status reads in flight at once during a sweep.
+const SWEEP_CONCURRENCY: usize = 32;
+
 /// Puts the tenant's share into its ConfigMap.
 pub(crate) fn assign(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &str, desired: &mut Desired) {
     let Some(budget) = budget(&ctx.operator) else { return };
     let mut memo = ctx.operator.memo.lock();
     let every_namespace = ctx.operator.cfg.watch_namespaces.is_empty();
     seed(&ctx.stores.configmaps, &mut memo, every_namespace, &tenant.namespace().unwrap_or_default());
-    let own = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
+    let namespace = tenant.namespace().unwrap_or_default();
+    let entry = memo.entry(uid.to_string()).or_default();
+    entry.status_url = Some(super::provisioning_health::status_url(
+        &ctx.operator.cfg.status_url_template,
+        &build::server_name(tenant),
+        &namespace,
+        &tenant.name_any(),
+    ));
+    let own = entry.rate_share.get_or_insert_with(Share::default);
     own.fixed = tenant.spec.zitadel.max_requests_per_second;
     own.seeded_in = None;
+    replan(&budget, &mut memo);
     let grant = budget.grant(uid, &shares(&memo));
     if let Some(share) = memo.get_mut(uid).and_then(|m| m.rate_share.as_mut()) {
         share.wrote(grant);
@@ -87,9 +167,7 @@ fn seed(configmaps: &Store<ConfigMap>, memo: &mut HashMap<String, TenantMemo>, e
 
 /// Takes the rate the server runs at and whether it has work from its `/status`.
 pub(crate) fn observe_status(operator: &OperatorContext, uid: &str, body: &Value) {
-    if budget(operator).is_none() {
-        return;
-    }
+    let Some(budget) = budget(operator) else { return };
     let changed = {
         let mut memo = operator.memo.lock();
         let share = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
@@ -98,9 +176,11 @@ pub(crate) fn observe_status(operator: &OperatorContext, uid: &str, body: &Value
             share.confirm(limit);
         }
         let waiting = body.pointer("/zitadel/rate/busy").and_then(Value::as_bool).unwrap_or(false);
-        let backlog = body.pointer("/projection/pendingOperations").and_then(Value::as_i64).unwrap_or(0) > 0;
-        share.busy = waiting || backlog;
-        share.busy != was_busy || (was_unconfirmed && !share.unconfirmed())
+        let backlog = body.pointer("/projection/pendingOperations").and_then(Value::as_u64).unwrap_or(0) > 0;
+        let calls = body.pointer("/zitadel/requests").and_then(Value::as_u64).unwrap_or(0);
+        share.observe_work(waiting || backlog, calls);
+        let moved = share.busy != was_busy || (was_unconfirmed && !share.unconfirmed());
+        replan(&budget, &mut memo) || moved
     };
     if changed {
         operator.budget_changed.send_modify(|n| *n = n.wrapping_add(1));

@@ -195,6 +195,12 @@ impl RateLimiter {
 /// The rate file's name beside the config file, where the operator puts it.
 pub const RATE_FILE_NAME: &str = "zitadel-rate";
 
+/// How often the rate file is read: a lower share must be in force (and
+/// reported) before the operator lets another server rise, so every
+/// interval here delays the whole cluster's division. Reading a file of a
+/// few bytes twice a second costs nothing.
+pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+
 /// `zitadel-rate` beside the config file at `config`, when it exists.
 pub fn beside_config(config: &Path) -> Option<PathBuf> {
     let path = config.parent()?.join(RATE_FILE_NAME);
