@@ -8,7 +8,7 @@ BIN     := target/release/scim-operator
 DATA    ?= .data
 FUZZ_SECONDS ?= 600
 
-.PHONY: bench-slow-readers image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator bench-keys manifests e2e fuzz venv clean
+.PHONY: bench-slow-readers image image-smoke image-rootfs e2e-pod manifests-check all build run test unit conformance contract lint fmt crds bench bench-projection bench-operator bench-keys bench-compare manifests e2e fuzz venv clean
 
 all: build
 
@@ -103,6 +103,14 @@ bench-operator:
 	  "$$(date -u '+%Y-%m-%d %H:%M')" "$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$$(nproc)"
 	@target/release/examples/operator_bench --bin $(BIN)
 	@target/release/examples/operator_bench --bin $(BIN) --zitadel-rps 1000
+
+## Paired throughput comparison with another build (BASE=path/to/scim-operator), e.g. the
+## release binary of an earlier commit: both servers up at once, runs alternating.
+bench-compare: $(VENV)/.stamp
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=/path/to/older/scim-operator"; exit 2; }
+	$(CARGO) build --quiet --release --locked --bin scim-operator
+	$(VPY) bench/ab_pair.py $(BASE) $(BIN)
+	AB_OPS=patch:patch.lua,create:create.lua $(VPY) bench/ab_pair.py $(BASE) $(BIN) 3
 
 ## SCIM GET throughput with 16 self-service keys plus a keys-file key vs one key (the
 ## key check stays one map lookup per request); prints Markdown.

@@ -52,15 +52,37 @@ const LAST_USED_GRANULARITY_MS: u64 = 1000;
 /// plus the current content of the keys file.
 pub(crate) struct KeyRing {
     /// SCIM_TOKEN and the dev key, and the keys file, by hash.
-    fixed: HashMap<[u8; 32], KeyHash>,
-    from_file: RwLock<Arc<HashMap<[u8; 32], KeyHash>>>,
+    fixed: ByDigest<KeyHash>,
+    from_file: RwLock<Arc<ByDigest<KeyHash>>>,
     /// Self-service keys (`selfService`), by hash.
-    api: RwLock<HashMap<[u8; 32], Arc<ApiKey>>>,
+    api: RwLock<ByDigest<Arc<ApiKey>>>,
     /// Changed keys files that could not be used (reported on /status).
     reload_failures: AtomicU64,
 }
 
-fn by_hash(keys: Vec<KeyHash>) -> HashMap<[u8; 32], KeyHash> {
+/// Maps keyed by a key's SHA-256. A digest is already uniform, so its
+/// first bytes serve as the map's hash instead of SipHash on every request;
+/// the entries are our keys, never a client's choice, so no client can
+/// crowd one bucket.
+type ByDigest<V> = HashMap<[u8; 32], V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(word);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn by_hash(keys: Vec<KeyHash>) -> ByDigest<KeyHash> {
     keys.into_iter().map(|k| (k.sha256, k)).collect()
 }
 
@@ -69,7 +91,7 @@ impl KeyRing {
         Self {
             fixed: by_hash(fixed),
             from_file: RwLock::new(Arc::new(by_hash(from_file))),
-            api: RwLock::new(HashMap::new()),
+            api: RwLock::new(ByDigest::default()),
             reload_failures: AtomicU64::new(0),
         }
     }

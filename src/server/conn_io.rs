@@ -120,6 +120,41 @@ struct Head {
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
+impl Head {
+    /// Takes the next bytes read while the head is awaited; whether the head
+    /// ended within them (then `bytes` counts up to its end, else not yet
+    /// the bytes of this read).
+    ///
+    /// Every byte of every head passes here: newlines are found with memchr,
+    /// and a line is blank when it holds only carriage returns, which its
+    /// first byte nearly always settles.
+    fn scan(&mut self, bytes: &[u8]) -> bool {
+        let only_cr = |line: &[u8]| line.iter().all(|&b| b == b'\r');
+        let mut line_start = 0;
+        for i in memchr::memchr_iter(b'\n', bytes) {
+            if !only_cr(&bytes[line_start..i]) {
+                self.newlines = 0;
+            }
+            self.newlines = self.newlines.saturating_add(1);
+            // Blank lines before a request line are allowed.
+            if self.bytes + i > 1 {
+                self.line_ended = true;
+            }
+            if self.newlines >= 2 && self.line_ended {
+                self.complete = true;
+                self.deadline = None;
+                self.bytes += i + 1;
+                return true;
+            }
+            line_start = i + 1;
+        }
+        if !only_cr(&bytes[line_start..]) {
+            self.newlines = 0;
+        }
+        false
+    }
+}
+
 /// The idle timeout of one connection, on one timer that is set once and
 /// moved only when it fires early: arming a timer for every wait between
 /// two requests (as hyper's header read timeout does) costs keep-alive
@@ -196,24 +231,8 @@ impl GuardedIo {
         if self.head.complete {
             return None;
         }
-        for (i, b) in bytes.iter().enumerate() {
-            match b {
-                b'\n' => {
-                    self.head.newlines += 1;
-                    // Blank lines before a request line are allowed.
-                    if self.head.bytes + i > 1 {
-                        self.head.line_ended = true;
-                    }
-                    if self.head.newlines >= 2 && self.head.line_ended {
-                        self.head.complete = true;
-                        self.head.deadline = None;
-                        self.head.bytes += i + 1;
-                        return None;
-                    }
-                }
-                b'\r' => {}
-                _ => self.head.newlines = 0,
-            }
+        if self.head.scan(bytes) {
+            return None;
         }
         self.head.bytes += bytes.len();
         if self.head.bytes > self.limits.max_header_bytes {
@@ -403,5 +422,84 @@ impl AsyncWrite for GuardedIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Head;
+
+    /// The rule `Head::scan` keeps, a byte at a time: two newlines in a row
+    /// (carriage returns between them ignored) end the head, once a line
+    /// other than a leading blank one has ended.
+    fn reference(head: &[u8]) -> Option<usize> {
+        let (mut newlines, mut line_ended) = (0u8, false);
+        for (i, b) in head.iter().enumerate() {
+            match b {
+                b'\n' => {
+                    newlines = newlines.saturating_add(1);
+                    line_ended |= i > 1;
+                    if newlines >= 2 && line_ended {
+                        return Some(i + 1);
+                    }
+                }
+                b'\r' => {}
+                _ => newlines = 0,
+            }
+        }
+        None
+    }
+
+    /// Scans `head` in reads of the given sizes (cycled); where it ended.
+    fn scanned(head: &[u8], reads: &[usize]) -> Option<usize> {
+        let mut h = Head::default();
+        let mut at = 0;
+        for n in reads.iter().cycle() {
+            if at >= head.len() {
+                return None;
+            }
+            let end = (at + n.max(&1)).min(head.len());
+            if h.scan(&head[at..end]) {
+                return Some(h.bytes);
+            }
+            h.bytes += end - at;
+            at = end;
+        }
+        None
+    }
+
+    #[test]
+    fn a_head_ends_where_a_byte_by_byte_scan_says_however_it_is_split() {
+        let heads: [&[u8]; 8] = [
+            b"GET /Users HTTP/1.1\r\nHost: a\r\n\r\nbody",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\nA: b\r\n\r\n",
+            b"\n\n\n\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA: b\r\r\r\n\r\r\nrest",
+            b"GET / HTTP/1.1\r\nA: \rb\r\n",
+            b"GET / HTTP/1.1\r\nA: b\r\nB: c",
+            b"\r\r\n",
+        ];
+        let splits: [&[usize]; 5] = [&[1], &[2], &[3, 1], &[7], &[1 << 20]];
+        for head in heads {
+            for reads in splits {
+                assert_eq!(
+                    scanned(head, reads),
+                    reference(head),
+                    "{:?} read {reads:?} at a time",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_head_in_any_reads(
+            head in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\r', b'\n']), 0..64),
+            reads in proptest::collection::vec(1usize..9, 1..6),
+        ) {
+            proptest::prop_assert_eq!(scanned(&head, &reads), reference(&head));
+        }
     }
 }
