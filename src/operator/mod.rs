@@ -26,5 +26,6 @@ pub(crate) mod rate_share;
 pub(crate) mod reconcile;
 pub mod run;
 pub(crate) mod self_service;
+pub(crate) mod server_status;
 pub(crate) mod status;
 pub mod validate;

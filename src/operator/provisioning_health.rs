@@ -2,7 +2,7 @@
 //! most once a minute per tenant, turned into `status.provisioning`, the
 //! `ProvisioningHealthy` condition and the self-service key counts.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kube::ResourceExt;
 use serde_json::Value;
@@ -12,16 +12,12 @@ use super::context::{ProvisioningMemo, ReconcileContext};
 use super::crd::{ProvisioningStatus, ScimTenant, SelfServiceStatus};
 use super::names::reason;
 use super::rate_share;
+use super::server_status::{fetch, status_url};
 use super::status::Check;
 use super::status::checks::{provisioning_unobservable, provisioning_unreachable};
 
 /// Pending work older than this means the projection is stuck, not busy.
 const BACKLOG_AGE_SECS: i64 = 300;
-
-/// `http://{service}.{namespace}.svc:9090/status` with the placeholders filled.
-pub(crate) fn status_url(template: &str, service: &str, namespace: &str, name: &str) -> String {
-    template.replace("{service}", service).replace("{namespace}", namespace).replace("{name}", name)
-}
 
 /// The server's `/status` body → what the tenant's status shows.
 pub(crate) fn interpret(v: &Value) -> (ProvisioningStatus, Check) {
@@ -82,15 +78,6 @@ pub(crate) struct Health {
     pub provisioning: Option<ProvisioningStatus>,
     pub check: Check,
     pub self_service_keys: Option<SelfServiceStatus>,
-}
-
-/// Reads the server's `/status`.
-pub(crate) async fn fetch(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let resp = http.get(url).timeout(Duration::from_secs(3)).send().await.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
-    }
-    resp.json().await.map_err(|e| format!("{url}: {e}"))
 }
 
 /// Step 7's input from the tenant's server: its `/status`, asked at most
@@ -162,9 +149,5 @@ mod tests {
         assert_eq!(k.api_keys, Some(3));
         assert_eq!(k.last_key_created_at.as_deref(), Some("2026-12-01T10:00:00Z"));
         assert_eq!(k.last_key_deleted_at.as_deref(), Some("2026-12-01T11:00:00Z"));
-        assert_eq!(
-            status_url("http://{service}.{namespace}.svc:9090/status", "a-scim", "t", "a"),
-            "http://a-scim.t.svc:9090/status"
-        );
     }
 }

@@ -84,7 +84,7 @@ pub(crate) async fn sweep(operator: std::sync::Arc<OperatorContext>) {
         let answers: Vec<(String, Value)> = futures::stream::iter(servers)
             .map(|(uid, url)| {
                 let http = operator.http.clone();
-                async move { super::provisioning_health::fetch(&http, &url).await.ok().map(|body| (uid, body)) }
+                async move { super::server_status::fetch(&http, &url).await.ok().map(|body| (uid, body)) }
             })
             .buffer_unordered(SWEEP_CONCURRENCY)
             .filter_map(std::future::ready)
@@ -107,7 +107,7 @@ pub(crate) fn assign(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &str, des
     seed(&ctx.stores.configmaps, &mut memo, every_namespace, &tenant.namespace().unwrap_or_default());
     let namespace = tenant.namespace().unwrap_or_default();
     let entry = memo.entry(uid.to_string()).or_default();
-    entry.status_url = Some(super::provisioning_health::status_url(
+    entry.status_url = Some(super::server_status::status_url(
         &ctx.operator.cfg.status_url_template,
         &build::server_name(tenant),
         &namespace,
