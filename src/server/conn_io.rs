@@ -176,6 +176,12 @@ impl Head {
 struct IdleTimer(Option<Pin<Box<Sleep>>>);
 
 impl IdleTimer {
+    /// Not yet set, or fired: the connection's task is not woken at the end
+    /// of an idle period until it is polled again.
+    fn needs_arming(&self) -> bool {
+        self.0.as_ref().is_none_or(|t| t.is_elapsed())
+    }
+
     /// Whether the connection, idle since `idle_since` (`None` while a
     /// request is on its way or in progress), has passed `timeout`; keeps the
     /// timer registered otherwise.
@@ -421,8 +427,11 @@ impl AsyncWrite for GuardedIo {
             self.shared.turn.lock().take();
             let this = &mut *self;
             // Re-armed if it fired while a request was in progress, so it
-            // covers the idle time that may start now.
-            let _ = this.idle.expired(cx, None, this.limits.idle_timeout);
+            // covers the idle time that may start now. Otherwise it is still
+            // registered with this task from the last read that waited.
+            if this.idle.needs_arming() {
+                let _ = this.idle.expired(cx, None, this.limits.idle_timeout);
+            }
         }
         r
     }
