@@ -237,22 +237,19 @@ async fn run(users_per_tenant: usize) -> Figures {
         assert!(drained, "the outbox drains");
     }
     let sync = started.elapsed();
-    let per_5s = {
-        let mut buckets = vec![0; (sync.as_secs() / 5 + 1) as usize];
-        for c in zitadel.call_log() {
-            let i = (c.received.saturating_duration_since(started).as_secs() / 5) as usize;
-            if let Some(b) = buckets.get_mut(i) {
-                *b += 1;
-            }
-        }
-        buckets
-    };
     kubelet_done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = kubelet.await;
     let _ = stop.send(());
     let _ = operator.await;
 
     let log = zitadel.call_log();
+    let per_5s = {
+        let mut buckets = vec![0; (sync.as_secs() / 5 + 1) as usize];
+        for c in log.iter().filter(|c| c.received <= started + sync) {
+            buckets[(c.received.saturating_duration_since(started).as_secs() / 5) as usize] += 1;
+        }
+        buckets
+    };
     let humans = zitadel.users().iter().filter(|u| !u.is_machine).count();
     assert_eq!(humans, TENANTS * users_per_tenant, "every user reached ZITADEL");
     Figures {

@@ -4,15 +4,13 @@
 
 use std::time::Instant;
 
-use kube::ResourceExt;
 use serde_json::Value;
 
-use super::build;
 use super::context::{ProvisioningMemo, ReconcileContext};
 use super::crd::{ProvisioningStatus, ScimTenant, SelfServiceStatus};
 use super::names::reason;
 use super::rate_share;
-use super::server_status::{fetch, status_url};
+use super::server_status::{fetch, tenant_url};
 use super::status::Check;
 use super::status::checks::{provisioning_unobservable, provisioning_unreachable};
 
@@ -101,9 +99,7 @@ pub(crate) async fn observe(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &s
     {
         return Health { provisioning: memo.status, check: memo.check, self_service_keys: memo.self_service_keys };
     }
-    let namespace = tenant.namespace().unwrap_or_default();
-    let url =
-        status_url(&operator.cfg.status_url_template, &build::server_name(tenant), &namespace, &tenant.name_any());
+    let url = tenant_url(&operator.cfg.status_url_template, tenant);
     let (status, check, self_service_keys) = match fetch(&operator.http, &url).await {
         Ok(body) => {
             rate_share::observe_status(operator, uid, &body);

@@ -90,9 +90,7 @@ pub(crate) async fn sweep(operator: std::sync::Arc<OperatorContext>) {
             .filter_map(std::future::ready)
             .collect()
             .await;
-        for (uid, body) in answers {
-            observe_status(&operator, &uid, &body);
-        }
+        observe_statuses(&operator, answers.iter().map(|(uid, body)| (uid.as_str(), body)));
     }
 }
 
@@ -105,14 +103,8 @@ pub(crate) fn assign(ctx: &ReconcileContext, tenant: &ScimTenant, uid: &str, des
     let mut memo = ctx.operator.memo.lock();
     let every_namespace = ctx.operator.cfg.watch_namespaces.is_empty();
     seed(&ctx.stores.configmaps, &mut memo, every_namespace, &tenant.namespace().unwrap_or_default());
-    let namespace = tenant.namespace().unwrap_or_default();
     let entry = memo.entry(uid.to_string()).or_default();
-    entry.status_url = Some(super::server_status::status_url(
-        &ctx.operator.cfg.status_url_template,
-        &build::server_name(tenant),
-        &namespace,
-        &tenant.name_any(),
-    ));
+    entry.status_url = Some(super::server_status::tenant_url(&ctx.operator.cfg.status_url_template, tenant));
     let own = entry.rate_share.get_or_insert_with(Share::default);
     own.fixed = tenant.spec.zitadel.max_requests_per_second;
     own.seeded_in = None;
@@ -167,24 +159,38 @@ fn seed(configmaps: &Store<ConfigMap>, memo: &mut HashMap<String, TenantMemo>, e
 
 /// Takes the rate the server runs at and whether it has work from its `/status`.
 pub(crate) fn observe_status(operator: &OperatorContext, uid: &str, body: &Value) {
+    observe_statuses(operator, std::iter::once((uid, body)));
+}
+
+/// [`observe_status`] for several servers, divided for once they are all taken.
+fn observe_statuses<'a>(operator: &OperatorContext, statuses: impl Iterator<Item = (&'a str, &'a Value)>) {
     let Some(budget) = budget(operator) else { return };
     let changed = {
         let mut memo = operator.memo.lock();
-        let share = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
-        let (was_busy, was_unconfirmed) = (share.busy, share.unconfirmed());
-        if let Some(limit) = body.pointer("/zitadel/rate/limit").and_then(Value::as_f64) {
-            share.confirm(limit);
+        let mut moved = false;
+        for (uid, body) in statuses {
+            let share = memo.entry(uid.to_string()).or_default().rate_share.get_or_insert_with(Share::default);
+            moved |= take_status(share, body);
         }
-        let waiting = body.pointer("/zitadel/rate/busy").and_then(Value::as_bool).unwrap_or(false);
-        let backlog = body.pointer("/projection/pendingOperations").and_then(Value::as_u64).unwrap_or(0) > 0;
-        let calls = body.pointer("/zitadel/requests").and_then(Value::as_u64).unwrap_or(0);
-        share.observe_work(waiting || backlog, calls);
-        let moved = share.busy != was_busy || (was_unconfirmed && !share.unconfirmed());
         replan(&budget, &mut memo) || moved
     };
     if changed {
         operator.budget_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
+}
+
+/// One server's `/status` into its share; whether it turned busy or idle,
+/// or confirmed its share.
+fn take_status(share: &mut Share, body: &Value) -> bool {
+    let (was_busy, was_unconfirmed) = (share.busy, share.unconfirmed());
+    if let Some(limit) = body.pointer("/zitadel/rate/limit").and_then(Value::as_f64) {
+        share.confirm(limit);
+    }
+    let waiting = body.pointer("/zitadel/rate/busy").and_then(Value::as_bool).unwrap_or(false);
+    let backlog = body.pointer("/projection/pendingOperations").and_then(Value::as_u64).unwrap_or(0) > 0;
+    let calls = body.pointer("/zitadel/requests").and_then(Value::as_u64).unwrap_or(0);
+    share.observe_work(waiting || backlog, calls);
+    share.busy != was_busy || (was_unconfirmed && !share.unconfirmed())
 }
 
 /// Whether the tenant's share is still moving: its server has not confirmed

@@ -4,11 +4,20 @@
 
 use std::time::Duration;
 
+use kube::ResourceExt;
 use serde_json::Value;
+
+use super::build;
+use super::crd::ScimTenant;
 
 /// `http://{service}.{namespace}.svc:9090/status` with the placeholders filled.
 pub(crate) fn status_url(template: &str, service: &str, namespace: &str, name: &str) -> String {
     template.replace("{service}", service).replace("{namespace}", namespace).replace("{name}", name)
+}
+
+/// Where `tenant`'s server answers `/status`, from the operator's template.
+pub(crate) fn tenant_url(template: &str, tenant: &ScimTenant) -> String {
+    status_url(template, &build::server_name(tenant), &tenant.namespace().unwrap_or_default(), &tenant.name_any())
 }
 
 /// Reads the server's `/status`.

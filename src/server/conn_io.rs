@@ -132,9 +132,7 @@ impl Head {
         // ends in a blank line completes the head within it, wherever the
         // head's first blank line is, and nothing else is needed of it then.
         if (bytes.ends_with(b"\n\r\n") || bytes.ends_with(b"\n\n")) && self.bytes + bytes.len() > 2 {
-            self.complete = true;
-            self.deadline = None;
-            return true;
+            return self.completed();
         }
         let only_cr = |line: &[u8]| line.iter().all(|&b| b == b'\r');
         let mut line_start = 0;
@@ -148,10 +146,8 @@ impl Head {
                 self.line_ended = true;
             }
             if self.newlines >= 2 && self.line_ended {
-                self.complete = true;
-                self.deadline = None;
                 self.bytes += i + 1;
-                return true;
+                return self.completed();
             }
             line_start = i + 1;
         }
@@ -159,6 +155,13 @@ impl Head {
             self.newlines = 0;
         }
         false
+    }
+
+    /// The head has ended: no deadline for it any more.
+    fn completed(&mut self) -> bool {
+        self.complete = true;
+        self.deadline = None;
+        true
     }
 }
 
